@@ -60,6 +60,8 @@ mod limits;
 mod params;
 mod reply;
 mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use address::{AddressError, AddressLiteral, ClientName, Mailbox};
 pub use data::dot_stuff;

@@ -173,7 +173,9 @@ pub(crate) fn parse_rcpt_params(input: &str) -> Result<RcptParams, ParamError> {
             ("ORCPT", Some(v)) => {
                 let (addr_type, addr) = v.split_once(';').ok_or_else(invalid)?;
                 let type_ok = !addr_type.is_empty()
-                    && addr_type.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                    && addr_type
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-');
                 if !type_ok || addr.is_empty() || v.len() > MAX_ADDRESS_PARAM || !is_xtext(addr) {
                     return Err(invalid());
                 }
@@ -281,7 +283,10 @@ mod tests {
                 auth: Some("alice+40example.org".into()),
             }
         );
-        assert_eq!(parse_mail_params("AUTH=<>").unwrap().auth.as_deref(), Some("<>"));
+        assert_eq!(
+            parse_mail_params("AUTH=<>").unwrap().auth.as_deref(),
+            Some("<>")
+        );
         assert_eq!(
             parse_mail_params("SIZE=99999999999999999999").unwrap().size,
             Some(u64::MAX)
@@ -331,10 +336,16 @@ mod tests {
                 addr: "bob+40example.org".into()
             })
         );
-        assert_eq!(parse_rcpt_params("NOTIFY=never").unwrap().notify, Some(Notify::Never));
+        assert_eq!(
+            parse_rcpt_params("NOTIFY=never").unwrap().notify,
+            Some(Notify::Never)
+        );
         for (input, error) in [
             ("NOTIFY=NEVER,SUCCESS", ParamError::Invalid("NOTIFY".into())),
-            ("NOTIFY=FAILURE,FAILURE", ParamError::Invalid("NOTIFY".into())),
+            (
+                "NOTIFY=FAILURE,FAILURE",
+                ParamError::Invalid("NOTIFY".into()),
+            ),
             ("NOTIFY=SOMETIMES", ParamError::Invalid("NOTIFY".into())),
             ("ORCPT=bob@example.org", ParamError::Invalid("ORCPT".into())),
             ("ORCPT=rfc822;", ParamError::Invalid("ORCPT".into())),

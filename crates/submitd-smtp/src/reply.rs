@@ -221,11 +221,7 @@ mod tests {
 
     #[test]
     fn line_breaks_in_text_cannot_reach_the_wire() {
-        let reply = Reply::new(
-            550,
-            EnhancedCode::new(5, 7, 1),
-            "no\r\n250 2.0.0 forged",
-        );
+        let reply = Reply::new(550, EnhancedCode::new(5, 7, 1), "no\r\n250 2.0.0 forged");
         let wire = reply.to_bytes();
         assert_eq!(wire.iter().filter(|&&b| b == b'\n').count(), 1);
         assert!(wire.ends_with(b"\r\n"));

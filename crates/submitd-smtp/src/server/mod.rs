@@ -465,6 +465,8 @@ impl ServerSession {
         self.extended = false;
         self.auth_user = None;
         self.tx = None;
+        // STARTTLS already dropped the plaintext buffer; clearing again here
+        // keeps the rule true even if that step is ever changed.
         self.input.clear();
         self.pos = 0;
         self.state = State::Command;
@@ -667,8 +669,7 @@ impl ServerSession {
         let Some(lf) = memchr::memchr(b'\n', buf) else {
             if buf.len() > max {
                 if !matches!(self.state, State::SkipLine) {
-                    self.state = State::SkipLine;
-                    self.error(line_too_long());
+                    self.refuse_long_line(State::SkipLine);
                 }
                 self.pos = self.input.len();
             }
@@ -682,8 +683,7 @@ impl ServerSession {
         }
         if lf + 1 > max {
             self.pos = line_end;
-            self.state = State::Command;
-            self.error(line_too_long());
+            self.refuse_long_line(State::Command);
             return true;
         }
         let crlf = lf > 0 && buf[lf - 1] == b'\r';
@@ -703,6 +703,15 @@ impl ServerSession {
             _ => self.command(&line),
         }
         true
+    }
+
+    /// Refuses an over-long line; an AUTH exchange it was part of ends.
+    fn refuse_long_line(&mut self, next: State) {
+        if matches!(self.state, State::AuthContinuation) {
+            self.outputs.push_back(Output::AuthCancelled);
+        }
+        self.state = next;
+        self.error(line_too_long());
     }
 
     fn step_data(&mut self) -> bool {

@@ -132,7 +132,11 @@ impl ServerSession {
         let name = match parse_client_name(arg) {
             Ok(name) => name,
             Err(e) => {
-                return self.error(reply(501, (5, 5, 4), format!("Invalid {verb} argument: {e}")))
+                return self.error(reply(
+                    501,
+                    (5, 5, 4),
+                    format!("Invalid {verb} argument: {e}"),
+                ))
             }
         };
         self.client_name = Some(name);
@@ -217,13 +221,8 @@ impl ServerSession {
         if self.auth_user.is_some() {
             return self.error(reply(503, (5, 5, 1), "Already authenticated"));
         }
-        if self.tx.is_some() {
-            return self.error(reply(
-                503,
-                (5, 5, 1),
-                "AUTH not allowed during a mail transaction",
-            ));
-        }
+        // No transaction check is needed: MAIL needs AUTH first, so during a
+        // transaction the client is already authenticated.
         let mut words = arg.split(' ').filter(|w| !w.is_empty());
         let (Some(mechanism), initial, None) = (words.next(), words.next(), words.next()) else {
             return self.error(reply(
@@ -246,11 +245,7 @@ impl ServerSession {
             Some(text) => match base64_engine().decode(text) {
                 Ok(bytes) => Some(Secret::new(bytes)),
                 Err(_) => {
-                    return self.error(reply(
-                        501,
-                        (5, 5, 2),
-                        "Invalid base64 in initial response",
-                    ))
+                    return self.error(reply(501, (5, 5, 2), "Invalid base64 in initial response"))
                 }
             },
         };
@@ -482,8 +477,9 @@ impl ServerSession {
         if refusal.is_none() {
             let limits = &self.config.limits;
             if let Some(tx) = self.tx.as_mut() {
-                tx.chunks
-                    .get_or_insert_with(|| BodyReceiver::new(limits.message_size, limits.data_line));
+                tx.chunks.get_or_insert_with(|| {
+                    BodyReceiver::new(limits.message_size, limits.data_line)
+                });
             }
         }
         self.state = State::Chunk(Chunk {

@@ -1,0 +1,1 @@
+//! Targeted cases that read better as code than as transcripts.
