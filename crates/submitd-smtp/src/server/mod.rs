@@ -325,7 +325,6 @@ enum State {
 }
 
 /// One SMTP server session. See the crate documentation.
-#[derive(Debug)]
 pub struct ServerSession {
     config: Arc<ServerConfig>,
     input: Vec<u8>,
@@ -340,6 +339,35 @@ pub struct ServerSession {
     errors: u32,
     started: Instant,
     last_input: Instant,
+}
+
+/// Shows the session's state but never buffered input or message content:
+/// the buffer may hold a pipelined AUTH response.
+impl fmt::Debug for ServerSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Command => "Command",
+            State::AuthContinuation => "AuthContinuation",
+            State::SkipLine => "SkipLine",
+            State::Data(_) => "Data",
+            State::Chunk(_) => "Chunk",
+            State::Waiting(Pending::Auth) => "Waiting(Auth)",
+            State::Waiting(Pending::Sender(_)) => "Waiting(Sender)",
+            State::Waiting(Pending::Recipient(_)) => "Waiting(Recipient)",
+            State::Waiting(Pending::Store) => "Waiting(Store)",
+            State::StartTlsPending => "StartTlsPending",
+            State::Closed => "Closed",
+        };
+        f.debug_struct("ServerSession")
+            .field("state", &state)
+            .field("tls", &self.tls)
+            .field("client_name", &self.client_name)
+            .field("auth_user", &self.auth_user)
+            .field("in_transaction", &self.tx.is_some())
+            .field("buffered_octets", &(self.input.len() - self.pos))
+            .field("errors", &self.errors)
+            .finish()
+    }
 }
 
 impl ServerSession {

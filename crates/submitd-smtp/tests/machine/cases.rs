@@ -1,1 +1,294 @@
 //! Targeted cases that read better as code than as transcripts.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use submitd_smtp::testing::{Driver, Event, Item};
+use submitd_smtp::{
+    AnswerError, AuthAnswer, CloseReason, Output, ServerConfig, ServerSession, Transport, Verdict,
+};
+
+pub(crate) const LOGIN: &[u8] = b"EHLO client.example\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n";
+pub(crate) const ENVELOPE: &[u8] =
+    b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\nDATA\r\n";
+
+fn implicit() -> ServerConfig {
+    ServerConfig::new("mx.test", Transport::ImplicitTls)
+}
+
+fn closes(items: &[Item]) -> Vec<CloseReason> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Event(Event::Close(r)) => Some(*r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The four smuggling end-of-data forms, each followed by a second
+/// transaction in the same write, at every split point: no message is ever
+/// stored and the session is closed for a bare line end.
+#[test]
+fn smuggled_end_of_data_never_yields_a_message() {
+    for end in [&b"\n.\n"[..], b"\n.\r\n", b"\r\n.\n", b"\r.\r\n"] {
+        let mut stream = Vec::new();
+        stream.extend_from_slice(LOGIN);
+        stream.extend_from_slice(ENVELOPE);
+        stream.extend_from_slice(b"Subject: first\r\n\r\nbody");
+        stream.extend_from_slice(end);
+        stream
+            .extend_from_slice(b"MAIL FROM:<ceo@example.org>\r\nRCPT TO:<victim@example.net>\r\n");
+        stream.extend_from_slice(b"DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n");
+        for split in 0..=stream.len() {
+            let mut driver = Driver::new(implicit());
+            driver.feed(&stream[..split]);
+            driver.feed(&stream[split..]);
+            assert_eq!(driver.stored_messages().count(), 0, "{end:?} split {split}");
+            assert_eq!(
+                closes(&driver.items),
+                vec![CloseReason::BareLineEnd],
+                "{end:?} split {split}"
+            );
+        }
+    }
+}
+
+/// A message exactly at the size limit is taken; one octet more is not.
+#[test]
+fn size_limit_is_exact() {
+    for (body_len, stored) in [(1000usize, true), (1001, false)] {
+        let mut config = implicit();
+        config.limits.message_size = 1000;
+        config.limits.data_line = 2000;
+        let mut driver = Driver::new(config);
+        driver.feed(LOGIN);
+        driver.feed(ENVELOPE);
+        let mut body = vec![b'a'; body_len - 2];
+        body.extend_from_slice(b"\r\n.\r\n");
+        driver.feed(&body);
+        assert_eq!(driver.stored_messages().count() == 1, stored, "{body_len}");
+        let sizes: Vec<usize> = driver.stored_messages().map(|m| m.data.len()).collect();
+        assert!(sizes.iter().all(|&n| n == 1000), "{sizes:?}");
+    }
+}
+
+/// A very long line arriving in pieces is refused once and skipped; the
+/// command after it works.
+#[test]
+fn overlong_line_in_pieces_is_refused_once() {
+    let mut driver = Driver::new(implicit());
+    driver.take_items();
+    for _ in 0..10 {
+        driver.feed(&[b'x'; 4096]);
+    }
+    driver.feed(b"\r\nNOOP\r\n");
+    assert_eq!(
+        driver.take_items(),
+        vec![
+            Item::Line("500 5.5.2 Line too long".into()),
+            Item::Line("250 2.0.0 Ok".into())
+        ]
+    );
+}
+
+/// A large message in one DATA, fed in uneven reads, arrives byte-exact.
+#[test]
+fn large_message_arrives_byte_exact() {
+    let mut message = Vec::new();
+    for i in 0..20_000u32 {
+        let line = format!(
+            "{}line {i} with 8-bit \u{20ac}\r\n",
+            if i % 7 == 0 { "." } else { "" }
+        );
+        message.extend_from_slice(line.as_bytes());
+    }
+    let mut wire = Vec::new();
+    submitd_smtp::dot_stuff(&message, &mut wire);
+    let mut driver = Driver::new(implicit());
+    driver.feed(LOGIN);
+    driver.feed(ENVELOPE);
+    for piece in wire.chunks(1361) {
+        driver.feed(piece);
+    }
+    let stored: Vec<_> = driver.stored_messages().collect();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].data == message, "content differs");
+}
+
+/// Replies keep their order while a question is open: nothing is answered
+/// after a pipelined command until the store answer is in.
+#[test]
+fn pipelined_replies_wait_for_the_open_question() {
+    let config = Arc::new(implicit());
+    let now = Instant::now();
+    let mut session = ServerSession::new(config, now);
+    let mut sent = Vec::new();
+    let drain = |session: &mut ServerSession, sent: &mut Vec<u8>| {
+        let mut questions = Vec::new();
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::Send(bytes) => sent.extend_from_slice(&bytes),
+                other => questions.push(other),
+            }
+        }
+        questions
+    };
+    drain(&mut session, &mut sent);
+    session.handle_input(now, b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    drain(&mut session, &mut sent);
+    session
+        .answer_auth(AuthAnswer::Success {
+            user: "alice".into(),
+        })
+        .unwrap();
+    session.handle_input(now, ENVELOPE);
+    assert!(matches!(
+        drain(&mut session, &mut sent)[..],
+        [Output::CheckSender(_)]
+    ));
+    session.answer_sender(Verdict::Accept).unwrap();
+    assert!(matches!(
+        drain(&mut session, &mut sent)[..],
+        [Output::CheckRecipient(_)]
+    ));
+    session.answer_recipient(Verdict::Accept).unwrap();
+    drain(&mut session, &mut sent);
+    session.handle_input(now, b"body\r\n.\r\nRSET\r\nNOOP\r\n");
+    assert!(matches!(
+        drain(&mut session, &mut sent)[..],
+        [Output::StoreMessage(_)]
+    ));
+    let before = String::from_utf8_lossy(&sent).into_owned();
+    assert!(
+        before.ends_with("354 End data with <CR><LF>.<CR><LF>\r\n"),
+        "{before}"
+    );
+    // While the store is open: no timer runs against the client.
+    assert_eq!(session.poll_timeout(), None);
+    session.answer_store(Ok("Q9".into())).unwrap();
+    drain(&mut session, &mut sent);
+    let after = String::from_utf8_lossy(&sent[before.len()..]).into_owned();
+    assert_eq!(
+        after,
+        "250 2.0.0 Ok: queued as Q9\r\n250 2.0.0 Ok\r\n250 2.0.0 Ok\r\n"
+    );
+}
+
+/// While a question is open and much input waits, the machine asks the
+/// caller to stop reading; after the answer it wants input again.
+#[test]
+fn backpressure_while_a_question_is_open() {
+    let now = Instant::now();
+    let mut session = ServerSession::new(Arc::new(implicit()), now);
+    session.handle_input(now, b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert!(session.wants_input(), "a little pipelined input is fine");
+    session.handle_input(now, &vec![b'N'; 70 * 1024]);
+    assert!(!session.wants_input());
+    while session.poll_output().is_some() {}
+    session
+        .answer_auth(AuthAnswer::Success {
+            user: "alice".into(),
+        })
+        .unwrap();
+    assert!(session.wants_input());
+}
+
+/// Answers to questions that were not asked are refused and change nothing.
+#[test]
+fn unasked_answers_are_refused() {
+    let now = Instant::now();
+    let mut session = ServerSession::new(Arc::new(implicit()), now);
+    assert_eq!(
+        session.answer_sender(Verdict::Accept),
+        Err(AnswerError::NotAsked)
+    );
+    assert_eq!(
+        session.answer_recipient(Verdict::Accept),
+        Err(AnswerError::NotAsked)
+    );
+    assert_eq!(
+        session.answer_store(Ok("Q".into())),
+        Err(AnswerError::NotAsked)
+    );
+    assert_eq!(
+        session.answer_auth(AuthAnswer::Success { user: "x".into() }),
+        Err(AnswerError::NotAsked)
+    );
+    assert_eq!(session.tls_established(), Err(AnswerError::NotAsked));
+    assert_eq!(session.auth_user(), None);
+    session.handle_input(now, b"EHLO c\r\nMAIL FROM:<a@b.example>\r\n");
+    let mut sent = Vec::new();
+    while let Some(output) = session.poll_output() {
+        if let Output::Send(bytes) = output {
+            sent.extend_from_slice(&bytes);
+        }
+    }
+    assert!(String::from_utf8_lossy(&sent).contains("530 5.7.0 Authentication required"));
+}
+
+/// AUTH payloads never show in debug output.
+#[test]
+fn auth_payloads_are_redacted() {
+    let now = Instant::now();
+    let mut session = ServerSession::new(Arc::new(implicit()), now);
+    session.handle_input(now, b"EHLO c\r\nAUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    let mut seen = String::new();
+    while let Some(output) = session.poll_output() {
+        seen.push_str(&format!("{output:?}"));
+    }
+    assert!(seen.contains("AuthStart"));
+    assert!(
+        !seen.contains("secret") && !seen.contains("115, 101, 99"),
+        "{seen}"
+    );
+
+    // A response pipelined behind an open question sits in the buffer.
+    let mut session = ServerSession::new(Arc::new(implicit()), now);
+    session.handle_input(now, b"EHLO c\r\nAUTH PLAIN\r\nAGFsaWNlAHNlY3JldA==\r\n");
+    let debug_session = format!("{session:?}");
+    assert!(
+        debug_session.contains("buffered_octets: 22"),
+        "{debug_session}"
+    );
+    assert!(!debug_session.contains("65, 71, 70"), "{debug_session}");
+    while session.poll_output().is_some() {}
+    session
+        .answer_auth(AuthAnswer::Challenge(Vec::new()))
+        .unwrap();
+    let mut seen = String::new();
+    while let Some(output) = session.poll_output() {
+        seen.push_str(&format!("{output:?}"));
+    }
+    assert!(seen.contains("AuthResponse(Secret([redacted]))"), "{seen}");
+}
+
+/// Input after the session closed is ignored.
+#[test]
+fn nothing_happens_after_close() {
+    let mut driver = Driver::new(implicit());
+    driver.feed(b"QUIT\r\n");
+    driver.take_items();
+    driver.feed(b"EHLO x\r\nNOOP\r\n");
+    driver.advance(Duration::from_secs(100_000));
+    assert!(driver.take_items().is_empty());
+    assert!(driver.session.is_closed());
+    assert!(!driver.session.wants_input());
+}
+
+/// The Received protocol names of RFC 3848 and RFC 6531.
+#[test]
+fn received_protocol_names() {
+    let mut driver = Driver::new(implicit());
+    driver.feed(LOGIN);
+    driver.feed(
+        b"MAIL FROM:<alice@example.org> SMTPUTF8\r\nRCPT TO:<b@example.net>\r\nDATA\r\nx\r\n.\r\n",
+    );
+    driver.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nx\r\n.\r\n");
+    let names: Vec<_> = driver.stored_messages().map(|m| m.protocol()).collect();
+    assert_eq!(names, ["UTF8SMTPSA", "ESMTPSA"]);
+    let message = driver.stored_messages().next().unwrap();
+    assert_eq!(message.auth_user.as_deref(), Some("alice"));
+    assert_eq!(message.client_name.to_string(), "client.example");
+    assert!(message.tls && !message.chunked);
+}
