@@ -31,7 +31,7 @@ pub enum Event {
         /// The queue id given.
         queue_id: String,
         /// The message.
-        message: Message,
+        message: Box<Message>,
     },
     /// The session closed.
     Close(CloseReason),
@@ -109,7 +109,7 @@ impl Driver {
     /// All messages stored so far, in order.
     pub fn stored_messages(&self) -> impl Iterator<Item = &Message> {
         self.items.iter().filter_map(|item| match item {
-            Item::Event(Event::Stored { message, .. }) => Some(message),
+            Item::Event(Event::Stored { message, .. }) => Some(&**message),
             _ => None,
         })
     }
@@ -202,7 +202,7 @@ impl Driver {
                         let queue_id = format!("Q{}", self.stored);
                         self.items.push(Item::Event(Event::Stored {
                             queue_id: queue_id.clone(),
-                            message: *message,
+                            message,
                         }));
                         self.session.answer_store(Ok(queue_id))
                     }

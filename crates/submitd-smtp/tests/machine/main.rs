@@ -1,6 +1,9 @@
 //! Tests of the server session machine through its public API, built as one
 //! test binary: transcripts, properties, and targeted cases.
 
+// Test code: a panic is a failed test, with its message.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod cases;
 mod properties;
 mod transcript;

@@ -37,9 +37,9 @@ enum Step {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
-    GroupPerRead,
-    OctetPerRead,
-    AllInOneRead,
+    Grouped,
+    OctetByOctet,
+    AllAtOnce,
 }
 
 struct Transcript {
@@ -186,7 +186,7 @@ fn run(transcript: &Transcript, mode: Mode) -> Result<(), String> {
     let mut pending: Vec<u8> = Vec::new();
     let flush = |driver: &mut Driver, pending: &mut Vec<u8>, actual: &mut Vec<String>| {
         match mode {
-            Mode::OctetPerRead => {
+            Mode::OctetByOctet => {
                 for b in pending.iter() {
                     driver.feed(std::slice::from_ref(b));
                 }
@@ -201,7 +201,7 @@ fn run(transcript: &Transcript, mode: Mode) -> Result<(), String> {
         match step {
             Step::Client(bytes) => pending.extend_from_slice(bytes),
             Step::Expect(line) => {
-                if mode != Mode::AllInOneRead && !pending.is_empty() {
+                if mode != Mode::AllAtOnce && !pending.is_empty() {
                     flush(&mut driver, &mut pending, &mut actual);
                 }
                 expected.push(line.clone());
@@ -253,11 +253,11 @@ fn transcripts() {
             .steps
             .iter()
             .any(|s| matches!(s, Step::Expect(e) if e.starts_with("E: starttls")));
-        let mut modes = vec![Mode::GroupPerRead];
+        let mut modes = vec![Mode::Grouped];
         if !transcript.whole_only {
-            modes.push(Mode::OctetPerRead);
+            modes.push(Mode::OctetByOctet);
             if !has_time && !has_starttls {
-                modes.push(Mode::AllInOneRead);
+                modes.push(Mode::AllAtOnce);
             }
         }
         for mode in modes {
