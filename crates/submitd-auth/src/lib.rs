@@ -1,0 +1,43 @@
+//! Who may send, and as whom.
+//!
+//! This crate owns the answers to the SMTP machine's questions about
+//! people: SASL mechanisms, the credential file and its argon2id hashes,
+//! throttling of failed logins, which sender addresses a user may use, and
+//! how much a user may send. It knows no sockets and no SMTP replies; the
+//! daemon turns its answers into replies.
+//!
+//! ```text
+//!  AUTH exchange ──▶ sasl::SaslExchange ──▶ Credentials
+//!                                              │
+//!  throttle::Throttle::admit(ip) ──────────────┤ blocked? → temporary failure
+//!                                              ▼
+//!  store::CredentialStore::users() ─▶ password::PasswordChecker::check
+//!                                      (one argon2id run, blocking pool,
+//!                                       bounded; unknown users = dummy hash)
+//!                                              │ failure → throttle::failure → delay, log line
+//!                                              ▼
+//!  MAIL FROM ─▶ policy::check_envelope_sender, limits::RateLimiter::check
+//!  From:/Sender: ─▶ policy::check_header_senders
+//!  edit::* ─▶ the `user` commands, rewriting the file atomically
+//! ```
+//!
+//! Dependencies: `argon2` for hashing, `getrandom` for app passwords,
+//! `tokio` for the blocking pool and the semaphore that bounds concurrent
+//! checks, `rpassword` to read a password without echo, `tracing` for the
+//! limit warning, `thiserror` for typed errors, `zeroize` so passwords do
+//! not linger in memory.
+
+pub mod edit;
+pub mod limits;
+pub mod password;
+pub mod policy;
+pub mod sasl;
+pub mod store;
+pub mod throttle;
+
+pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
+pub use password::{hash_password, CheckOutcome, PasswordChecker};
+pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs};
+pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep};
+pub use store::{CredentialStore, LineError, StoreError, User, Users};
+pub use throttle::{failure_line, Admission, Throttle, ThrottleConfig};

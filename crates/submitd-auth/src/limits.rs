@@ -1,0 +1,250 @@
+//! Per-user sending limits: messages and recipients per hour and per day,
+//! so a stolen password cannot spray thousands of messages before anyone
+//! notices. The clock is passed in.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// Limits per user; `None` means "use the default" in a user's entry and
+/// "no limit" once resolved against defaults that leave it unset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SendingLimits {
+    /// Messages in any hour.
+    pub messages_per_hour: Option<u32>,
+    /// Messages in any 24 hours.
+    pub messages_per_day: Option<u32>,
+    /// Recipients in any hour.
+    pub recipients_per_hour: Option<u32>,
+    /// Recipients in any 24 hours.
+    pub recipients_per_day: Option<u32>,
+}
+
+impl SendingLimits {
+    /// The defaults: generous for people, small for a spam run.
+    pub fn defaults() -> Self {
+        Self {
+            messages_per_hour: Some(100),
+            messages_per_day: Some(500),
+            recipients_per_hour: Some(500),
+            recipients_per_day: Some(2000),
+        }
+    }
+
+    /// A user's limits over the defaults.
+    pub fn or(self, defaults: Self) -> Self {
+        Self {
+            messages_per_hour: self.messages_per_hour.or(defaults.messages_per_hour),
+            messages_per_day: self.messages_per_day.or(defaults.messages_per_day),
+            recipients_per_hour: self.recipients_per_hour.or(defaults.recipients_per_hour),
+            recipients_per_day: self.recipients_per_day.or(defaults.recipients_per_day),
+        }
+    }
+
+    /// Parses `N/h,N/d` (either part may be left out).
+    pub(crate) fn parse_pair(value: &str) -> Result<(Option<u32>, Option<u32>), String> {
+        let (mut hour, mut day) = (None, None);
+        for part in value.split(',') {
+            let (n, unit) = part
+                .split_once('/')
+                .ok_or_else(|| format!("{part:?} is not N/h or N/d"))?;
+            let n: u32 = n
+                .parse()
+                .map_err(|_| format!("{n:?} is not a whole number"))?;
+            match unit {
+                "h" => hour = Some(n),
+                "d" => day = Some(n),
+                _ => return Err(format!("{unit:?} is not h or d")),
+            }
+        }
+        Ok((hour, day))
+    }
+}
+
+/// Which limit was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitExceeded {
+    /// Too many messages in the last hour.
+    #[error("more than {0} messages in an hour")]
+    MessagesPerHour(u32),
+    /// Too many messages in the last 24 hours.
+    #[error("more than {0} messages in a day")]
+    MessagesPerDay(u32),
+    /// Too many recipients in the last hour.
+    #[error("more than {0} recipients in an hour")]
+    RecipientsPerHour(u32),
+    /// Too many recipients in the last 24 hours.
+    #[error("more than {0} recipients in a day")]
+    RecipientsPerDay(u32),
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    /// (when, recipients) for each message in the last 24 hours.
+    sent: VecDeque<(Instant, u32)>,
+    /// A warning was logged for the limit reached; not again until then.
+    warned_until: Option<Instant>,
+}
+
+/// Counts what each user sent, in sliding hour and day windows.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    usage: Mutex<HashMap<String, Usage>>,
+}
+
+impl RateLimiter {
+    /// A limiter with no history.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// May `user` start another message now? Over a limit this logs one
+    /// warning per window, not one per attempt.
+    pub fn check(
+        &self,
+        user: &str,
+        limits: SendingLimits,
+        now: Instant,
+    ) -> Result<(), LimitExceeded> {
+        let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        let usage = all.entry(user.to_owned()).or_default();
+        usage
+            .sent
+            .retain(|(at, _)| now.saturating_duration_since(*at) < DAY);
+        let (mut messages_hour, mut recipients_hour, mut recipients_day) = (0u32, 0u32, 0u32);
+        for (at, recipients) in &usage.sent {
+            recipients_day = recipients_day.saturating_add(*recipients);
+            if now.saturating_duration_since(*at) < HOUR {
+                messages_hour += 1;
+                recipients_hour = recipients_hour.saturating_add(*recipients);
+            }
+        }
+        let messages_day = u32::try_from(usage.sent.len()).unwrap_or(u32::MAX);
+        let exceeded = [
+            (
+                limits.messages_per_hour,
+                messages_hour,
+                LimitExceeded::MessagesPerHour as fn(u32) -> LimitExceeded,
+            ),
+            (
+                limits.messages_per_day,
+                messages_day,
+                LimitExceeded::MessagesPerDay,
+            ),
+            (
+                limits.recipients_per_hour,
+                recipients_hour,
+                LimitExceeded::RecipientsPerHour,
+            ),
+            (
+                limits.recipients_per_day,
+                recipients_day,
+                LimitExceeded::RecipientsPerDay,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(limit, used, error)| limit.filter(|&l| used >= l).map(error));
+        let Some(exceeded) = exceeded else {
+            return Ok(());
+        };
+        if usage.warned_until.is_none_or(|until| now >= until) {
+            let window = match exceeded {
+                LimitExceeded::MessagesPerHour(_) | LimitExceeded::RecipientsPerHour(_) => HOUR,
+                _ => DAY,
+            };
+            usage.warned_until = Some(now + window);
+            tracing::warn!(target: "submitd::limits", "sending limit reached: user={user:?} limit=\"{exceeded}\"");
+        }
+        Err(exceeded)
+    }
+
+    /// Records a message `user` sent to `recipients` recipients.
+    pub fn record(&self, user: &str, recipients: u32, now: Instant) {
+        let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        all.entry(user.to_owned())
+            .or_default()
+            .sent
+            .push_back((now, recipients));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_slide_with_time() {
+        let limiter = RateLimiter::new();
+        let limits = SendingLimits {
+            messages_per_hour: Some(3),
+            messages_per_day: Some(5),
+            recipients_per_hour: Some(10),
+            recipients_per_day: None,
+        };
+        let t0 = Instant::now();
+        for i in 0..3 {
+            assert_eq!(
+                limiter.check("alice", limits, t0 + Duration::from_secs(i)),
+                Ok(())
+            );
+            limiter.record("alice", 1, t0 + Duration::from_secs(i));
+        }
+        assert_eq!(
+            limiter.check("alice", limits, t0 + Duration::from_secs(10)),
+            Err(LimitExceeded::MessagesPerHour(3))
+        );
+        // Other users are not affected.
+        assert_eq!(limiter.check("bob", limits, t0), Ok(()));
+        // An hour later the hour window is free again, the day is not.
+        let later = t0 + HOUR + Duration::from_secs(5);
+        for i in 0..2 {
+            assert_eq!(limiter.check("alice", limits, later), Ok(()), "{i}");
+            limiter.record("alice", 1, later);
+        }
+        assert_eq!(
+            limiter.check("alice", limits, later),
+            Err(LimitExceeded::MessagesPerDay(5))
+        );
+        assert_eq!(
+            limiter.check("alice", limits, t0 + DAY + Duration::from_secs(5)),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn recipients_count_too() {
+        let limiter = RateLimiter::new();
+        let limits = SendingLimits {
+            recipients_per_hour: Some(10),
+            ..SendingLimits::default()
+        };
+        let t0 = Instant::now();
+        limiter.record("alice", 10, t0);
+        assert_eq!(
+            limiter.check("alice", limits, t0),
+            Err(LimitExceeded::RecipientsPerHour(10))
+        );
+    }
+
+    #[test]
+    fn user_limits_override_defaults() {
+        let user = SendingLimits {
+            messages_per_hour: Some(1),
+            ..SendingLimits::default()
+        };
+        let resolved = user.or(SendingLimits::defaults());
+        assert_eq!(resolved.messages_per_hour, Some(1));
+        assert_eq!(resolved.messages_per_day, Some(500));
+        assert_eq!(
+            SendingLimits::parse_pair("10/h,50/d"),
+            Ok((Some(10), Some(50)))
+        );
+        assert_eq!(SendingLimits::parse_pair("7/d"), Ok((None, Some(7))));
+        assert!(SendingLimits::parse_pair("10").is_err());
+        assert!(SendingLimits::parse_pair("x/h").is_err());
+        assert!(SendingLimits::parse_pair("1/w").is_err());
+    }
+}
