@@ -60,6 +60,15 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
+    /// Parses `local@domain` (no angle brackets) with the rules of a path.
+    pub fn parse(address: &str) -> Result<Self, AddressError> {
+        match parse_path(&format!("<{address}>"))? {
+            (PathValue::Mailbox(mailbox), "") => Ok(mailbox),
+            (PathValue::Mailbox(_), _) => Err(AddressError::MissingBrackets),
+            _ => Err(AddressError::MissingDomain),
+        }
+    }
+
     /// The local part as sent, quotes included.
     pub fn local_part(&self) -> &str {
         &self.local_part
@@ -364,6 +373,16 @@ mod tests {
                 Ok((local.into(), domain.into(), rest.into())),
                 "{input}"
             );
+        }
+    }
+
+    #[test]
+    fn mailbox_parse() {
+        let m = Mailbox::parse("\"a b\"@[IPv6:::1]").unwrap();
+        assert_eq!((m.local_part(), m.domain()), ("\"a b\"", "[IPv6:::1]"));
+        assert_eq!(m.to_string(), "\"a b\"@[IPv6:::1]");
+        for bad in ["", "a", "<a@b.example>", "a@b.example> x", "Postmaster"] {
+            assert!(Mailbox::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -50,24 +50,39 @@
 //! end of data, no bare CR or LF anywhere (the session is closed), and every
 //! bound in [`Limits`].
 //!
+//! # The client session
+//!
+//! [`ClientSession`] is the same kind of machine for the other direction:
+//! relaying to the upstream smarthost. Fed the server's bytes and the time,
+//! it emits bytes to send, "start TLS now", "ready for a message", and for
+//! each message a final reply per recipient. It is tested against
+//! [`ServerSession`] in memory, with no socket.
+//!
 //! Dependencies: `base64` for AUTH payloads, `memchr` for fast line and
 //! DATA scanning, `thiserror` for typed errors, `zeroize` so AUTH payloads
 //! do not linger in memory.
 
 mod address;
+mod client;
 mod data;
 mod limits;
 mod params;
 mod reply;
+mod reply_parser;
 mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use address::{AddressError, AddressLiteral, ClientName, Mailbox};
+pub use client::{
+    ClientConfig, ClientCredentials, ClientError, ClientOutput, ClientSession, ClientTimeouts,
+    ClientTls, Envelope, Extensions, MessageOutcome, SessionError,
+};
 pub use data::dot_stuff;
 pub use limits::Limits;
 pub use params::{decode_xtext, BodyType, MailParams, Notify, Orcpt, ParamError, RcptParams, Ret};
 pub use reply::{EnhancedCode, Reply};
+pub use reply_parser::ReplyError;
 pub use server::{
     AnswerError, AuthAnswer, CloseReason, ForwardPath, MailFrom, Message, Output, RcptTo, Secret,
     ServerConfig, ServerSession, Transport, Verdict,

@@ -105,6 +105,16 @@ impl Reply {
         }
     }
 
+    /// A reply as received from a server: its code, the enhanced code if
+    /// the text started with one, and the text lines.
+    pub(crate) fn received(code: u16, enhanced: Option<EnhancedCode>, lines: Vec<String>) -> Self {
+        Self {
+            code,
+            enhanced,
+            lines,
+        }
+    }
+
     /// Adds a line to a multi-line reply.
     pub fn with_line(mut self, text: impl AsRef<str>) -> Self {
         self.lines.push(sanitize(text.as_ref()));

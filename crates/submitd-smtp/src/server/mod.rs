@@ -67,7 +67,8 @@ impl ServerConfig {
 pub struct Secret(Zeroizing<Vec<u8>>);
 
 impl Secret {
-    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+    /// Wraps secret bytes.
+    pub fn new(bytes: Vec<u8>) -> Self {
         Self(Zeroizing::new(bytes))
     }
 
