@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 
 use crate::data::dot_stuff;
-use crate::params::{BodyType, Notify, Ret};
+use crate::params::{BodyType, Ret};
 use crate::reply::{EnhancedCode, Reply};
 use crate::reply_parser::{ReplyError, ReplyParser};
 use crate::server::{ForwardPath, MailFrom, RcptTo, Secret};
@@ -513,29 +513,12 @@ impl ClientSession {
     }
 
     fn rcpt_command(&self, rcpt: &RcptTo) -> Vec<u8> {
-        let mut line = format!("RCPT TO:<{}>", rcpt.forward_path);
-        if self.extensions.dsn {
-            match rcpt.params.notify {
-                Some(Notify::Never) => line.push_str(" NOTIFY=NEVER"),
-                Some(Notify::On {
-                    success,
-                    failure,
-                    delay,
-                }) => {
-                    let words: Vec<&str> =
-                        [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
-                            .into_iter()
-                            .filter_map(|(on, word)| on.then_some(word))
-                            .collect();
-                    line.push_str(&format!(" NOTIFY={}", words.join(",")));
-                }
-                None => {}
-            }
-            if let Some(orcpt) = &rcpt.params.orcpt {
-                line.push_str(&format!(" ORCPT={};{}", orcpt.addr_type, orcpt.addr));
-            }
-        }
-        line.push_str("\r\n");
+        // RCPT's only parameters are DSN's (NOTIFY, ORCPT).
+        let line = if self.extensions.dsn {
+            format!("RCPT TO:{rcpt}\r\n")
+        } else {
+            format!("RCPT TO:<{}>\r\n", rcpt.forward_path)
+        };
         line.into_bytes()
     }
 

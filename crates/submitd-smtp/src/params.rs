@@ -215,6 +215,62 @@ fn parse_notify(value: &str) -> Option<Notify> {
     })
 }
 
+/// Writes MAIL parameters in wire form, each preceded by a space.
+pub(crate) fn write_mail_params(
+    p: &MailParams,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    if let Some(size) = p.size {
+        write!(f, " SIZE={size}")?;
+    }
+    match p.body {
+        Some(BodyType::SevenBit) => f.write_str(" BODY=7BIT")?,
+        Some(BodyType::EightBitMime) => f.write_str(" BODY=8BITMIME")?,
+        None => {}
+    }
+    if p.smtputf8 {
+        f.write_str(" SMTPUTF8")?;
+    }
+    match p.ret {
+        Some(Ret::Full) => f.write_str(" RET=FULL")?,
+        Some(Ret::Hdrs) => f.write_str(" RET=HDRS")?,
+        None => {}
+    }
+    if let Some(envid) = &p.envid {
+        write!(f, " ENVID={envid}")?;
+    }
+    if let Some(auth) = &p.auth {
+        write!(f, " AUTH={auth}")?;
+    }
+    Ok(())
+}
+
+/// Writes RCPT parameters in wire form, each preceded by a space.
+pub(crate) fn write_rcpt_params(
+    p: &RcptParams,
+    f: &mut std::fmt::Formatter<'_>,
+) -> std::fmt::Result {
+    match p.notify {
+        Some(Notify::Never) => f.write_str(" NOTIFY=NEVER")?,
+        Some(Notify::On {
+            success,
+            failure,
+            delay,
+        }) => {
+            let words: Vec<&str> = [(success, "SUCCESS"), (failure, "FAILURE"), (delay, "DELAY")]
+                .into_iter()
+                .filter_map(|(on, word)| on.then_some(word))
+                .collect();
+            write!(f, " NOTIFY={}", words.join(","))?;
+        }
+        None => {}
+    }
+    if let Some(orcpt) = &p.orcpt {
+        write!(f, " ORCPT={};{}", orcpt.addr_type, orcpt.addr)?;
+    }
+    Ok(())
+}
+
 /// RFC 3461 §4 xtext: printable ASCII but `+` and `=`, or `+XX` in upper
 /// case hex. Under SMTPUTF8 non-ASCII characters are also allowed as sent
 /// (RFC 6533 utf-8-addr-xtext keeps them when the next hop offers SMTPUTF8).

@@ -93,6 +93,68 @@ pub struct MailFrom {
     pub params: MailParams,
 }
 
+impl MailFrom {
+    /// Parses what follows `MAIL FROM:` on the wire (`<path> [params]`),
+    /// as the spool stores it.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (path, params) = crate::address::parse_path(text).map_err(|e| e.to_string())?;
+        let reverse_path = match path {
+            crate::address::PathValue::Null => None,
+            crate::address::PathValue::Mailbox(m) => Some(m),
+            crate::address::PathValue::Postmaster(_) => {
+                return Err("the sender has no @domain".into())
+            }
+        };
+        if !params.is_empty() && !params.starts_with(' ') {
+            return Err("text after the address".into());
+        }
+        let params = crate::params::parse_mail_params(params).map_err(|e| e.to_string())?;
+        Ok(Self {
+            reverse_path,
+            params,
+        })
+    }
+}
+
+/// The wire form after `MAIL FROM:`: `<address>` and the parameters.
+impl fmt::Display for MailFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.reverse_path {
+            Some(m) => write!(f, "<{m}>")?,
+            None => f.write_str("<>")?,
+        }
+        crate::params::write_mail_params(&self.params, f)
+    }
+}
+
+impl RcptTo {
+    /// Parses what follows `RCPT TO:` on the wire (`<path> [params]`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (path, params) = crate::address::parse_path(text).map_err(|e| e.to_string())?;
+        let forward_path = match path {
+            crate::address::PathValue::Null => return Err("<> is not a recipient".into()),
+            crate::address::PathValue::Mailbox(m) => ForwardPath::Mailbox(m),
+            crate::address::PathValue::Postmaster(p) => ForwardPath::Postmaster(p),
+        };
+        if !params.is_empty() && !params.starts_with(' ') {
+            return Err("text after the address".into());
+        }
+        let params = crate::params::parse_rcpt_params(params).map_err(|e| e.to_string())?;
+        Ok(Self {
+            forward_path,
+            params,
+        })
+    }
+}
+
+/// The wire form after `RCPT TO:`.
+impl fmt::Display for RcptTo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<{}>", self.forward_path)?;
+        crate::params::write_rcpt_params(&self.params, f)
+    }
+}
+
 /// A recipient address.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ForwardPath {

@@ -292,3 +292,39 @@ fn received_protocol_names() {
     assert_eq!(message.client_name.to_string(), "client.example");
     assert!(message.tls && !message.chunked);
 }
+
+/// Envelopes in wire form (as the spool stores them) read back unchanged.
+#[test]
+fn envelope_wire_forms_round_trip() {
+    use submitd_smtp::{MailFrom, RcptTo};
+    for text in [
+        "<alice@example.org>",
+        "<>",
+        "<alice@example.org> SIZE=1000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=a+2Bb AUTH=alice+40example.org",
+        "<\"odd name\"@[IPv6:2001:db8::1]> BODY=7BIT",
+        "<用户@例子.测试> SMTPUTF8",
+    ] {
+        let parsed = MailFrom::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+        assert_eq!(MailFrom::parse(&parsed.to_string()).unwrap(), parsed);
+    }
+    for text in [
+        "<bob@example.net>",
+        "<Postmaster>",
+        "<bob@example.net> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;bob+40example.net",
+        "<bob@example.net> NOTIFY=NEVER",
+    ] {
+        let parsed = RcptTo::parse(text).unwrap();
+        assert_eq!(parsed.to_string(), text);
+    }
+    for bad in [
+        "",
+        "alice@example.org",
+        "<Postmaster>",
+        "<a@b.example>x",
+        "<a@b.example> FOO=1",
+    ] {
+        assert!(MailFrom::parse(bad).is_err(), "{bad}");
+    }
+    assert!(RcptTo::parse("<>").is_err());
+}
