@@ -61,7 +61,11 @@ fn bench(c: &mut Criterion) {
                             let mut tasks = tokio::task::JoinSet::new();
                             for _ in 0..batch {
                                 let (spool, data) = (spool.clone(), Arc::clone(&data));
-                                tasks.spawn(async move { spool.store(envelope(), data).await });
+                                tasks.spawn(async move {
+                                    spool
+                                        .store(submitd_relay::QueueId::generate(), envelope(), data)
+                                        .await
+                                });
                             }
                             while let Some(r) = tasks.join_next().await {
                                 if let Ok(Err(e)) | Err(e) =

@@ -1,20 +1,24 @@
-//! Never lose a message: the durable spool, and (to come) preparing a
-//! message for transfer, the delivery scheduler, the upstream client over
+//! Never lose a message: preparing a message for transfer (RFC 6409 §8),
+//! the durable spool, and (to come) the delivery scheduler, the upstream client over
 //! TLS and bounces.
 //!
 //! ```text
-//! accepted message ─▶ spool::Spool::store ─▶ tmp/ → fsync → msg/ → fsync dir ─▶ queue id (250)
+//! accepted message ─▶ prepare::prepare (strict header read, Received, Message-ID, Date)
+//!                  ─▶ spool::Spool::store ─▶ tmp/ → fsync → msg/ → fsync dir ─▶ queue id (250)
 //!                                                   │
 //!                      delivery (to come) ◀─────────┘ state/ rewritten per attempt
 //! ```
 //!
-//! Dependencies: `submitd-smtp` for envelopes in wire form, `crc32fast` to
+//! Dependencies: `submitd-smtp` for envelopes in wire form, `mail-parser`
+//! for From:/Sender: address lists (only of fields this crate found itself), `crc32fast` to
 //! detect damaged queue files, `getrandom` for queue ids, `tokio` for the
 //! blocking pool and group commit, `tracing` for recovery log lines,
 //! `thiserror` for typed errors.
 
+pub mod prepare;
 pub mod spool;
 
+pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
 pub use spool::{
     DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,
 };

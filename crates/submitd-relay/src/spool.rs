@@ -364,8 +364,12 @@ impl Spool {
 
     /// Writes, fsyncs and renames a new message file; the caller must still
     /// make the rename durable (fsync `msg/`).
-    fn write_file(&self, envelope: &StoredEnvelope, data: &[u8]) -> Result<QueueId, SpoolError> {
-        let id = QueueId::generate();
+    fn write_file(
+        &self,
+        id: QueueId,
+        envelope: &StoredEnvelope,
+        data: &[u8],
+    ) -> Result<QueueId, SpoolError> {
         let mut header = format!("{MAGIC}\nid: {id}\nreceived: {}\n", envelope.received);
         header.push_str(&format!(
             "user: {}\n",
@@ -392,14 +396,23 @@ impl Spool {
             return Err(SpoolError::Io { path: tmp, source });
         }
         let target = self.dirs.msg.join(id.as_str());
+        if target.exists() {
+            let _ = fs::remove_file(&tmp);
+            return Err(SpoolError::Corrupt {
+                path: target,
+                reason: "queue id already in use".into(),
+            });
+        }
         fs::rename(&tmp, &target).map_err(io_error(&target))?;
         Ok(id)
     }
 
-    /// Stores a message durably and returns its id, on the blocking pool.
+    /// Stores a message durably under `id` (from [`QueueId::generate`], made
+    /// early so the Received header can name it), on the blocking pool.
     /// With group commit, waits for the shared directory fsync.
     pub async fn store(
         &self,
+        id: QueueId,
         envelope: StoredEnvelope,
         data: Arc<Vec<u8>>,
     ) -> Result<QueueId, SpoolError> {
@@ -407,7 +420,7 @@ impl Spool {
         let group = self.group.clone();
         let grouped = group.is_some();
         let id = tokio::task::spawn_blocking(move || {
-            let id = spool.write_file(&envelope, &data)?;
+            let id = spool.write_file(id, &envelope, &data)?;
             if !grouped {
                 fsync_dir(&spool.dirs.msg)?;
             }
@@ -428,13 +441,14 @@ impl Spool {
         Ok(id)
     }
 
-    /// Stores a message durably, blocking the calling thread.
+    /// Stores a message durably under `id`, blocking the calling thread.
     pub fn store_blocking(
         &self,
+        id: QueueId,
         envelope: &StoredEnvelope,
         data: &[u8],
     ) -> Result<QueueId, SpoolError> {
-        let id = self.write_file(envelope, data)?;
+        let id = self.write_file(id, envelope, data)?;
         fsync_dir(&self.dirs.msg)?;
         Ok(id)
     }
@@ -616,11 +630,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (spool, recovery) = Spool::open(dir.path()).unwrap();
         assert_eq!(recovery, Recovery::default());
-        let id = spool.store_blocking(&envelope(), DATA).unwrap();
+        let id = spool
+            .store_blocking(QueueId::generate(), &envelope(), DATA)
+            .unwrap();
         let (loaded, data) = spool.load(&id).unwrap();
         assert_eq!(loaded, envelope());
         assert_eq!(data, DATA);
         assert_eq!(spool.list().unwrap(), vec![id.clone()]);
+        assert!(spool
+            .store_blocking(id.clone(), &envelope(), b"other")
+            .is_err());
+        assert_eq!(
+            spool.load(&id).unwrap().1,
+            DATA,
+            "a reused id overwrites nothing"
+        );
 
         assert_eq!(spool.state(&id, 2).unwrap(), DeliveryState::new(2, 0));
         let state = DeliveryState {
@@ -650,9 +674,15 @@ mod tests {
     fn recovery_moves_aside_and_never_deletes_messages() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, _) = Spool::open(dir.path()).unwrap();
-        let good = spool.store_blocking(&envelope(), DATA).unwrap();
-        let truncated = spool.store_blocking(&envelope(), DATA).unwrap();
-        let flipped = spool.store_blocking(&envelope(), DATA).unwrap();
+        let good = spool
+            .store_blocking(QueueId::generate(), &envelope(), DATA)
+            .unwrap();
+        let truncated = spool
+            .store_blocking(QueueId::generate(), &envelope(), DATA)
+            .unwrap();
+        let flipped = spool
+            .store_blocking(QueueId::generate(), &envelope(), DATA)
+            .unwrap();
         let msg = dir.path().join("msg");
         let bytes = fs::read(msg.join(truncated.as_str())).unwrap();
         fs::write(msg.join(truncated.as_str()), &bytes[..bytes.len() - 3]).unwrap();
@@ -703,7 +733,7 @@ mod tests {
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..50 {
             let (spool, data) = (spool.clone(), Arc::clone(&data));
-            tasks.spawn(async move { spool.store(envelope(), data).await });
+            tasks.spawn(async move { spool.store(QueueId::generate(), envelope(), data).await });
         }
         let mut ids = Vec::new();
         while let Some(result) = tasks.join_next().await {
