@@ -1,5 +1,6 @@
 //! Never lose a message: preparing a message for transfer (RFC 6409 §8),
-//! the durable spool, and (to come) the delivery scheduler, the upstream client over
+//! the durable spool, the retry schedule and bounces (RFC 3464), and (to
+//! come) the delivery workers, the upstream client over
 //! TLS and bounces.
 //!
 //! ```text
@@ -15,10 +16,14 @@
 //! blocking pool and group commit, `tracing` for recovery log lines,
 //! `thiserror` for typed errors.
 
+pub mod dsn;
 pub mod prepare;
+pub mod retry;
 pub mod spool;
 
+pub use dsn::{bounce, Bounce};
 pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
+pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use spool::{
     DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,
 };
