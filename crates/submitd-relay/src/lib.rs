@@ -17,11 +17,14 @@
 //! `thiserror` for typed errors.
 
 pub mod dsn;
+pub mod maildir;
 pub mod prepare;
+pub mod queue;
 pub mod retry;
 pub mod spool;
 
 pub use dsn::{bounce, Bounce};
+pub use maildir::Maildir;
 pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
 pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use spool::{

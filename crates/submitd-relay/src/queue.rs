@@ -1,0 +1,161 @@
+//! Queue operations as library functions; the daemon's `queue list|show|
+//! flush|delete` commands call these.
+
+use crate::spool::{DeliveryState, QueueId, RecipientState, Spool, SpoolError, StoredEnvelope};
+
+/// One queued message as `queue list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Its id.
+    pub id: QueueId,
+    /// Envelope and facts.
+    pub envelope: StoredEnvelope,
+    /// Size in octets.
+    pub size: usize,
+    /// Delivery state.
+    pub state: DeliveryState,
+}
+
+/// Counts over the whole queue.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueFigures {
+    /// Messages queued.
+    pub messages: usize,
+    /// Messages with at least one failed attempt (deferred).
+    pub deferred: usize,
+    /// Recipients still to deliver.
+    pub pending: usize,
+    /// Recipients delivered (messages not finished yet).
+    pub delivered: usize,
+    /// Recipients failed for good (bounce being sent).
+    pub failed: usize,
+    /// Octets queued.
+    pub octets: u64,
+}
+
+/// Every queued message, oldest first.
+pub fn list(spool: &Spool) -> Result<Vec<QueueEntry>, SpoolError> {
+    spool
+        .list()?
+        .into_iter()
+        .map(|id| show(spool, &id))
+        .collect()
+}
+
+/// One queued message.
+pub fn show(spool: &Spool, id: &QueueId) -> Result<QueueEntry, SpoolError> {
+    let (envelope, data) = spool.load(id)?;
+    let state = spool.state(id, envelope.recipients.len())?;
+    Ok(QueueEntry {
+        id: id.clone(),
+        size: data.len(),
+        envelope,
+        state,
+    })
+}
+
+/// Counts per state.
+pub fn figures(entries: &[QueueEntry]) -> QueueFigures {
+    let mut f = QueueFigures {
+        messages: entries.len(),
+        ..QueueFigures::default()
+    };
+    for entry in entries {
+        f.octets += entry.size as u64;
+        if entry.state.attempts > 0 {
+            f.deferred += 1;
+        }
+        for r in &entry.state.recipients {
+            match r {
+                RecipientState::Pending(_) => f.pending += 1,
+                RecipientState::Delivered(_) => f.delivered += 1,
+                RecipientState::Failed(_) => f.failed += 1,
+            }
+        }
+    }
+    f
+}
+
+/// Makes one message (or all, with `None`) due now. Returns how many.
+pub fn flush(spool: &Spool, id: Option<&QueueId>) -> Result<usize, SpoolError> {
+    let ids = match id {
+        Some(id) => vec![id.clone()],
+        None => spool.list()?,
+    };
+    for id in &ids {
+        let entry = show(spool, id)?;
+        let mut state = entry.state;
+        state.next_try = 0;
+        spool.save_state(id, &state)?;
+    }
+    Ok(ids.len())
+}
+
+/// Deletes a message without delivering or bouncing it.
+pub fn delete(spool: &Spool, id: &QueueId) -> Result<(), SpoolError> {
+    spool.remove(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use submitd_smtp::{MailFrom, RcptTo};
+
+    use super::*;
+
+    #[test]
+    fn list_show_flush_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let envelope = StoredEnvelope {
+            mail_from: MailFrom::parse("<alice@example.org>").unwrap(),
+            recipients: vec![
+                RcptTo::parse("<a@example.net>").unwrap(),
+                RcptTo::parse("<b@example.net>").unwrap(),
+            ],
+            user: Some("alice".into()),
+            received: 0,
+        };
+        let one = spool
+            .store_blocking(QueueId::generate(), &envelope, b"12345")
+            .unwrap();
+        let two = spool
+            .store_blocking(QueueId::generate(), &envelope, b"123")
+            .unwrap();
+        spool
+            .save_state(
+                &one,
+                &DeliveryState {
+                    attempts: 2,
+                    next_try: 99_999,
+                    recipients: vec![
+                        RecipientState::Delivered("250".into()),
+                        RecipientState::Pending(Some("451".into())),
+                    ],
+                },
+            )
+            .unwrap();
+        let entries = list(&spool).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(
+            figures(&entries),
+            QueueFigures {
+                messages: 2,
+                deferred: 1,
+                pending: 3,
+                delivered: 1,
+                failed: 0,
+                octets: 8
+            }
+        );
+        assert_eq!(flush(&spool, Some(&one)).unwrap(), 1);
+        assert_eq!(show(&spool, &one).unwrap().state.next_try, 0);
+        assert_eq!(
+            show(&spool, &one).unwrap().state.attempts,
+            2,
+            "flush keeps the history"
+        );
+        delete(&spool, &two).unwrap();
+        assert_eq!(list(&spool).unwrap().len(), 1);
+        assert!(matches!(show(&spool, &two), Err(SpoolError::NotFound(_))));
+    }
+}
