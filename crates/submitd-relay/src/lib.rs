@@ -16,6 +16,7 @@
 //! blocking pool and group commit, `tracing` for recovery log lines,
 //! `thiserror` for typed errors.
 
+pub mod deliver;
 pub mod dsn;
 pub mod maildir;
 pub mod prepare;
@@ -23,6 +24,7 @@ pub mod queue;
 pub mod retry;
 pub mod spool;
 
+pub use deliver::{client_tls_config, Connection, ConnectionError, Upstream};
 pub use dsn::{bounce, Bounce};
 pub use maildir::Maildir;
 pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};

@@ -8,7 +8,8 @@
 //! user `tempfail` whose check cannot be made now; senders whose local part
 //! starts with `spoof` are refused, recipients whose local part starts with
 //! `unknown` are refused; a message containing `X-Store: fail` cannot be
-//! stored; every other message gets queue id `Q1`, `Q2`, ...
+//! stored now (451), one containing `X-Store: reject` is refused (554);
+//! every other message gets queue id `Q1`, `Q2`, ...
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -191,7 +192,13 @@ impl Driver {
                     })
                 }
                 Output::StoreMessage(message) => {
-                    if contains(&message.data, b"X-Store: fail") {
+                    if contains(&message.data, b"X-Store: reject") {
+                        self.session.answer_store(Err(Reply::new(
+                            554,
+                            EnhancedCode::new(5, 6, 0),
+                            "Message content rejected",
+                        )))
+                    } else if contains(&message.data, b"X-Store: fail") {
                         self.session.answer_store(Err(Reply::new(
                             451,
                             EnhancedCode::new(4, 3, 0),
