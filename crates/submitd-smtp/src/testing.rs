@@ -67,6 +67,8 @@ pub struct Driver {
     pub items: Vec<Item>,
     /// Complete TLS handshakes by itself when asked (true by default).
     pub auto_tls: bool,
+    /// Answer this many coming stores with 451 4.3.0, whatever they hold.
+    pub fail_next_stores: u32,
     auth: AuthState,
     stored: u64,
     partial: Vec<u8>,
@@ -81,6 +83,7 @@ impl Driver {
             now,
             items: Vec::new(),
             auto_tls: true,
+            fail_next_stores: 0,
             auth: AuthState::Idle,
             stored: 0,
             partial: Vec::new(),
@@ -198,7 +201,9 @@ impl Driver {
                             EnhancedCode::new(5, 6, 0),
                             "Message content rejected",
                         )))
-                    } else if contains(&message.data, b"X-Store: fail") {
+                    } else if self.fail_next_stores > 0 || contains(&message.data, b"X-Store: fail")
+                    {
+                        self.fail_next_stores = self.fail_next_stores.saturating_sub(1);
                         self.session.answer_store(Err(Reply::new(
                             451,
                             EnhancedCode::new(4, 3, 0),

@@ -80,6 +80,9 @@ pub enum Fault {
     DropDuringData(usize),
     /// Accept connections and never say anything.
     Stall,
+    /// Answer the first this many messages (over all connections) with
+    /// 451 after DATA, then accept.
+    TempFailFirst(u32),
 }
 
 /// What the fake smarthost saw.
@@ -89,6 +92,8 @@ pub struct Seen {
     pub messages: Vec<Message>,
     /// Connections accepted.
     pub connections: usize,
+    /// Temporary failures still to give (for [`Fault::TempFailFirst`]).
+    temp_failures_left: u32,
 }
 
 /// A fake smarthost on 127.0.0.1.
@@ -116,6 +121,9 @@ impl FakeSmarthost {
             .unwrap_or_else(|e| panic!("bind: {e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let seen = Arc::new(Mutex::new(Seen::default()));
+        if let (Fault::TempFailFirst(n), Ok(mut s)) = (fault, seen.lock()) {
+            s.temp_failures_left = n;
+        }
         let seen_by_task = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
@@ -199,6 +207,15 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             *count += n;
             if *count > limit {
                 return Ok(false); // drop the connection mid-DATA
+            }
+        }
+        if matches!(fault, Fault::TempFailFirst(_)) {
+            // Hand the shared count to this connection's world for this read.
+            if let Ok(mut s) = seen.lock() {
+                driver.fail_next_stores = s.temp_failures_left;
+                driver.feed(&buf[..n]);
+                s.temp_failures_left = driver.fail_next_stores;
+                continue;
             }
         }
         driver.feed(&buf[..n]);

@@ -1,0 +1,287 @@
+//! The delivery runner over the real spool, to a fake smarthost on
+//! loopback TLS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use submitd_relay::{
+    client_tls_config, queue, Maildir, QueueId, Relay, RelayConfig, RetryPolicy, Route, Spool,
+    StoredEnvelope, Upstream,
+};
+use submitd_smtp::{ClientTls, MailFrom, RcptTo, Transport};
+use submitd_testkit::{FakeSmarthost, Fault, TestCa};
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    spool: Spool,
+    ca_file: std::path::PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    Setup {
+        _dir: dir,
+        spool,
+        ca_file,
+    }
+}
+
+fn upstream(setup: &Setup, ca: &TestCa, port: u16) -> Upstream {
+    std::fs::write(&setup.ca_file, ca.pem()).unwrap();
+    Upstream {
+        host: "localhost".into(),
+        port,
+        tls: ClientTls::Implicit,
+        credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
+        tls_config: client_tls_config(Some(&setup.ca_file)).unwrap(),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+fn relay(setup: &Setup, route: Route, policy: RetryPolicy) -> Relay {
+    Relay::new(
+        setup.spool.clone(),
+        RelayConfig {
+            hostname: "mx.test".into(),
+            route,
+            policy,
+        },
+    )
+}
+
+fn queue_message(spool: &Spool, to: &[&str], data: &[u8]) -> QueueId {
+    let envelope = StoredEnvelope {
+        mail_from: MailFrom::parse("<alice@example.org>").unwrap(),
+        recipients: to
+            .iter()
+            .map(|r| RcptTo::parse(&format!("<{r}>")).unwrap())
+            .collect(),
+        user: Some("alice".into()),
+        received: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    };
+    spool
+        .store_blocking(QueueId::generate(), &envelope, data)
+        .unwrap()
+}
+
+const DATA: &[u8] = b"From: alice@example.org\r\nSubject: t\r\n\r\n.dot\r\n\xe2\x82\xac\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivers_everything_due_over_one_connection_and_removes_it() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
+        RetryPolicy::default(),
+    );
+    queue_message(&setup.spool, &["bob@example.net"], DATA);
+    queue_message(
+        &setup.spool,
+        &["carol@example.net", "dave@example.net"],
+        DATA,
+    );
+    let figures = relay.run_once().await;
+    assert_eq!(
+        (figures.attempted, figures.delivered, figures.removed),
+        (2, 3, 2)
+    );
+    assert!(setup.spool.list().unwrap().is_empty());
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 2);
+    assert!(messages.iter().all(|m| m.data == DATA));
+    assert_eq!(fake.connections(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_recipient_bounced_the_others_delivered() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
+        RetryPolicy::default(),
+    );
+    queue_message(
+        &setup.spool,
+        &[
+            "bob@example.net",
+            "unknown@example.net",
+            "carol@example.net",
+        ],
+        DATA,
+    );
+    let first = relay.run_once().await;
+    assert_eq!(
+        (first.delivered, first.failed, first.bounces, first.removed),
+        (2, 1, 1, 1)
+    );
+    let second = relay.run_once().await;
+    assert_eq!(
+        (second.delivered, second.removed),
+        (1, 1),
+        "the bounce itself was delivered"
+    );
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 2);
+    let bounce = &messages[1];
+    assert_eq!(bounce.mail_from.reverse_path, None);
+    assert_eq!(bounce.recipients[0].to_string(), "<alice@example.org>");
+    let text = String::from_utf8_lossy(&bounce.data);
+    assert!(
+        text.contains("Final-Recipient: rfc822; unknown@example.net"),
+        "{text}"
+    );
+    assert!(text.contains("550 5.1.1"), "{text}");
+    assert!(!text.contains("Final-Recipient: rfc822; bob@example.net"));
+    assert!(setup.spool.list().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_after_a_temporary_failure_then_delivered() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(
+        &ca,
+        &["localhost"],
+        Transport::ImplicitTls,
+        Fault::TempFailFirst(1),
+    )
+    .await;
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
+        RetryPolicy::default(),
+    );
+    let id = queue_message(&setup.spool, &["bob@example.net"], DATA);
+    let first = relay.run_once().await;
+    assert_eq!((first.deferred, first.removed), (1, 0));
+    let entry = queue::show(&setup.spool, &id).unwrap();
+    assert_eq!(entry.state.attempts, 1);
+    assert!(
+        entry.state.next_try > entry.envelope.received,
+        "backoff scheduled"
+    );
+    assert_eq!(relay.run_once().await.attempted, 0, "not due yet");
+    queue::flush(&setup.spool, Some(&id)).unwrap();
+    let second = relay.run_once().await;
+    assert_eq!((second.delivered, second.removed), (1, 1));
+    assert_eq!(fake.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_produces_exactly_one_bounce() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(
+        &ca,
+        &["localhost"],
+        Transport::ImplicitTls,
+        Fault::TempFailFirst(1000),
+    )
+    .await;
+    let policy = RetryPolicy {
+        lifetime: Duration::ZERO,
+        ..RetryPolicy::default()
+    };
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
+        policy,
+    );
+    queue_message(
+        &setup.spool,
+        &["bob@example.net", "carol@example.net"],
+        DATA,
+    );
+    let mut bounces = 0;
+    for _ in 0..4 {
+        bounces += relay.run_once().await.bounces;
+    }
+    assert_eq!(
+        bounces, 1,
+        "one bounce for both recipients, none for the bounce"
+    );
+    assert!(setup.spool.list().unwrap().is_empty());
+    assert!(fake.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_certificate_keeps_the_message_queued_with_the_reason() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(
+        &ca,
+        &["smtp.other.example"],
+        Transport::ImplicitTls,
+        Fault::None,
+    )
+    .await;
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
+        RetryPolicy::default(),
+    );
+    let id = queue_message(&setup.spool, &["bob@example.net"], DATA);
+    let figures = relay.run_once().await;
+    assert_eq!((figures.deferred, figures.bounces), (1, 0));
+    let entry = queue::show(&setup.spool, &id).unwrap();
+    let submitd_relay::RecipientState::Pending(Some(reason)) = &entry.state.recipients[0] else {
+        panic!("{:?}", entry.state);
+    };
+    assert!(
+        reason.contains("TLS handshake failed") && reason.contains("certificate"),
+        "{reason}"
+    );
+    assert!(fake.messages().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fails_over_to_the_next_upstream() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    // A port nothing listens on: bind, note it, drop it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let route = Route::Upstreams(vec![
+        upstream(&setup, &ca, dead),
+        upstream(&setup, &ca, fake.addr.port()),
+    ]);
+    let relay = relay(&setup, route, RetryPolicy::default());
+    queue_message(&setup.spool, &["bob@example.net"], DATA);
+    assert_eq!(relay.run_once().await.delivered, 1);
+    assert_eq!(fake.messages().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maildir_route() {
+    let setup = setup();
+    let maildir_path = setup._dir.path().join("Maildir");
+    let relay = relay(
+        &setup,
+        Route::Maildir(Maildir::open(&maildir_path).unwrap()),
+        RetryPolicy::default(),
+    );
+    queue_message(&setup.spool, &["bob@example.net"], DATA);
+    assert_eq!(relay.run_once().await.delivered, 1);
+    let files: Vec<_> = std::fs::read_dir(maildir_path.join("new"))
+        .unwrap()
+        .collect();
+    assert_eq!(files.len(), 1);
+    let content = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(content.ends_with(DATA));
+    assert!(setup.spool.list().unwrap().is_empty());
+}
