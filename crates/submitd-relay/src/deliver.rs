@@ -90,6 +90,32 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientCon
     Ok(Arc::new(config))
 }
 
+/// Reads an upstream password from `path`: the first line, without its
+/// line end. The file must be readable by its owner only (mode 0600 or
+/// stricter): a password others can read is refused, with the fix named.
+pub fn read_password_file(path: &Path) -> Result<Arc<Vec<u8>>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: readable by others (mode {mode:o}); run `chmod 600 {}` and make the service user its owner",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
+    let password = first.strip_suffix(b"\r").unwrap_or(first).to_vec();
+    if password.is_empty() {
+        return Err(format!(
+            "{}: the first line is empty; write the upstream password on it",
+            path.display()
+        ));
+    }
+    Ok(Arc::new(password))
+}
+
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -315,4 +341,32 @@ impl Connection {
 enum Step {
     Ready,
     Outcome(MessageOutcome),
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn password_files_must_be_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("upstream.pass");
+        std::fs::write(&path, "s3cret pass\r\nignored\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let error = read_password_file(&path).unwrap_err();
+        assert!(
+            error.contains("chmod 600") && error.contains("upstream.pass"),
+            "{error}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(
+            read_password_file(&path).unwrap().as_slice(),
+            b"s3cret pass"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        assert!(read_password_file(&path).unwrap_err().contains("empty"));
+        assert!(read_password_file(&dir.path().join("missing")).is_err());
+    }
 }

@@ -30,7 +30,7 @@ pub mod relay;
 pub mod retry;
 pub mod spool;
 
-pub use deliver::{client_tls_config, Connection, ConnectionError, Upstream};
+pub use deliver::{client_tls_config, read_password_file, Connection, ConnectionError, Upstream};
 pub use dsn::{bounce, Bounce};
 pub use maildir::Maildir;
 pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
