@@ -252,3 +252,41 @@ async fn serve(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fake greets over TLS whose certificate verifies against the CA
+    /// for the name it was issued for.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fake_smarthost_greets_over_verified_tls() {
+        let ca = TestCa::new();
+        let fake =
+            FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert()).unwrap_or_else(|e| panic!("{e}"));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(fake.addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let name =
+            rustls_pki_types::ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut greeting = [0u8; 64];
+        let n = tls
+            .read(&mut greeting)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(&greeting[..n], b"220 smarthost.test ESMTP ready\r\n");
+        assert_eq!(fake.connections(), 1);
+    }
+}
