@@ -51,6 +51,19 @@ impl TestCa {
         self.issuer.pem()
     }
 
+    /// A certificate for `names` signed by this CA and its key, as PEM
+    /// texts for files a server loads.
+    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
+        let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
+        let params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap_or_else(|e| panic!("{e}"));
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .unwrap_or_else(|e| panic!("sign: {e}"));
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A certificate for `names` signed by this CA, with its key.
     pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
