@@ -1,0 +1,435 @@
+//! The config file: TOML read with serde (`deny_unknown_fields`), turned
+//! into typed settings for the libraries. Relative paths are relative to
+//! the config file's folder. Every error names the file, the key and what
+//! is expected. The reference is `config/submitd.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    hostname: String,
+    #[serde(default)]
+    demo: bool,
+    #[serde(default)]
+    privacy: bool,
+    listen: Vec<Listen>,
+    tls: Tls,
+    auth: Auth,
+    queue: Queue,
+    relay: Relay,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// How a listener starts TLS.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Mode {
+    /// TLS from the first byte (465).
+    Implicit,
+    /// STARTTLS (587).
+    Starttls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Listen {
+    address: String,
+    mode: Mode,
+    #[serde(default)]
+    max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Tls {
+    certificate: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Auth {
+    users: PathBuf,
+    #[serde(default)]
+    max_concurrent_checks: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Queue {
+    directory: PathBuf,
+    #[serde(default)]
+    lifetime: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Relay {
+    #[serde(default)]
+    maildir: Option<PathBuf>,
+    #[serde(default)]
+    upstream: Vec<UpstreamEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamEntry {
+    host: String,
+    port: u16,
+    tls: Mode,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password_file: Option<PathBuf>,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Limits {
+    message_size: Option<String>,
+    recipients: Option<usize>,
+    idle_timeout: Option<String>,
+    session_duration: Option<String>,
+    connections: Option<usize>,
+}
+
+/// One listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ListenSettings {
+    /// Address and port.
+    pub address: SocketAddr,
+    /// Implicit TLS or STARTTLS.
+    pub mode: Mode,
+    /// Connections at once.
+    pub max_connections: usize,
+}
+
+/// One upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct UpstreamSettings {
+    /// Host name (connected to and checked against the certificate).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Implicit TLS or required STARTTLS.
+    pub tls: Mode,
+    /// User name and password file, if AUTH is needed.
+    pub credentials: Option<(String, PathBuf)>,
+    /// CA file; the system's roots if `None`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where messages go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum RouteSettings {
+    /// A Maildir.
+    Maildir(PathBuf),
+    /// Upstreams in order.
+    Upstreams(Vec<UpstreamSettings>),
+}
+
+/// The settings, checked and with absolute paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// The config file read.
+    pub path: PathBuf,
+    /// This server's name.
+    pub hostname: String,
+    /// Create a demo certificate and user on first run.
+    pub demo: bool,
+    /// Leave client name and address out of Received.
+    pub privacy: bool,
+    /// Listeners.
+    pub listen: Vec<ListenSettings>,
+    /// TLS certificate chain (PEM).
+    pub certificate: PathBuf,
+    /// TLS key (PEM).
+    pub key: PathBuf,
+    /// Credential file.
+    pub users: PathBuf,
+    /// Concurrent password checks.
+    pub max_concurrent_checks: usize,
+    /// Queue folder.
+    pub queue: PathBuf,
+    /// How long a message may stay queued.
+    pub lifetime: Duration,
+    /// Where messages go.
+    pub route: RouteSettings,
+    /// Session limits.
+    pub limits: submitd_smtp::Limits,
+}
+
+/// A config problem; the text names the file and key.
+#[derive(Debug)]
+pub(crate) struct ConfigError(pub(crate) String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `25M`, `512K`, `1G` or a number of octets.
+pub(crate) fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, factor) = match text.char_indices().last()? {
+        (i, 'K' | 'k') => (&text[..i], 1024),
+        (i, 'M' | 'm') => (&text[..i], 1024 * 1024),
+        (i, 'G' | 'g') => (&text[..i], 1024 * 1024 * 1024),
+        _ => (text, 1),
+    };
+    number.trim().parse::<u64>().ok()?.checked_mul(factor)
+}
+
+impl Settings {
+    /// Reads and checks `path`.
+    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("{shown}: cannot read the config file: {e}")))?;
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError(format!("{shown}: {e}")))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let abs = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+        let err = |key: &str, what: String| ConfigError(format!("{shown}: key `{key}`: {what}"));
+
+        if file.hostname.is_empty() || file.hostname.contains(char::is_whitespace) {
+            return Err(err(
+                "hostname",
+                "expected this server's DNS name, such as \"mail.example.org\"".into(),
+            ));
+        }
+        if file.listen.is_empty() {
+            return Err(err(
+                "listen",
+                "expected at least one [[listen]] with address and mode".into(),
+            ));
+        }
+        let default_connections = file.limits.connections.unwrap_or(200);
+        let mut listen = Vec::new();
+        for (i, l) in file.listen.iter().enumerate() {
+            let address = l.address.parse().map_err(|_| {
+                err(
+                    &format!("listen[{i}].address"),
+                    format!(
+                        "{:?} is not an address and port, such as \"[::]:465\" or \"0.0.0.0:465\"",
+                        l.address
+                    ),
+                )
+            })?;
+            listen.push(ListenSettings {
+                address,
+                mode: l.mode,
+                max_connections: l.max_connections.unwrap_or(default_connections),
+            });
+        }
+        let route = match (&file.relay.maildir, file.relay.upstream.is_empty()) {
+            (Some(dir), true) => RouteSettings::Maildir(abs(dir)),
+            (None, false) => RouteSettings::Upstreams(
+                file.relay
+                    .upstream
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        let credentials = match (&u.username, &u.password_file) {
+                            (Some(user), Some(file)) => Some((user.clone(), abs(file))),
+                            (None, None) => None,
+                            _ => {
+                                return Err(err(
+                                    &format!("relay.upstream[{i}]"),
+                                    "set both username and password_file, or neither".into(),
+                                ))
+                            }
+                        };
+                        Ok(UpstreamSettings {
+                            host: u.host.clone(),
+                            port: u.port,
+                            tls: u.tls,
+                            credentials,
+                            ca_file: u.ca_file.as_deref().map(abs),
+                        })
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                return Err(err(
+                    "relay",
+                    "set either maildir = \"PATH\" or one or more [[relay.upstream]], not both"
+                        .into(),
+                ))
+            }
+        };
+        let duration = |key: &str,
+                        value: &Option<String>,
+                        default: Duration|
+         -> Result<Duration, ConfigError> {
+            match value {
+                None => Ok(default),
+                Some(text) => humantime::parse_duration(text).map_err(|_| {
+                    err(
+                        key,
+                        format!("{text:?} is not a duration, such as \"5m\" or \"5d\""),
+                    )
+                }),
+            }
+        };
+        let mut limits = submitd_smtp::Limits::default();
+        if let Some(size) = &file.limits.message_size {
+            limits.message_size = parse_size(size).ok_or_else(|| {
+                err(
+                    "limits.message_size",
+                    format!("{size:?} is not a size, such as \"25M\""),
+                )
+            })?;
+        }
+        if let Some(recipients) = file.limits.recipients {
+            if recipients < 100 {
+                return Err(err(
+                    "limits.recipients",
+                    "RFC 5321 asks for at least 100".into(),
+                ));
+            }
+            limits.recipients = recipients;
+        }
+        limits.idle_timeout = duration(
+            "limits.idle_timeout",
+            &file.limits.idle_timeout,
+            limits.idle_timeout,
+        )?;
+        limits.session_duration = duration(
+            "limits.session_duration",
+            &file.limits.session_duration,
+            limits.session_duration,
+        )?;
+        let lifetime = duration(
+            "queue.lifetime",
+            &file.queue.lifetime,
+            Duration::from_secs(5 * 86_400),
+        )?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            hostname: file.hostname,
+            demo: file.demo,
+            privacy: file.privacy,
+            listen,
+            certificate: abs(&file.tls.certificate),
+            key: abs(&file.tls.key),
+            users: abs(&file.auth.users),
+            max_concurrent_checks: file
+                .auth
+                .max_concurrent_checks
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            queue: abs(&file.queue.directory),
+            lifetime,
+            route,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Settings, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("submitd.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load(&path).map_err(|e| e.0.replace(&dir.path().display().to_string(), "DIR"))
+    }
+
+    const MINIMAL: &str = r#"
+hostname = "mail.example.org"
+[[listen]]
+address = "127.0.0.1:4650"
+mode = "implicit"
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+[auth]
+users = "users"
+[queue]
+directory = "queue"
+[relay]
+maildir = "Maildir"
+"#;
+
+    #[test]
+    fn the_shipped_example_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/submitd.example.toml");
+        let settings = Settings::load(&path).unwrap();
+        assert!(settings.demo);
+        assert_eq!(settings.listen.len(), 2);
+    }
+
+    #[test]
+    fn minimal_and_relative_paths() {
+        let s = load(MINIMAL).unwrap();
+        assert!(s.certificate.is_absolute() && s.certificate.ends_with("cert.pem"));
+        assert!(matches!(s.route, RouteSettings::Maildir(_)));
+        assert_eq!(s.limits, submitd_smtp::Limits::default());
+        assert_eq!(s.lifetime, Duration::from_secs(5 * 86_400));
+    }
+
+    #[test]
+    fn errors_name_the_file_the_key_and_the_fix() {
+        for (text, expected) in [
+            (
+                MINIMAL.replace("hostname", "hostnme"),
+                "unknown field `hostnme`",
+            ),
+            (
+                MINIMAL.replace("127.0.0.1:4650", "localhost"),
+                "key `listen[0].address`",
+            ),
+            (MINIMAL.replace("implicit", "tls"), "unknown variant `tls`"),
+            (
+                format!("{MINIMAL}[limits]\nmessage_size = \"lots\"\n"),
+                "key `limits.message_size`: \"lots\" is not a size",
+            ),
+            (
+                format!("{MINIMAL}[limits]\nidle_timeout = \"soon\"\n"),
+                "key `limits.idle_timeout`",
+            ),
+            (
+                format!("{MINIMAL}[limits]\nrecipients = 10\n"),
+                "at least 100",
+            ),
+            (
+                MINIMAL.replace("maildir = \"Maildir\"", ""),
+                "key `relay`: set either maildir",
+            ),
+        ] {
+            let error = load(&text).unwrap_err();
+            assert!(error.starts_with("DIR/submitd.toml: "), "{error}");
+            assert!(error.contains(expected), "{error}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("25M"), Some(25 * 1024 * 1024));
+        assert_eq!(parse_size("512k"), Some(512 * 1024));
+        assert_eq!(parse_size("1000"), Some(1000));
+        assert_eq!(parse_size("x"), None);
+        let s = load(&format!(
+            "{MINIMAL}[limits]\nmessage_size = \"50M\"\nidle_timeout = \"10m\"\n"
+        ))
+        .unwrap();
+        assert_eq!(s.limits.message_size, 50 * 1024 * 1024);
+        assert_eq!(s.limits.idle_timeout, Duration::from_secs(600));
+    }
+}

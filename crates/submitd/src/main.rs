@@ -1,0 +1,435 @@
+//! The `submitd` binary: the config file, the command line, wiring the
+//! crates together, signals and logging. It knows no protocol details.
+//!
+//! Dependencies: `clap` for the command line, `serde`/`toml`/`humantime`
+//! for the config file, `rcgen` for the demo's self-signed certificate,
+//! `tracing-subscriber` for log output, `tokio`/`tokio-util` for the
+//! runtime, signals and shutdown.
+
+mod config;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use config::{Mode, RouteSettings, Settings};
+use submitd_auth::{
+    CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle, ThrottleConfig,
+};
+use submitd_listener::{serve as serve_listener, server_tls_config, Services};
+use submitd_relay::{
+    client_tls_config, queue, read_password_file, Maildir, QueueId, Relay, RelayConfig,
+    RetryPolicy, Route, Spool, Upstream,
+};
+use submitd_smtp::{ClientTls, ServerConfig, Transport};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "submitd", version, about = "A submission-only mail server")]
+struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/submitd/submitd.toml"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve,
+    /// Check the config, certificate, credential file and queue folder.
+    Check,
+    /// Print the argon2id hash of a password read from the terminal.
+    HashPassword,
+    /// Manage users in the credential file.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Look at and act on the queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from the terminal.
+    Add {
+        /// Login name.
+        name: String,
+        /// An address (user@example.org) or domain (@example.org) the user may send as; repeatable.
+        #[arg(long = "send-as")]
+        send_as: Vec<String>,
+    },
+    /// Set a user's password.
+    Passwd {
+        /// Login name.
+        name: String,
+    },
+    /// Remove a user.
+    Del {
+        /// Login name.
+        name: String,
+    },
+    /// List users.
+    List,
+    /// Add an app password (printed once) for one device.
+    AppPassword {
+        /// Login name.
+        name: String,
+        /// The device's label, such as "phone".
+        label: String,
+        /// Revoke it instead.
+        #[arg(long)]
+        revoke: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// List queued messages with counts per state.
+    List,
+    /// Show one message's envelope and state.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Make one message (or all) due now.
+    Flush {
+        /// Queue id; all if left out.
+        id: Option<String>,
+    },
+    /// Delete a message without delivering or bouncing it.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::HashPassword => hash_password(),
+        command => match Settings::load(&cli.config) {
+            Ok(settings) => match command {
+                Command::Serve => serve(settings),
+                Command::Check => check(&settings),
+                Command::User(user) => user_command(&settings, user),
+                Command::Queue(q) => queue_command(&settings, q),
+                Command::HashPassword => hash_password(),
+            },
+            Err(e) => Err(e.to_string()),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("submitd: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn hash_password() -> Result<(), String> {
+    let password = submitd_auth::edit::read_password_no_echo("Password: ")
+        .map_err(|e| format!("cannot read the password: {e}"))?;
+    let hash = submitd_auth::hash_password(password.as_bytes()).map_err(|e| e.to_string())?;
+    println!("{hash}");
+    Ok(())
+}
+
+fn user_command(settings: &Settings, command: &UserCommand) -> Result<(), String> {
+    use submitd_auth::edit;
+    let path = &settings.users;
+    let read = || {
+        edit::read_password_no_echo("Password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))
+    };
+    match command {
+        UserCommand::Add { name, send_as } => {
+            edit::add_user(path, name, read()?.as_bytes(), send_as).map_err(|e| e.to_string())
+        }
+        UserCommand::Passwd { name } => {
+            edit::set_password(path, name, read()?.as_bytes()).map_err(|e| e.to_string())
+        }
+        UserCommand::Del { name } => edit::remove_user(path, name).map_err(|e| e.to_string()),
+        UserCommand::List => {
+            for user in edit::list_users(path).map_err(|e| e.to_string())? {
+                println!(
+                    "{}\tpassword={}\tsend-as={}\tapp-passwords={}",
+                    user.name,
+                    if user.has_password { "set" } else { "none" },
+                    user.send_as,
+                    user.app_passwords.join(",")
+                );
+            }
+            Ok(())
+        }
+        UserCommand::AppPassword {
+            name,
+            label,
+            revoke: true,
+        } => edit::revoke_app_password(path, name, label).map_err(|e| e.to_string()),
+        UserCommand::AppPassword {
+            name,
+            label,
+            revoke: false,
+        } => {
+            let password = edit::add_app_password(path, name, label).map_err(|e| e.to_string())?;
+            println!("{}", password.as_str());
+            Ok(())
+        }
+    }
+}
+
+fn queue_id(text: &str) -> Result<QueueId, String> {
+    QueueId::parse(text)
+        .ok_or_else(|| format!("{text:?} is not a queue id (hex, as `queue list` shows)"))
+}
+
+fn queue_command(settings: &Settings, command: &QueueCommand) -> Result<(), String> {
+    let (spool, _) = Spool::open(&settings.queue).map_err(|e| e.to_string())?;
+    match command {
+        QueueCommand::List => {
+            let entries = queue::list(&spool).map_err(|e| e.to_string())?;
+            for e in &entries {
+                let sender = e
+                    .envelope
+                    .mail_from
+                    .reverse_path
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                println!(
+                    "{}\t{} octets\tattempts={}\tfrom=<{sender}>\trecipients={}",
+                    e.id,
+                    e.size,
+                    e.state.attempts,
+                    e.envelope.recipients.len()
+                );
+            }
+            let f = queue::figures(&entries);
+            println!(
+                "{} messages ({} deferred), recipients: {} pending, {} delivered, {} failed; {} octets",
+                f.messages, f.deferred, f.pending, f.delivered, f.failed, f.octets
+            );
+            Ok(())
+        }
+        QueueCommand::Show { id } => {
+            let entry = queue::show(&spool, &queue_id(id)?).map_err(|e| e.to_string())?;
+            println!(
+                "id: {}\nuser: {}\nmail-from: {}\nsize: {}",
+                entry.id,
+                entry.envelope.user.as_deref().unwrap_or("-"),
+                entry.envelope.mail_from,
+                entry.size
+            );
+            for (rcpt, state) in entry
+                .envelope
+                .recipients
+                .iter()
+                .zip(&entry.state.recipients)
+            {
+                println!("rcpt: {rcpt}\t{state:?}");
+            }
+            println!(
+                "attempts: {}\nnext-try: {}",
+                entry.state.attempts, entry.state.next_try
+            );
+            Ok(())
+        }
+        QueueCommand::Flush { id } => {
+            let id = id.as_deref().map(queue_id).transpose()?;
+            let n = queue::flush(&spool, id.as_ref()).map_err(|e| e.to_string())?;
+            println!("{n} message(s) due now; a running server picks them up within a minute");
+            Ok(())
+        }
+        QueueCommand::Delete { id } => {
+            queue::delete(&spool, &queue_id(id)?).map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn check(settings: &Settings) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if let Err(e) = server_tls_config(&settings.certificate, &settings.key) {
+        problems.push(format!("tls: {e}"));
+    }
+    match CredentialStore::open(&settings.users) {
+        Ok((_, errors)) => problems.extend(errors.iter().map(ToString::to_string)),
+        Err(e) => problems.push(e.to_string()),
+    }
+    if let Err(e) = Spool::open(&settings.queue) {
+        problems.push(format!("queue: {e}"));
+    }
+    if let Err(e) = build_route(settings) {
+        problems.push(format!("relay: {e}"));
+    }
+    if problems.is_empty() {
+        println!("{}: ok", settings.path.display());
+        Ok(())
+    } else {
+        for p in &problems {
+            println!("{p}");
+        }
+        Err(format!("{} problem(s) found", problems.len()))
+    }
+}
+
+fn build_route(settings: &Settings) -> Result<Route, String> {
+    match &settings.route {
+        RouteSettings::Maildir(path) => Maildir::open(path)
+            .map(Route::Maildir)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        RouteSettings::Upstreams(upstreams) => upstreams
+            .iter()
+            .map(|u| {
+                Ok(Upstream {
+                    host: u.host.clone(),
+                    port: u.port,
+                    tls: match u.tls {
+                        Mode::Implicit => ClientTls::Implicit,
+                        Mode::Starttls => ClientTls::StartTls,
+                    },
+                    credentials: match &u.credentials {
+                        Some((user, file)) => Some((user.clone(), read_password_file(file)?)),
+                        None => None,
+                    },
+                    tls_config: client_tls_config(u.ca_file.as_deref())?,
+                    connect_timeout: Duration::from_secs(30),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()
+            .map(Route::Upstreams),
+    }
+}
+
+fn serve(settings: Settings) -> Result<(), String> {
+    let said = if settings.demo {
+        demo::prepare(&settings)?
+    } else {
+        Vec::new()
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    for line in said {
+        eprintln!("{line}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    let (spool, recovery) = Spool::open(&settings.queue).map_err(|e| e.to_string())?;
+    tracing::info!(
+        queued = recovery.queued.len(),
+        partial = recovery.partial,
+        corrupt = recovery.corrupt,
+        "queue recovered"
+    );
+    let (credentials, errors) =
+        CredentialStore::open(&settings.users).map_err(|e| e.to_string())?;
+    for error in &errors {
+        tracing::error!("{error}");
+    }
+    let tls = server_tls_config(&settings.certificate, &settings.key).map_err(|e| e.to_string())?;
+    let relay = Relay::new(
+        spool.clone(),
+        RelayConfig {
+            hostname: settings.hostname.clone(),
+            route: build_route(&settings)?,
+            policy: RetryPolicy {
+                lifetime: settings.lifetime,
+                ..RetryPolicy::default()
+            },
+        },
+    );
+    let credentials = Arc::new(credentials);
+    let services = Arc::new(Services {
+        hostname: settings.hostname.clone(),
+        credentials: Arc::clone(&credentials),
+        checker: Arc::new(
+            PasswordChecker::new(settings.max_concurrent_checks).map_err(|e| e.to_string())?,
+        ),
+        throttle: Arc::new(Mutex::new(Throttle::new(ThrottleConfig::default()))),
+        rate: Arc::new(RateLimiter::new()),
+        default_limits: SendingLimits::defaults(),
+        spool,
+        relay: relay.clone(),
+        privacy: settings.privacy,
+        handshake_timeout: Duration::from_secs(30),
+    });
+    let shutdown = CancellationToken::new();
+    let mut listeners = Vec::new();
+    for listen in &settings.listen {
+        let socket = tokio::net::TcpListener::bind(listen.address)
+            .await
+            .map_err(|e| {
+                format!(
+                    "{}: cannot listen on {}: {e}",
+                    settings.path.display(),
+                    listen.address
+                )
+            })?;
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        let transport = match listen.mode {
+            Mode::Implicit => Transport::ImplicitTls,
+            Mode::Starttls => Transport::StartTls,
+        };
+        let mut smtp = ServerConfig::new(settings.hostname.clone(), transport);
+        smtp.limits = settings.limits.clone();
+        tracing::info!(address = %local, mode = ?listen.mode, "listening");
+        listeners.push(tokio::spawn(serve_listener(
+            socket,
+            Arc::new(smtp),
+            Arc::clone(&tls),
+            Arc::clone(&services),
+            listen.max_connections,
+            shutdown.clone(),
+        )));
+    }
+    let relay_task = tokio::spawn(relay.clone().run());
+    relay.wake();
+    tracing::info!("ready");
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(|e| e.to_string())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => match credentials.reload() {
+                Ok(n) => tracing::info!(users = n, "credential file reloaded"),
+                Err(e) => tracing::error!("{e}"),
+            },
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("stopping: no new connections; sessions get up to 30 s to finish");
+    shutdown.cancel();
+    for listener in listeners {
+        if let Ok(tracker) = listener.await {
+            let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
+        }
+    }
+    relay_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
