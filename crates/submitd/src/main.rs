@@ -4,7 +4,7 @@
 //! Dependencies: `clap` for the command line, `serde`/`toml`/`humantime`
 //! for the config file, `rcgen` for the demo's self-signed certificate,
 //! `tracing-subscriber` for log output, `tokio`/`tokio-util` for the
-//! runtime, signals and shutdown.
+//! runtime, signals and shutdown, `sd-notify` for systemd's Type=notify.
 
 mod config;
 mod demo;
@@ -311,6 +311,13 @@ fn build_route(settings: &Settings) -> Result<Route, String> {
     }
 }
 
+/// Tells systemd (if it started us) how we are; a no-op otherwise.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
 fn serve(settings: Settings) -> Result<(), String> {
     let said = if settings.demo {
         demo::prepare(&settings)?
@@ -406,6 +413,16 @@ async fn run(settings: Settings) -> Result<(), String> {
     }
     let relay_task = tokio::spawn(relay.clone().run());
     relay.wake();
+    notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // Ping at half the interval; a hung runtime stops the pings.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval / 2).await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
     tracing::info!("ready");
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -414,14 +431,22 @@ async fn run(settings: Settings) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = hangup.recv() => match credentials.reload() {
-                Ok(n) => tracing::info!(users = n, "credential file reloaded"),
-                Err(e) => tracing::error!("{e}"),
-            },
+            _ = hangup.recv() => {
+                let now = sd_notify::NotifyState::monotonic_usec_now().ok();
+                let mut states = vec![sd_notify::NotifyState::Reloading];
+                states.extend(now);
+                notify(&states);
+                match credentials.reload() {
+                    Ok(n) => tracing::info!(users = n, "credential file reloaded"),
+                    Err(e) => tracing::error!("{e}"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
             _ = terminate.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
     }
+    notify(&[sd_notify::NotifyState::Stopping]);
     tracing::info!("stopping: no new connections; sessions get up to 30 s to finish");
     shutdown.cancel();
     for listener in listeners {

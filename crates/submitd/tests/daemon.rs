@@ -1,7 +1,8 @@
 //! The real `submitd` binary on loopback: first run of a demo config
 //! (certificate and user created), a message sent with Python's smtplib
 //! over implicit TLS verified against the demo certificate, delivered into
-//! the Maildir, and a clean stop on SIGTERM.
+//! the Maildir, and a clean stop on SIGTERM, with sd_notify READY and
+//! STOPPING sent to a stand-in for systemd's socket.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -34,9 +35,16 @@ fn demo_config_runs_accepts_delivers_and_stops() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("submitd.toml");
     std::fs::write(&config, CONFIG).unwrap();
+    // Stand in for systemd's notify socket.
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
         .args(["serve", "--config"])
         .arg(&config)
+        .env("NOTIFY_SOCKET", &notify_path)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -72,6 +80,9 @@ fn demo_config_runs_accepts_delivers_and_stops() {
         password.expect("demo password printed"),
         implicit.expect("listening line"),
     );
+    let mut datagram = [0u8; 256];
+    let n = notify.recv(&mut datagram).unwrap();
+    assert_eq!(&datagram[..n], b"READY=1\n", "sd_notify READY");
     let port = implicit.rsplit(':').next().unwrap();
     let script = r#"
 import smtplib, ssl, sys
@@ -129,6 +140,8 @@ print("sent")
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+    let n = notify.recv(&mut datagram).unwrap();
+    assert_eq!(&datagram[..n], b"STOPPING=1\n", "sd_notify STOPPING");
     // The demo wrote exactly one user.
     let users = std::fs::read_to_string(dir.path().join("demo/users")).unwrap();
     assert_eq!(users.lines().filter(|l| l.starts_with("demo ")).count(), 1);
