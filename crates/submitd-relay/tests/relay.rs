@@ -53,6 +53,24 @@ fn relay(setup: &Setup, route: Route, policy: RetryPolicy) -> Relay {
     )
 }
 
+/// A fake smarthost with `names` on its certificate and `fault`, and a
+/// relay routed to it.
+async fn with_fake(
+    setup: &Setup,
+    names: &[&str],
+    fault: Fault,
+    policy: RetryPolicy,
+) -> (FakeSmarthost, Relay) {
+    let ca = TestCa::new();
+    let fake = FakeSmarthost::start(&ca, names, Transport::ImplicitTls, fault).await;
+    let relay = relay(
+        setup,
+        Route::Upstreams(vec![upstream(setup, &ca, fake.addr.port())]),
+        policy,
+    );
+    (fake, relay)
+}
+
 fn queue_message(spool: &Spool, to: &[&str], data: &[u8]) -> QueueId {
     let envelope = StoredEnvelope {
         mail_from: MailFrom::parse("<alice@example.org>").unwrap(),
@@ -76,13 +94,8 @@ const DATA: &[u8] = b"From: alice@example.org\r\nSubject: t\r\n\r\n.dot\r\n\xe2\
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivers_everything_due_over_one_connection_and_removes_it() {
     let setup = setup();
-    let ca = TestCa::new();
-    let fake = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
-    let relay = relay(
-        &setup,
-        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
-        RetryPolicy::default(),
-    );
+    let (fake, relay) =
+        with_fake(&setup, &["localhost"], Fault::None, RetryPolicy::default()).await;
     queue_message(&setup.spool, &["bob@example.net"], DATA);
     queue_message(
         &setup.spool,
@@ -104,13 +117,8 @@ async fn delivers_everything_due_over_one_connection_and_removes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_recipient_bounced_the_others_delivered() {
     let setup = setup();
-    let ca = TestCa::new();
-    let fake = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
-    let relay = relay(
-        &setup,
-        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
-        RetryPolicy::default(),
-    );
+    let (fake, relay) =
+        with_fake(&setup, &["localhost"], Fault::None, RetryPolicy::default()).await;
     queue_message(
         &setup.spool,
         &[
@@ -149,19 +157,13 @@ async fn one_recipient_bounced_the_others_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_after_a_temporary_failure_then_delivered() {
     let setup = setup();
-    let ca = TestCa::new();
-    let fake = FakeSmarthost::start(
-        &ca,
+    let (fake, relay) = with_fake(
+        &setup,
         &["localhost"],
-        Transport::ImplicitTls,
         Fault::TempFailFirst(1),
+        RetryPolicy::default(),
     )
     .await;
-    let relay = relay(
-        &setup,
-        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
-        RetryPolicy::default(),
-    );
     let id = queue_message(&setup.spool, &["bob@example.net"], DATA);
     let first = relay.run_once().await;
     assert_eq!((first.deferred, first.removed), (1, 0));
@@ -181,23 +183,16 @@ async fn retried_after_a_temporary_failure_then_delivered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expiry_produces_exactly_one_bounce() {
     let setup = setup();
-    let ca = TestCa::new();
-    let fake = FakeSmarthost::start(
-        &ca,
+    let (fake, relay) = with_fake(
+        &setup,
         &["localhost"],
-        Transport::ImplicitTls,
         Fault::TempFailFirst(1000),
+        RetryPolicy {
+            lifetime: Duration::ZERO,
+            ..RetryPolicy::default()
+        },
     )
     .await;
-    let policy = RetryPolicy {
-        lifetime: Duration::ZERO,
-        ..RetryPolicy::default()
-    };
-    let relay = relay(
-        &setup,
-        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
-        policy,
-    );
     queue_message(
         &setup.spool,
         &["bob@example.net", "carol@example.net"],
@@ -218,19 +213,13 @@ async fn expiry_produces_exactly_one_bounce() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_certificate_keeps_the_message_queued_with_the_reason() {
     let setup = setup();
-    let ca = TestCa::new();
-    let fake = FakeSmarthost::start(
-        &ca,
+    let (fake, relay) = with_fake(
+        &setup,
         &["smtp.other.example"],
-        Transport::ImplicitTls,
         Fault::None,
+        RetryPolicy::default(),
     )
     .await;
-    let relay = relay(
-        &setup,
-        Route::Upstreams(vec![upstream(&setup, &ca, fake.addr.port())]),
-        RetryPolicy::default(),
-    );
     let id = queue_message(&setup.spool, &["bob@example.net"], DATA);
     let figures = relay.run_once().await;
     assert_eq!((figures.deferred, figures.bounces), (1, 0));

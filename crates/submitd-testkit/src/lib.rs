@@ -51,9 +51,8 @@ impl TestCa {
         self.issuer.pem()
     }
 
-    /// A certificate for `names` signed by this CA and its key, as PEM
-    /// texts for files a server loads.
-    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
+    /// Signs a new certificate for `names`; returns it with its key.
+    fn sign(&self, names: &[&str]) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
         let params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -61,18 +60,19 @@ impl TestCa {
         let cert = params
             .signed_by(&key, &self.issuer)
             .unwrap_or_else(|e| panic!("sign: {e}"));
+        (cert, key)
+    }
+
+    /// A certificate for `names` signed by this CA and its key, as PEM
+    /// texts for files a server loads.
+    pub fn issue_pem(&self, names: &[&str]) -> (String, String) {
+        let (cert, key) = self.sign(names);
         (cert.pem(), key.serialize_pem())
     }
 
     /// A certificate for `names` signed by this CA, with its key.
     pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().unwrap_or_else(|e| panic!("key: {e}"));
-        let params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap_or_else(|e| panic!("{e}"));
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .unwrap_or_else(|e| panic!("sign: {e}"));
+        let (cert, key) = self.sign(names);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         (vec![cert.der().clone()], key)
     }
