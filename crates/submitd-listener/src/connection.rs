@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 /// What every connection's questions are answered with.
 #[derive(Debug)]
@@ -97,6 +98,7 @@ pub async fn handle(
     smtp: Arc<ServerConfig>,
     tls: TlsAcceptor,
     services: Arc<Services>,
+    shutdown: CancellationToken,
 ) {
     let mut stream = Stream::Plain(tcp);
     if smtp.transport == Transport::ImplicitTls {
@@ -115,6 +117,8 @@ pub async fn handle(
         tls,
         services,
         sasl: None,
+        shutdown,
+        shutdown_seen: false,
     };
     driver.run().await;
 }
@@ -138,6 +142,8 @@ struct Driver {
     tls: TlsAcceptor,
     services: Arc<Services>,
     sasl: Option<(Mechanism, SaslExchange)>,
+    shutdown: CancellationToken,
+    shutdown_seen: bool,
 }
 
 impl Driver {
@@ -163,7 +169,17 @@ impl Driver {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
-            match tokio::time::timeout(wait, self.stream.read(&mut buf)).await {
+            let read = tokio::select! {
+                // On shutdown the machine ends the session with 421 at the
+                // next point between commands (a message in flight first).
+                () = self.shutdown.cancelled(), if !self.shutdown_seen => {
+                    self.shutdown_seen = true;
+                    self.session.shutdown();
+                    continue;
+                }
+                read = tokio::time::timeout(wait, self.stream.read(&mut buf)) => read,
+            };
+            match read {
                 Err(_) => self.session.handle_timeout(Instant::now()),
                 Ok(Ok(0)) | Ok(Err(_)) => return,
                 Ok(Ok(n)) => self.session.handle_input(Instant::now(), &buf[..n]),

@@ -33,7 +33,9 @@ pub use tls::{server_tls_config, TlsError};
 
 /// Accepts connections until `shutdown` is cancelled, at most
 /// `max_connections` at once (further clients wait in the kernel's
-/// backlog). Returns the tracker of running sessions, to wait on.
+/// backlog). On cancellation every session ends with 421 at its next
+/// command boundary, after finishing a message in flight. Returns the
+/// tracker of running sessions, to wait on.
 pub async fn serve(
     listener: TcpListener,
     smtp: Arc<ServerConfig>,
@@ -61,8 +63,9 @@ pub async fn serve(
             Ok((tcp, peer)) => {
                 let (smtp, acceptor, services) =
                     (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
+                let shutdown = shutdown.clone();
                 tracker.spawn(async move {
-                    connection::handle(tcp, peer, smtp, acceptor, services).await;
+                    connection::handle(tcp, peer, smtp, acceptor, services, shutdown).await;
                     drop(permit);
                 });
             }

@@ -17,6 +17,7 @@ use submitd_listener::{serve, server_tls_config, Services};
 use submitd_relay::{Maildir, Relay, RelayConfig, RetryPolicy, Route, Spool};
 use submitd_smtp::{ServerConfig, Transport};
 use submitd_testkit::TestCa;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -133,6 +134,7 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
         ));
     }
 
+    let implicit_port = ports[0];
     let output = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .arg("-c")
@@ -184,5 +186,37 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
     assert!(delivered
         .iter()
         .any(|t| t.contains("Received: from laptop.example ([127.0.0.1])")));
+
+    // Shutdown: a connected, idle client is told 421 and the session ends.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", implicit_port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tls.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"220 "));
     shutdown.cancel();
+    let mut said = Vec::new();
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        said.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&said),
+        "421 4.3.2 mx.test Service shutting down, try again later\r\n"
+    );
 }

@@ -257,6 +257,8 @@ pub enum CloseReason {
     /// A BDAT command whose size could not be read, so its chunk could not
     /// be skipped.
     BdatSyntax,
+    /// The server is shutting down.
+    Shutdown,
 }
 
 /// What the machine asks of its caller, in order.
@@ -402,6 +404,7 @@ pub struct ServerSession {
     errors: u32,
     started: Instant,
     last_input: Instant,
+    shutting_down: bool,
 }
 
 /// Shows the session's state but never buffered input or message content:
@@ -452,6 +455,7 @@ impl ServerSession {
             errors: 0,
             started: now,
             last_input: now,
+            shutting_down: false,
         };
         let greeting = Reply::bare(220, format!("{} ESMTP ready", session.config.hostname));
         session.reply(greeting);
@@ -522,6 +526,15 @@ impl ServerSession {
             State::Waiting(_) => self.input.len() - self.pos < PIPELINE_HIGH_WATER,
             _ => true,
         }
+    }
+
+    /// The server is stopping: the session ends with 421 at the next point
+    /// between commands. A message being received or stored is finished
+    /// and answered first, so nothing acknowledged is cut off and nothing
+    /// half-received is kept.
+    pub fn shutdown(&mut self) {
+        self.shutting_down = true;
+        self.process();
     }
 
     /// Whether the session has ended.
@@ -715,6 +728,24 @@ impl ServerSession {
     /// answer.
     fn process(&mut self) {
         loop {
+            if self.shutting_down
+                && matches!(
+                    self.state,
+                    State::Command | State::SkipLine | State::AuthContinuation
+                )
+            {
+                if matches!(self.state, State::AuthContinuation) {
+                    self.outputs.push_back(Output::AuthCancelled);
+                }
+                let host = self.config.hostname.clone();
+                self.reply(Reply::new(
+                    421,
+                    EnhancedCode::new(4, 3, 2),
+                    format!("{host} Service shutting down, try again later"),
+                ));
+                self.close(CloseReason::Shutdown);
+                return;
+            }
             let progressed = match self.state {
                 State::Command | State::AuthContinuation | State::SkipLine => self.step_line(),
                 State::Data(_) => self.step_data(),

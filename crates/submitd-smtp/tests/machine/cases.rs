@@ -328,3 +328,46 @@ fn envelope_wire_forms_round_trip() {
     }
     assert!(RcptTo::parse("<>").is_err());
 }
+
+/// Shutdown: an idle session gets 421 at once; one in DATA finishes its
+/// message (stored and acknowledged) and then gets 421.
+#[test]
+fn shutdown_lets_a_message_in_flight_finish() {
+    let mut idle = Driver::new(implicit());
+    idle.feed(LOGIN);
+    idle.take_items();
+    idle.session.shutdown();
+    idle.drain();
+    assert_eq!(
+        idle.take_items(),
+        vec![
+            Item::Line("421 4.3.2 mx.test Service shutting down, try again later".into()),
+            Item::Event(Event::Close(CloseReason::Shutdown)),
+        ]
+    );
+
+    let mut busy = Driver::new(implicit());
+    busy.feed(LOGIN);
+    busy.feed(ENVELOPE);
+    busy.feed(b"Subject: half\r\n");
+    busy.take_items();
+    busy.session.shutdown();
+    busy.drain();
+    assert!(
+        busy.take_items().is_empty(),
+        "nothing said while the message is coming"
+    );
+    busy.feed(b"body\r\n.\r\nMAIL FROM:<alice@example.org>\r\n");
+    let items = busy.take_items();
+    assert!(
+        matches!(items[0], Item::Event(Event::Stored { .. })),
+        "{items:?}"
+    );
+    assert_eq!(items[1], Item::Line("250 2.0.0 Ok: queued as Q1".into()));
+    assert_eq!(
+        items[2],
+        Item::Line("421 4.3.2 mx.test Service shutting down, try again later".into())
+    );
+    assert_eq!(items[3], Item::Event(Event::Close(CloseReason::Shutdown)));
+    assert_eq!(items.len(), 4, "the pipelined MAIL is not taken");
+}
