@@ -31,9 +31,67 @@ use tokio_util::task::TaskTracker;
 pub use connection::Services;
 pub use tls::{server_tls_config, TlsError};
 
-/// Accepts connections until `shutdown` is cancelled, at most
-/// `max_connections` at once (further clients wait in the kernel's
-/// backlog). On cancellation every session ends with 421 at its next
+/// Connection bounds of one listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections at once in all (further clients wait in the backlog).
+    pub total: usize,
+    /// Connections at once from one client address (IPv6: one /64);
+    /// further ones are closed at once and logged.
+    pub per_client: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            total: 200,
+            per_client: 20,
+        }
+    }
+}
+
+/// Counts open connections per client network.
+#[derive(Debug, Default)]
+struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// The network a client address counts under: IPv4 as is, IPv6 by /64.
+fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => std::net::IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                std::net::IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into())
+            }
+        },
+        v4 => v4,
+    }
+}
+
+impl PerClient {
+    fn enter(&self, ip: std::net::IpAddr, max: usize) -> bool {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = map.entry(client_key(ip)).or_insert(0);
+        if *count >= max {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn leave(&self, ip: std::net::IpAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = client_key(ip);
+        if let Some(count) = map.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&key);
+            }
+        }
+    }
+}
+
+/// Accepts connections until `shutdown` is cancelled, within `limits`. On cancellation every session ends with 421 at its next
 /// command boundary, after finishing a message in flight. Returns the
 /// tracker of running sessions, to wait on.
 pub async fn serve(
@@ -41,11 +99,12 @@ pub async fn serve(
     smtp: Arc<ServerConfig>,
     tls: Arc<rustls::ServerConfig>,
     services: Arc<Services>,
-    max_connections: usize,
+    limits: ConnectionLimits,
     shutdown: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(limits.total.max(1)));
+    let per_client = Arc::new(PerClient::default());
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let permit = tokio::select! {
@@ -61,11 +120,18 @@ pub async fn serve(
         };
         match accepted {
             Ok((tcp, peer)) => {
+                if !per_client.enter(peer.ip(), limits.per_client.max(1)) {
+                    tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.per_client, "too many connections from one client; closed");
+                    drop(tcp);
+                    continue;
+                }
+                let per_client = Arc::clone(&per_client);
                 let (smtp, acceptor, services) =
                     (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
                     connection::handle(tcp, peer, smtp, acceptor, services, shutdown).await;
+                    per_client.leave(peer.ip());
                     drop(permit);
                 });
             }

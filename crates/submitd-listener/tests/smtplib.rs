@@ -13,7 +13,7 @@ use submitd_auth::{
     hash_password, CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle,
     ThrottleConfig,
 };
-use submitd_listener::{serve, server_tls_config, Services};
+use submitd_listener::{serve, server_tls_config, ConnectionLimits, Services};
 use submitd_relay::{Maildir, Relay, RelayConfig, RetryPolicy, Route, Spool};
 use submitd_smtp::{ServerConfig, Transport};
 use submitd_testkit::TestCa;
@@ -129,12 +129,15 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
             smtp,
             Arc::clone(&tls),
             Arc::clone(&services),
-            100,
+            ConnectionLimits {
+                total: 100,
+                per_client: 3,
+            },
             shutdown.clone(),
         ));
     }
 
-    let implicit_port = ports[0];
+    let (implicit_port, starttls_port) = (ports[0], ports[1]);
     let output = tokio::task::spawn_blocking(move || {
         Command::new("python3")
             .arg("-c")
@@ -187,6 +190,44 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
         .iter()
         .any(|t| t.contains("Received: from laptop.example ([127.0.0.1])")));
 
+    // One address may hold 3 connections here; a fourth is closed at once.
+    let mut held = Vec::new();
+    let mut buf = vec![0u8; 512];
+    for _ in 0..3 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", starttls_port))
+            .await
+            .unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"220 "));
+        held.push(tcp);
+    }
+    let mut fourth = tokio::net::TcpStream::connect(("127.0.0.1", starttls_port))
+        .await
+        .unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), fourth.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the fourth connection from one address is refused");
+    drop(held);
+    // Once they close, the address may connect again.
+    let mut greeted = false;
+    for _ in 0..50 {
+        let mut again = tokio::net::TcpStream::connect(("127.0.0.1", starttls_port))
+            .await
+            .unwrap();
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(500), again.read(&mut buf)).await
+        {
+            if buf[..n].starts_with(b"220 ") {
+                greeted = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(greeted, "the per-client count was not released");
+
     // Shutdown: a connected, idle client is told 421 and the session ends.
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.cert()).unwrap();
@@ -204,7 +245,6 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
         .connect(name, tcp)
         .await
         .unwrap();
-    let mut buf = vec![0u8; 512];
     let n = tls.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"220 "));
     shutdown.cancel();

@@ -99,6 +99,7 @@ struct Limits {
     idle_timeout: Option<String>,
     session_duration: Option<String>,
     connections: Option<usize>,
+    connections_per_client: Option<usize>,
 }
 
 /// One listener.
@@ -165,6 +166,8 @@ pub(crate) struct Settings {
     pub route: RouteSettings,
     /// Session limits.
     pub limits: submitd_smtp::Limits,
+    /// Connections at once from one client address.
+    pub per_client: usize,
 }
 
 /// A config problem; the text names the file and key.
@@ -336,6 +339,7 @@ impl Settings {
             lifetime,
             route,
             limits,
+            per_client: file.limits.connections_per_client.unwrap_or(20),
         })
     }
 }

@@ -19,7 +19,7 @@ use config::{Mode, RouteSettings, Settings};
 use submitd_auth::{
     CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle, ThrottleConfig,
 };
-use submitd_listener::{serve as serve_listener, server_tls_config, Services};
+use submitd_listener::{serve as serve_listener, server_tls_config, ConnectionLimits, Services};
 use submitd_relay::{
     client_tls_config, queue, read_password_file, Maildir, QueueId, Relay, RelayConfig,
     RetryPolicy, Route, Spool, Upstream,
@@ -407,7 +407,10 @@ async fn run(settings: Settings) -> Result<(), String> {
             Arc::new(smtp),
             Arc::clone(&tls),
             Arc::clone(&services),
-            listen.max_connections,
+            ConnectionLimits {
+                total: listen.max_connections,
+                per_client: settings.per_client,
+            },
             shutdown.clone(),
         )));
     }
