@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use connection::Services;
-pub use tls::{server_tls_config, TlsError};
+pub use tls::{server_tls_config, ReloadableCert, TlsError};
 
 /// Connection bounds of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -117,7 +117,7 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
         privacy: false,
         handshake_timeout: Duration::from_secs(5),
     });
-    let tls = server_tls_config(&cert, &key).unwrap();
+    let (tls, _certs) = server_tls_config(&cert, &key).unwrap();
     let shutdown = CancellationToken::new();
     let mut ports = Vec::new();
     for transport in [Transport::ImplicitTls, Transport::StartTls] {

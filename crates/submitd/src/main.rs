@@ -355,7 +355,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     for error in &errors {
         tracing::error!("{error}");
     }
-    let tls = server_tls_config(&settings.certificate, &settings.key).map_err(|e| e.to_string())?;
+    let (tls, certificate) =
+        server_tls_config(&settings.certificate, &settings.key).map_err(|e| e.to_string())?;
     let relay = Relay::new(
         spool.clone(),
         RelayConfig {
@@ -442,6 +443,10 @@ async fn run(settings: Settings) -> Result<(), String> {
                 match credentials.reload() {
                     Ok(n) => tracing::info!(users = n, "credential file reloaded"),
                     Err(e) => tracing::error!("{e}"),
+                }
+                match certificate.reload() {
+                    Ok(()) => tracing::info!("certificate reloaded"),
+                    Err(e) => tracing::error!("certificate not reloaded, the old one stays: {e}"),
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
             }
