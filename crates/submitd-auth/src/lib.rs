@@ -40,4 +40,4 @@ pub use password::{hash_password, CheckOutcome, PasswordChecker};
 pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs};
 pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep};
 pub use store::{CredentialStore, LineError, StoreError, User, Users};
-pub use throttle::{failure_line, Admission, Throttle, ThrottleConfig};
+pub use throttle::{client_network, failure_line, Admission, Throttle, ThrottleConfig};

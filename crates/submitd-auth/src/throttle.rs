@@ -73,8 +73,10 @@ pub struct Throttle {
     users: HashMap<String, Counter>,
 }
 
-/// The network an address counts under: IPv4 as is, IPv6 by its /64.
-fn network(ip: IpAddr) -> IpAddr {
+/// The network an address counts under: IPv4 as is (also when mapped
+/// into IPv6), IPv6 by its /64, which one subscriber usually holds whole.
+/// The listener's per-client connection limit uses the same rule.
+pub fn client_network(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -101,7 +103,7 @@ impl Throttle {
     pub fn admit(&self, ip: IpAddr, now: Instant) -> Admission {
         match self
             .networks
-            .get(&network(ip))
+            .get(&client_network(ip))
             .and_then(|c| c.blocked_until)
         {
             Some(until) if now < until => Admission::Blocked { until },
@@ -112,10 +114,10 @@ impl Throttle {
     /// Records a failed login; returns how long to wait before replying.
     pub fn failure(&mut self, ip: IpAddr, username: &str, now: Instant) -> Duration {
         let config = self.config.clone();
-        let net = bump(&mut self.networks, network(ip), now, &config);
+        let net = bump(&mut self.networks, client_network(ip), now, &config);
         if net.failures >= config.block_after {
             let until = now + config.block_for;
-            if let Some(counter) = self.networks.get_mut(&network(ip)) {
+            if let Some(counter) = self.networks.get_mut(&client_network(ip)) {
                 counter.blocked_until = Some(until);
             }
         }

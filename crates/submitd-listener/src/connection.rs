@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use submitd_auth::{
     check_envelope_sender, check_header_senders, failure_line, Admission, CheckOutcome,
     CredentialStore, Mechanism, PasswordChecker, RateLimiter, SaslExchange, SaslStep,
     SendingLimits, Throttle,
 };
-use submitd_relay::{prepare, QueueId, Relay, Spool, StoredEnvelope, TraceInfo};
+use submitd_relay::{prepare, unix_now, QueueId, Relay, Spool, StoredEnvelope, TraceInfo};
 use submitd_smtp::{
     AuthAnswer, EnhancedCode, Message, Output, Reply, ServerConfig, ServerSession, Transport,
     Verdict,
@@ -81,13 +81,6 @@ fn reply(code: u16, enhanced: (u8, u16, u16), text: impl AsRef<str>) -> Reply {
         EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2),
         text,
     )
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Serves one connection to its end. Errors are logged, never returned:

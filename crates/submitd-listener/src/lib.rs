@@ -54,24 +54,10 @@ impl Default for ConnectionLimits {
 #[derive(Debug, Default)]
 struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
 
-/// The network a client address counts under: IPv4 as is, IPv6 by /64.
-fn client_key(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => std::net::IpAddr::V4(v4),
-            None => {
-                let s = v6.segments();
-                std::net::IpAddr::V6([s[0], s[1], s[2], s[3], 0, 0, 0, 0].into())
-            }
-        },
-        v4 => v4,
-    }
-}
-
 impl PerClient {
     fn enter(&self, ip: std::net::IpAddr, max: usize) -> bool {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(client_key(ip)).or_insert(0);
+        let count = map.entry(submitd_auth::client_network(ip)).or_insert(0);
         if *count >= max {
             return false;
         }
@@ -81,7 +67,7 @@ impl PerClient {
 
     fn leave(&self, ip: std::net::IpAddr) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let key = client_key(ip);
+        let key = submitd_auth::client_network(ip);
         if let Some(count) = map.get_mut(&key) {
             *count -= 1;
             if *count == 0 {

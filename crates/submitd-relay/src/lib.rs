@@ -37,5 +37,5 @@ pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
 pub use relay::{PassFigures, Relay, RelayConfig, Route};
 pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use spool::{
-    DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,
+    unix_now, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,
 };

@@ -16,7 +16,7 @@
 //! delivers again: at least once, never lost.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use submitd_smtp::{Envelope, RcptTo};
 use tokio::sync::Notify;
@@ -25,7 +25,7 @@ use crate::deliver::{Connection, Upstream};
 use crate::dsn::bounce;
 use crate::maildir::Maildir;
 use crate::retry::{apply, AttemptResult, RetryPolicy};
-use crate::spool::{QueueId, RecipientState, Spool, SpoolError};
+use crate::spool::{unix_now, QueueId, RecipientState, Spool, SpoolError};
 
 /// Where messages go.
 #[derive(Clone, Debug)]
@@ -70,13 +70,6 @@ pub struct Relay {
     spool: Spool,
     config: Arc<RelayConfig>,
     wake: Arc<Notify>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 fn random_unit() -> f64 {

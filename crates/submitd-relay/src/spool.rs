@@ -72,6 +72,14 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
+/// Now, in seconds since the epoch (the spool's unit of time).
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A queue id: time-ordered and unique, safe as a file name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct QueueId(String);
