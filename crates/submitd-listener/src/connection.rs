@@ -91,6 +91,7 @@ pub async fn handle(
     smtp: Arc<ServerConfig>,
     tls: TlsAcceptor,
     services: Arc<Services>,
+    unauthenticated: crate::Unauthenticated,
     shutdown: CancellationToken,
 ) {
     let mut stream = Stream::Plain(tcp);
@@ -110,6 +111,7 @@ pub async fn handle(
         tls,
         services,
         sasl: None,
+        unauthenticated: Some(unauthenticated),
         shutdown,
         shutdown_seen: false,
     };
@@ -135,6 +137,8 @@ struct Driver {
     tls: TlsAcceptor,
     services: Arc<Services>,
     sasl: Option<(Mechanism, SaslExchange)>,
+    /// Held until the session logs in.
+    unauthenticated: Option<crate::Unauthenticated>,
     shutdown: CancellationToken,
     shutdown_seen: bool,
 }
@@ -269,6 +273,7 @@ impl Driver {
                 {
                     CheckOutcome::Authenticated { user, app_password } => {
                         tracing::info!(target: "submitd::auth", client = %ip, %user, app_password = app_password.as_deref().unwrap_or("-"), "authenticated");
+                        self.unauthenticated = None;
                         AuthAnswer::Success { user }
                     }
                     CheckOutcome::Rejected => {

@@ -29,7 +29,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use connection::Services;
-pub use tls::{server_tls_config, ReloadableCert, TlsError};
+pub use tls::{
+    server_tls_config, single_certificate, CertificateFacts, CertificatePaths, Certificates,
+    TlsError,
+};
 
 /// Connection bounds of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +42,11 @@ pub struct ConnectionLimits {
     /// Connections at once from one client address (IPv6: one /64);
     /// further ones are closed at once and logged.
     pub per_client: usize,
+    /// Connections at once that have not (yet) authenticated. A client
+    /// that never logs in holds one of these, so a flood of idle or
+    /// password-guessing connections cannot take every slot from users
+    /// who do log in; further ones are closed at once and logged.
+    pub unauthenticated: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -46,6 +54,7 @@ impl Default for ConnectionLimits {
         Self {
             total: 200,
             per_client: 20,
+            unauthenticated: 100,
         }
     }
 }
@@ -77,6 +86,33 @@ impl PerClient {
     }
 }
 
+/// Counts connections that have not authenticated; a [`Unauthenticated`]
+/// slot gives its place back when the session logs in or ends.
+#[derive(Debug, Default)]
+struct UnauthenticatedCount(std::sync::atomic::AtomicUsize);
+
+/// One connection's place among the unauthenticated ones.
+#[derive(Debug)]
+pub struct Unauthenticated(Arc<UnauthenticatedCount>);
+
+impl UnauthenticatedCount {
+    fn enter(self: &Arc<Self>, max: usize) -> Option<Unauthenticated> {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Unauthenticated(Arc::clone(self)))
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled, within `limits`. On cancellation every session ends with 421 at its next
 /// command boundary, after finishing a message in flight. Returns the
 /// tracker of running sessions, to wait on.
@@ -91,6 +127,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(limits.total.max(1)));
     let per_client = Arc::new(PerClient::default());
+    let unauthenticated = Arc::new(UnauthenticatedCount::default());
     let acceptor = TlsAcceptor::from(tls);
     loop {
         let permit = tokio::select! {
@@ -111,12 +148,18 @@ pub async fn serve(
                     drop(tcp);
                     continue;
                 }
+                let Some(slot) = unauthenticated.enter(limits.unauthenticated.max(1)) else {
+                    per_client.leave(peer.ip());
+                    tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.unauthenticated, "too many unauthenticated connections; closed");
+                    drop(tcp);
+                    continue;
+                };
                 let per_client = Arc::clone(&per_client);
                 let (smtp, acceptor, services) =
                     (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
                 let shutdown = shutdown.clone();
                 tracker.spawn(async move {
-                    connection::handle(tcp, peer, smtp, acceptor, services, shutdown).await;
+                    connection::handle(tcp, peer, smtp, acceptor, services, slot, shutdown).await;
                     per_client.leave(peer.ip());
                     drop(permit);
                 });

@@ -13,7 +13,7 @@ use submitd_auth::{
     hash_password, CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle,
     ThrottleConfig,
 };
-use submitd_listener::{serve, server_tls_config, ConnectionLimits, Services};
+use submitd_listener::{serve, server_tls_config, CertificatePaths, ConnectionLimits, Services};
 use submitd_relay::{Maildir, Relay, RelayConfig, RetryPolicy, Route, Spool};
 use submitd_smtp::{ServerConfig, Transport};
 use submitd_testkit::TestCa;
@@ -67,20 +67,34 @@ with smtplib.SMTP("localhost", starttls, local_hostname="laptop.example") as s:
     print("sent-starttls")
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
-    let dir = tempfile::tempdir().unwrap();
+/// A listener's world in `dir`: a test CA, a certificate for `localhost`
+/// (and one for `*.example.net`, chosen by SNI), the user `alice` with
+/// password `pw`, a spool and a Maildir relay.
+struct World {
+    ca: TestCa,
+    ca_file: std::path::PathBuf,
+    tls: Arc<rustls::ServerConfig>,
+    services: Arc<Services>,
+    relay: Relay,
+    maildir: Maildir,
+}
+
+fn world(dir: &std::path::Path) -> World {
     let ca = TestCa::new();
-    let (cert_pem, key_pem) = ca.issue_pem(&["localhost"]);
-    let (cert, key, ca_file) = (
-        dir.path().join("cert.pem"),
-        dir.path().join("key.pem"),
-        dir.path().join("ca.pem"),
-    );
-    std::fs::write(&cert, cert_pem).unwrap();
-    std::fs::write(&key, key_pem).unwrap();
+    let mut pairs = Vec::new();
+    for (stem, name) in [("localhost", "localhost"), ("other", "*.example.net")] {
+        let (cert_pem, key_pem) = ca.issue_pem(&[name]);
+        let paths = CertificatePaths {
+            certificate: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+        };
+        std::fs::write(&paths.certificate, cert_pem).unwrap();
+        std::fs::write(&paths.key, key_pem).unwrap();
+        pairs.push(paths);
+    }
+    let ca_file = dir.join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
-    let users = dir.path().join("users");
+    let users = dir.join("users");
     std::fs::write(
         &users,
         format!(
@@ -92,8 +106,8 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
 
     let (credentials, errors) = CredentialStore::open(&users).unwrap();
     assert!(errors.is_empty());
-    let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap();
-    let maildir = Maildir::open(dir.path().join("Maildir")).unwrap();
+    let (spool, _) = Spool::open(&dir.join("spool")).unwrap();
+    let maildir = Maildir::open(dir.join("Maildir")).unwrap();
     let relay = Relay::new(
         spool.clone(),
         RelayConfig {
@@ -112,12 +126,54 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
         }))),
         rate: Arc::new(RateLimiter::new()),
         default_limits: SendingLimits::defaults(),
-        spool: spool.clone(),
+        spool,
         relay: relay.clone(),
         privacy: false,
         handshake_timeout: Duration::from_secs(5),
     });
-    let (tls, _certs) = server_tls_config(&cert, &key).unwrap();
+    let (tls, _certs) = server_tls_config(&pairs).unwrap();
+    World {
+        ca,
+        ca_file,
+        tls,
+        services,
+        relay,
+        maildir,
+    }
+}
+
+/// A TLS client (rustls) trusting only `ca`, asking for `name` by SNI.
+async fn tls_connect(
+    ca: &TestCa,
+    port: u16,
+    name: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(name, tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
+    let dir = tempfile::tempdir().unwrap();
+    let World {
+        ca,
+        ca_file,
+        tls,
+        services,
+        relay,
+        maildir,
+    } = world(dir.path());
     let shutdown = CancellationToken::new();
     let mut ports = Vec::new();
     for transport in [Transport::ImplicitTls, Transport::StartTls] {
@@ -132,6 +188,7 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
             ConnectionLimits {
                 total: 100,
                 per_client: 3,
+                unauthenticated: 100,
             },
             shutdown.clone(),
         ));
@@ -229,22 +286,7 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
     assert!(greeted, "the per-client count was not released");
 
     // Shutdown: a connected, idle client is told 421 and the session ends.
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", implicit_port))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(client))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let mut tls = tls_connect(&ca, implicit_port, "localhost").await.unwrap();
     let n = tls.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"220 "));
     shutdown.cancel();
@@ -259,4 +301,105 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
         String::from_utf8_lossy(&said),
         "421 4.3.2 mx.test Service shutting down, try again later\r\n"
     );
+}
+/// Reads one reply (all its lines) from `stream`.
+async fn read_reply(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut said = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("a reply in time")
+            .unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        said.push(byte[0]);
+        // The last line of a reply has a space after the code.
+        if said.ends_with(b"\r\n") {
+            let text = String::from_utf8_lossy(&said);
+            let last = text.trim_end().rsplit("\r\n").next().unwrap_or("");
+            if last.len() >= 4 && last.as_bytes()[3] == b' ' {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&said).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_connections_are_bounded_and_sni_chooses_the_certificate() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        Arc::new(ServerConfig::new("mx.test", Transport::ImplicitTls)),
+        Arc::clone(&w.tls),
+        Arc::clone(&w.services),
+        ConnectionLimits {
+            total: 100,
+            per_client: 100,
+            unauthenticated: 2,
+        },
+        shutdown.clone(),
+    ));
+
+    // SNI: asking for a name under *.example.net gets that certificate
+    // (the handshake verifies it), any other name the default.
+    let mut other = tls_connect(&w.ca, port, "smtp.example.net").await.unwrap();
+    assert!(read_reply(&mut other).await.starts_with("220 "));
+    let mut first = tls_connect(&w.ca, port, "localhost").await.unwrap();
+    assert!(read_reply(&mut first).await.starts_with("220 "));
+    assert_ne!(
+        other.get_ref().1.peer_certificates().unwrap()[0],
+        first.get_ref().1.peer_certificates().unwrap()[0]
+    );
+
+    // Two unauthenticated sessions are open: a third is closed at once.
+    let third = tls_connect(&w.ca, port, "localhost").await;
+    let refused = match third {
+        Err(_) => true,
+        Ok(mut s) => {
+            let mut buf = [0u8; 64];
+            matches!(
+                tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await,
+                Ok(Ok(0) | Err(_))
+            )
+        }
+    };
+    assert!(refused, "a third unauthenticated connection was served");
+
+    // Once one of them logs in, its place is free for another client.
+    first.write_all(b"EHLO me\r\n").await.unwrap();
+    assert!(read_reply(&mut first).await.starts_with("250"));
+    first
+        .write_all(b"AUTH PLAIN AGFsaWNlAHB3\r\n")
+        .await
+        .unwrap();
+    assert!(read_reply(&mut first).await.starts_with("235 "));
+    let mut fourth = tls_connect(&w.ca, port, "localhost").await.unwrap();
+    assert!(read_reply(&mut fourth).await.starts_with("220 "));
+    // And a session that ends gives its place back too.
+    drop(other);
+    let mut greeted = false;
+    for _ in 0..50 {
+        if let Ok(mut s) = tls_connect(&w.ca, port, "localhost").await {
+            let mut buf = [0u8; 4];
+            if let Ok(Ok(4)) =
+                tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await
+            {
+                greeted = &buf == b"220 ";
+                if greeted {
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(greeted, "a closed session kept its unauthenticated place");
+    shutdown.cancel();
 }

@@ -26,6 +26,7 @@
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,6 +61,12 @@ pub enum SpoolError {
     /// No message with this id.
     #[error("no queued message {0}")]
     NotFound(QueueId),
+    /// Another process (a running server) holds the queue's lock.
+    #[error("{}: the queue is in use by another running submitd; stop it first, or use `submitd queue` commands, which work beside it", path.display())]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// The group commit task is gone (the runtime is shutting down).
     #[error("the spool's commit task has stopped")]
     CommitStopped,
@@ -259,6 +266,9 @@ struct Dirs {
 #[derive(Debug, Clone)]
 pub struct Spool {
     dirs: Arc<Dirs>,
+    /// The server's exclusive lock on the queue (none for [`Spool::attach`]);
+    /// released when the last clone is dropped or the process dies.
+    _lock: Option<Arc<File>>,
     group: Option<mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>>,
 }
 
@@ -275,11 +285,58 @@ fn move_aside(file: &Path, to_dir: &Path) -> Result<(), SpoolError> {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `root` and recovers it:
-    /// unfinished writes go to `partial/`, damaged files to `corrupt/`, each
-    /// with a log line; nothing is deleted but state files of messages that
-    /// are gone.
+    /// Opens (creating if needed) the spool at `root` for the one server
+    /// that owns it: takes the queue's exclusive lock (a second server on
+    /// the same queue is refused) and recovers it: unfinished writes go to
+    /// `partial/`, damaged files to `corrupt/`, each with a log line;
+    /// nothing is deleted but state files of messages that are gone.
     pub fn open(root: &Path) -> Result<(Self, Recovery), SpoolError> {
+        let dirs = Self::dirs(root)?;
+        let lock_path = root.join("lock");
+        let lock = OpenOptions::new()
+            .mode(0o600)
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked { path: lock_path })
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
+        }
+        let spool = Self {
+            dirs: Arc::new(dirs),
+            _lock: Some(Arc::new(lock)),
+            group: None,
+        };
+        let recovery = spool.recover()?;
+        Ok((spool, recovery))
+    }
+
+    /// Opens the spool at `root` beside a running server, for looking at
+    /// it and acting on single messages (`submitd queue`, `submitd
+    /// check`): no lock and no recovery, which only the owning server may
+    /// do (a write in progress is not a crashed one).
+    pub fn attach(root: &Path) -> Result<Self, SpoolError> {
+        Ok(Self {
+            dirs: Arc::new(Self::dirs(root)?),
+            _lock: None,
+            group: None,
+        })
+    }
+
+    /// Whether a server holds the queue's lock now.
+    pub fn is_locked(root: &Path) -> bool {
+        let Ok(file) = File::open(root.join("lock")) else {
+            return false;
+        };
+        matches!(file.try_lock_shared(), Err(fs::TryLockError::WouldBlock))
+    }
+
+    fn dirs(root: &Path) -> Result<Dirs, SpoolError> {
         let dirs = Dirs {
             tmp: root.join("tmp"),
             msg: root.join("msg"),
@@ -295,14 +352,14 @@ impl Spool {
             &dirs.partial,
             &dirs.corrupt,
         ] {
-            fs::create_dir_all(dir).map_err(io_error(dir))?;
+            // Queued mail is private whatever the umask: 0700 folders.
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_error(dir))?;
         }
-        let spool = Self {
-            dirs: Arc::new(dirs),
-            group: None,
-        };
-        let recovery = spool.recover()?;
-        Ok((spool, recovery))
+        Ok(dirs)
     }
 
     /// Turns on group commit: concurrent stores share one directory fsync.
@@ -394,7 +451,11 @@ impl Spool {
         ));
         let tmp = self.dirs.tmp.join(id.as_str());
         let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
             file.write_all(header.as_bytes())?;
             file.write_all(data)?;
             file.sync_all()
@@ -486,7 +547,12 @@ impl Spool {
         let target = self.dirs.state.join(id.as_str());
         let tmp = self.dirs.state.join(format!(".{id}.tmp"));
         let write = || -> io::Result<()> {
-            let mut file = File::create(&tmp)?;
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
             file.write_all(state.render().as_bytes())?;
             file.sync_all()?;
             fs::rename(&tmp, &target)
@@ -634,6 +700,32 @@ mod tests {
     const DATA: &[u8] = b"Subject: x\r\n\r\n\xe2\x82\xac body\r\n.\r\n\n\n";
 
     #[test]
+    fn one_owner_at_a_time_and_attach_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!Spool::is_locked(dir.path()));
+        let (owner, _) = Spool::open(dir.path()).unwrap();
+        assert!(Spool::is_locked(dir.path()));
+        let second = Spool::open(dir.path()).unwrap_err();
+        assert!(matches!(second, SpoolError::Locked { .. }), "{second}");
+        assert!(second
+            .to_string()
+            .contains("in use by another running submitd"));
+        // A write in progress stays where it is when a command attaches.
+        fs::write(dir.path().join("tmp").join("in-flight"), b"x").unwrap();
+        let attached = Spool::attach(dir.path()).unwrap();
+        assert!(attached.list().unwrap().is_empty());
+        assert!(dir.path().join("tmp").join("in-flight").exists());
+        // The lock goes with the last clone of the owner.
+        let clone = owner.clone();
+        drop(owner);
+        assert!(Spool::open(dir.path()).is_err());
+        drop(clone);
+        assert!(!Spool::is_locked(dir.path()));
+        let (_, recovery) = Spool::open(dir.path()).unwrap();
+        assert_eq!(recovery.partial, 1);
+    }
+
+    #[test]
     fn store_load_state_remove() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, recovery) = Spool::open(dir.path()).unwrap();
@@ -643,6 +735,12 @@ mod tests {
             .unwrap();
         let (loaded, data) = spool.load(&id).unwrap();
         assert_eq!(loaded, envelope());
+        // Private whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir.path().join("msg")), 0o700);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+        assert_eq!(mode(&dir.path().join("msg").join(id.as_str())), 0o600);
         assert_eq!(data, DATA);
         assert_eq!(spool.list().unwrap(), vec![id.clone()]);
         assert!(spool
@@ -710,6 +808,7 @@ mod tests {
         )
         .unwrap();
 
+        drop(spool); // as a crash or restart does
         let (spool, recovery) = Spool::open(dir.path()).unwrap();
         assert_eq!(recovery.queued, vec![good]);
         assert_eq!(

@@ -18,7 +18,7 @@ fn message() -> Vec<u8> {
     let mut out = b"From: alice@example.org\r\nSubject: bench\r\n\r\n".to_vec();
     let mut i = 0u32;
     while out.len() < BODY_SIZE {
-        let lead = if i % 50 == 0 { "." } else { "" };
+        let lead = if i.is_multiple_of(50) { "." } else { "" };
         out.extend_from_slice(format!("{lead}{:075}\r\n", i).as_bytes());
         i += 1;
     }

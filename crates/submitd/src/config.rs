@@ -50,6 +50,15 @@ struct Listen {
 struct Tls {
     certificate: PathBuf,
     key: PathBuf,
+    #[serde(default)]
+    additional: Vec<TlsPair>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TlsPair {
+    certificate: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +109,9 @@ struct Limits {
     session_duration: Option<String>,
     connections: Option<usize>,
     connections_per_client: Option<usize>,
+    unauthenticated_connections: Option<usize>,
+    handshake_timeout: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 /// One listener.
@@ -150,10 +162,9 @@ pub(crate) struct Settings {
     pub privacy: bool,
     /// Listeners.
     pub listen: Vec<ListenSettings>,
-    /// TLS certificate chain (PEM).
-    pub certificate: PathBuf,
-    /// TLS key (PEM).
-    pub key: PathBuf,
+    /// TLS certificate chains and keys (PEM); the first is the default,
+    /// the others are chosen by SNI.
+    pub certificates: Vec<submitd_listener::CertificatePaths>,
     /// Credential file.
     pub users: PathBuf,
     /// Concurrent password checks.
@@ -168,6 +179,12 @@ pub(crate) struct Settings {
     pub limits: submitd_smtp::Limits,
     /// Connections at once from one client address.
     pub per_client: usize,
+    /// Connections at once (per listener) that have not logged in.
+    pub unauthenticated: usize,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// How long sessions get to finish on SIGTERM.
+    pub shutdown_grace: Duration,
 }
 
 /// A config problem; the text names the file and key.
@@ -317,6 +334,16 @@ impl Settings {
             &file.limits.session_duration,
             limits.session_duration,
         )?;
+        let handshake_timeout = duration(
+            "limits.handshake_timeout",
+            &file.limits.handshake_timeout,
+            Duration::from_secs(30),
+        )?;
+        let shutdown_grace = duration(
+            "limits.shutdown_grace",
+            &file.limits.shutdown_grace,
+            Duration::from_secs(30),
+        )?;
         let lifetime = duration(
             "queue.lifetime",
             &file.queue.lifetime,
@@ -328,8 +355,13 @@ impl Settings {
             demo: file.demo,
             privacy: file.privacy,
             listen,
-            certificate: abs(&file.tls.certificate),
-            key: abs(&file.tls.key),
+            certificates: std::iter::once((&file.tls.certificate, &file.tls.key))
+                .chain(file.tls.additional.iter().map(|p| (&p.certificate, &p.key)))
+                .map(|(certificate, key)| submitd_listener::CertificatePaths {
+                    certificate: abs(certificate),
+                    key: abs(key),
+                })
+                .collect(),
             users: abs(&file.auth.users),
             max_concurrent_checks: file
                 .auth
@@ -340,6 +372,9 @@ impl Settings {
             route,
             limits,
             per_client: file.limits.connections_per_client.unwrap_or(20),
+            unauthenticated: file.limits.unauthenticated_connections.unwrap_or(100),
+            handshake_timeout,
+            shutdown_grace,
         })
     }
 }
@@ -382,7 +417,10 @@ maildir = "Maildir"
     #[test]
     fn minimal_and_relative_paths() {
         let s = load(MINIMAL).unwrap();
-        assert!(s.certificate.is_absolute() && s.certificate.ends_with("cert.pem"));
+        assert_eq!(s.certificates.len(), 1);
+        let first = &s.certificates[0];
+        assert!(first.certificate.is_absolute() && first.certificate.ends_with("cert.pem"));
+        assert!(first.key.is_absolute() && first.key.ends_with("key.pem"));
         assert!(matches!(s.route, RouteSettings::Maildir(_)));
         assert_eq!(s.limits, submitd_smtp::Limits::default());
         assert_eq!(s.lifetime, Duration::from_secs(5 * 86_400));
@@ -421,6 +459,21 @@ maildir = "Maildir"
             assert!(error.starts_with("DIR/submitd.toml: "), "{error}");
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn additional_certificates_follow_the_default() {
+        let s = load(&MINIMAL.replace(
+            "key = \"key.pem\"\n",
+            "key = \"key.pem\"\n[[tls.additional]]\ncertificate = \"b.crt\"\nkey = \"b.key\"\n",
+        ))
+        .unwrap();
+        let files: Vec<_> = s
+            .certificates
+            .iter()
+            .map(|p| p.certificate.file_name().unwrap().to_owned())
+            .collect();
+        assert_eq!(files, ["cert.pem", "b.crt"]);
     }
 
     #[test]

@@ -9,24 +9,29 @@ use crate::config::Settings;
 /// Creates what the demo needs; returns lines to show the person.
 pub(crate) fn prepare(settings: &Settings) -> Result<Vec<String>, String> {
     let mut said = Vec::new();
-    if !settings.certificate.exists() || !settings.key.exists() {
-        let names = vec![settings.hostname.clone(), "localhost".to_owned()];
+    let Some(pair) = settings.certificates.first() else {
+        return Err("demo: no [tls] certificate configured".into());
+    };
+    let (certificate, key) = (&pair.certificate, &pair.key);
+    if !certificate.exists() || !key.exists() {
+        let mut names = vec![settings.hostname.clone(), "localhost".to_owned()];
+        names.dedup();
         let certified = rcgen::generate_simple_self_signed(names)
             .map_err(|e| format!("demo certificate: {e}"))?;
-        for path in [&settings.certificate, &settings.key] {
+        for path in [certificate, key] {
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             }
         }
-        std::fs::write(&settings.certificate, certified.cert.pem())
-            .map_err(|e| format!("{}: {e}", settings.certificate.display()))?;
-        std::fs::write(&settings.key, certified.signing_key.serialize_pem())
-            .map_err(|e| format!("{}: {e}", settings.key.display()))?;
-        std::fs::set_permissions(&settings.key, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("{}: {e}", settings.key.display()))?;
+        std::fs::write(certificate, certified.cert.pem())
+            .map_err(|e| format!("{}: {e}", certificate.display()))?;
+        std::fs::write(key, certified.signing_key.serialize_pem())
+            .map_err(|e| format!("{}: {e}", key.display()))?;
+        std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("{}: {e}", key.display()))?;
         said.push(format!(
             "demo: created a self-signed certificate {}",
-            settings.certificate.display()
+            certificate.display()
         ));
     }
     if !settings.users.exists() {

@@ -4,10 +4,13 @@
 //! Dependencies: `clap` for the command line, `serde`/`toml`/`humantime`
 //! for the config file, `rcgen` for the demo's self-signed certificate,
 //! `tracing-subscriber` for log output, `tokio`/`tokio-util` for the
-//! runtime, signals and shutdown, `sd-notify` for systemd's Type=notify.
+//! runtime, signals and shutdown, `sd-notify` for systemd's Type=notify,
+//! `listenfd` for sockets passed by systemd (socket activation).
 
+mod check;
 mod config;
 mod demo;
+mod sockets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,8 +49,14 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve,
-    /// Check the config, certificate, credential file and queue folder.
-    Check,
+    /// Check the config, certificates, credential file, queue folder and
+    /// upstreams; exit status 2 if anything would stop the server.
+    Check {
+        /// Also connect to each upstream: TLS with a verified certificate,
+        /// EHLO and AUTH, then QUIT.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Print the argon2id hash of a password read from the terminal.
     HashPassword,
     /// Manage users in the credential file.
@@ -120,7 +129,7 @@ fn main() -> ExitCode {
         command => match Settings::load(&cli.config) {
             Ok(settings) => match command {
                 Command::Serve => serve(settings),
-                Command::Check => check(&settings),
+                Command::Check { connect } => check(&settings, *connect),
                 Command::User(user) => user_command(&settings, user),
                 Command::Queue(q) => queue_command(&settings, q),
                 Command::HashPassword => hash_password(),
@@ -195,7 +204,8 @@ fn queue_id(text: &str) -> Result<QueueId, String> {
 }
 
 fn queue_command(settings: &Settings, command: &QueueCommand) -> Result<(), String> {
-    let (spool, _) = Spool::open(&settings.queue).map_err(|e| e.to_string())?;
+    // Beside a running server: no lock, no recovery.
+    let spool = Spool::attach(&settings.queue).map_err(|e| e.to_string())?;
     match command {
         QueueCommand::List => {
             let entries = queue::list(&spool).map_err(|e| e.to_string())?;
@@ -257,33 +267,20 @@ fn queue_command(settings: &Settings, command: &QueueCommand) -> Result<(), Stri
     }
 }
 
-fn check(settings: &Settings) -> Result<(), String> {
-    let mut problems = Vec::new();
-    if let Err(e) = server_tls_config(&settings.certificate, &settings.key) {
-        problems.push(format!("tls: {e}"));
-    }
-    match CredentialStore::open(&settings.users) {
-        Ok((_, errors)) => problems.extend(errors.iter().map(ToString::to_string)),
-        Err(e) => problems.push(e.to_string()),
-    }
-    if let Err(e) = Spool::open(&settings.queue) {
-        problems.push(format!("queue: {e}"));
-    }
-    if let Err(e) = build_route(settings) {
-        problems.push(format!("relay: {e}"));
-    }
-    if problems.is_empty() {
-        println!("{}: ok", settings.path.display());
-        Ok(())
-    } else {
-        for p in &problems {
-            println!("{p}");
-        }
-        Err(format!("{} problem(s) found", problems.len()))
+fn check(settings: &Settings, connect: bool) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let found = runtime.block_on(check::run(settings, connect));
+    found.print();
+    match found.problems() {
+        0 => Ok(()),
+        n => Err(format!("{}: {n} problem(s) found", settings.path.display())),
     }
 }
 
-fn build_route(settings: &Settings) -> Result<Route, String> {
+pub(crate) fn build_route(settings: &Settings) -> Result<Route, String> {
     match &settings.route {
         RouteSettings::Maildir(path) => Maildir::open(path)
             .map(Route::Maildir)
@@ -355,8 +352,8 @@ async fn run(settings: Settings) -> Result<(), String> {
     for error in &errors {
         tracing::error!("{error}");
     }
-    let (tls, certificate) =
-        server_tls_config(&settings.certificate, &settings.key).map_err(|e| e.to_string())?;
+    let (tls, certificates) =
+        server_tls_config(&settings.certificates).map_err(|e| e.to_string())?;
     let relay = Relay::new(
         spool.clone(),
         RelayConfig {
@@ -381,20 +378,24 @@ async fn run(settings: Settings) -> Result<(), String> {
         spool,
         relay: relay.clone(),
         privacy: settings.privacy,
-        handshake_timeout: Duration::from_secs(30),
+        handshake_timeout: settings.handshake_timeout,
     });
     let shutdown = CancellationToken::new();
     let mut listeners = Vec::new();
+    let mut inherited = sockets::inherited(&settings)?;
     for listen in &settings.listen {
-        let socket = tokio::net::TcpListener::bind(listen.address)
-            .await
-            .map_err(|e| {
-                format!(
-                    "{}: cannot listen on {}: {e}",
-                    settings.path.display(),
-                    listen.address
-                )
-            })?;
+        let socket = match inherited.remove(&listen.address) {
+            Some(socket) => socket,
+            None => tokio::net::TcpListener::bind(listen.address)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{}: cannot listen on {}: {e}",
+                        settings.path.display(),
+                        listen.address
+                    )
+                })?,
+        };
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let transport = match listen.mode {
             Mode::Implicit => Transport::ImplicitTls,
@@ -411,6 +412,7 @@ async fn run(settings: Settings) -> Result<(), String> {
             ConnectionLimits {
                 total: listen.max_connections,
                 per_client: settings.per_client,
+                unauthenticated: settings.unauthenticated,
             },
             shutdown.clone(),
         )));
@@ -444,9 +446,12 @@ async fn run(settings: Settings) -> Result<(), String> {
                     Ok(n) => tracing::info!(users = n, "credential file reloaded"),
                     Err(e) => tracing::error!("{e}"),
                 }
-                match certificate.reload() {
-                    Ok(()) => tracing::info!("certificate reloaded"),
-                    Err(e) => tracing::error!("certificate not reloaded, the old one stays: {e}"),
+                let errors = certificates.reload();
+                for e in &errors {
+                    tracing::error!("certificate not reloaded, the old one stays: {e}");
+                }
+                if errors.is_empty() {
+                    tracing::info!(certificates = settings.certificates.len(), "certificates reloaded");
                 }
                 notify(&[sd_notify::NotifyState::Ready]);
             }
@@ -455,11 +460,21 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
     }
     notify(&[sd_notify::NotifyState::Stopping]);
-    tracing::info!("stopping: no new connections; sessions get up to 30 s to finish");
+    let grace = settings.shutdown_grace;
+    tracing::info!(
+        grace = %humantime::format_duration(grace),
+        "stopping: no new connections; sessions finish the message in flight, then get 421"
+    );
     shutdown.cancel();
+    let deadline = tokio::time::Instant::now() + grace;
     for listener in listeners {
         if let Ok(tracker) = listener.await {
-            let _ = tokio::time::timeout(Duration::from_secs(30), tracker.wait()).await;
+            if tokio::time::timeout_at(deadline, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("sessions still open after the grace period; closing them (nothing they did not get a 250 for was queued)");
+            }
         }
     }
     relay_task.abort();

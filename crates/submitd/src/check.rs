@@ -1,0 +1,238 @@
+//! `submitd check`: everything the server would refuse to start with, and
+//! what would hurt soon, said one finding a line so a person or a script
+//! can act on it. Problems make the exit status 2; warnings do not (the
+//! unit runs `check` as ExecStartPre, and a certificate that expires in a
+//! week must not stop the server today).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use submitd_auth::CredentialStore;
+use submitd_listener::server_tls_config;
+use submitd_relay::{Connection, Route, Spool};
+
+use crate::config::Settings;
+
+/// Warn when a certificate has less than this left.
+const EXPIRY_WARNING: Duration = Duration::from_secs(21 * 86_400);
+
+/// What `check` found.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    lines: Vec<(Level, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Level {
+    Ok,
+    Warning,
+    Problem,
+}
+
+impl Findings {
+    fn ok(&mut self, text: String) {
+        self.lines.push((Level::Ok, text));
+    }
+    fn warning(&mut self, text: String) {
+        self.lines.push((Level::Warning, text));
+    }
+    fn problem(&mut self, text: String) {
+        self.lines.push((Level::Problem, text));
+    }
+
+    /// How many problems (not warnings) there are.
+    pub(crate) fn problems(&self) -> usize {
+        self.lines
+            .iter()
+            .filter(|(l, _)| *l == Level::Problem)
+            .count()
+    }
+
+    /// One line a finding: `ok: …`, `warning: …` or `problem: …`.
+    pub(crate) fn print(&self) {
+        for (level, text) in &self.lines {
+            let word = match level {
+                Level::Ok => "ok",
+                Level::Warning => "warning",
+                Level::Problem => "problem",
+            };
+            println!("{word}: {text}");
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn date(unix: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap_or(0));
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
+/// The user this process runs as, read without unsafe code: the owner of
+/// `/proc/self` is the process's effective uid.
+fn effective_uid() -> Option<u32> {
+    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
+}
+
+/// Runs every check; with `connect`, also logs in to each upstream.
+pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
+    let mut found = Findings::default();
+    found.ok(format!("config {}", settings.path.display()));
+    certificates(settings, &mut found);
+    credentials(&settings.users, &mut found);
+    queue(&settings.queue, &mut found);
+    match crate::build_route(settings) {
+        Err(e) => found.problem(format!("relay: {e}")),
+        Ok(Route::Maildir(maildir)) => found.ok(format!(
+            "relay: delivering into the Maildir {}",
+            maildir.root().display()
+        )),
+        Ok(Route::Upstreams(upstreams)) => {
+            for upstream in &upstreams {
+                let name = format!("{}:{} ({:?})", upstream.host, upstream.port, upstream.tls);
+                if !connect {
+                    found.ok(format!(
+                        "relay: upstream {name} configured (use --connect to log in to it)"
+                    ));
+                    continue;
+                }
+                match Connection::open(upstream, &settings.hostname).await {
+                    Ok(connection) => {
+                        connection.quit().await;
+                        let auth = match &upstream.credentials {
+                            Some((user, _)) => format!("AUTH accepted for {user}"),
+                            None => "no AUTH configured".to_owned(),
+                        };
+                        found.ok(format!(
+                            "relay: upstream {name}: connected, certificate verified, {auth}"
+                        ));
+                    }
+                    Err(e) => found.problem(format!("relay: upstream {name}: {}", e.reason)),
+                }
+            }
+        }
+    }
+    found
+}
+
+fn certificates(settings: &Settings, found: &mut Findings) {
+    let (_, certs) = match server_tls_config(&settings.certificates) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            found.problem(format!("tls: {e}"));
+            return;
+        }
+    };
+    let now = unix_now();
+    for (i, (paths, facts)) in certs.facts().into_iter().enumerate() {
+        let file = paths.certificate.display();
+        let names = facts.names.join(", ");
+        if facts.not_after < now {
+            found.problem(format!(
+                "tls: {file}: expired on {}; renew it and run `systemctl reload submitd`",
+                date(facts.not_after)
+            ));
+        } else if facts.not_before > now {
+            found.problem(format!(
+                "tls: {file}: not valid before {} (check the clock)",
+                date(facts.not_before)
+            ));
+        } else {
+            let left = facts.not_after - now;
+            let text = format!(
+                "tls: {file}: {names}; key matches; valid until {} ({} days)",
+                date(facts.not_after),
+                left / 86_400
+            );
+            if left < EXPIRY_WARNING.as_secs() as i64 {
+                found.warning(format!("{text}: renew it soon"));
+            } else {
+                found.ok(text);
+            }
+        }
+        if i == 0 && !facts.covers(&settings.hostname) {
+            found.warning(format!(
+                "tls: {file} (the default certificate) does not cover hostname {:?}; clients that connect by that name will refuse it",
+                settings.hostname
+            ));
+        }
+    }
+}
+
+fn credentials(path: &Path, found: &mut Findings) {
+    match CredentialStore::open(path) {
+        Ok((store, errors)) => {
+            for error in &errors {
+                found.problem(error.to_string());
+            }
+            found.ok(format!(
+                "auth: {}: {} user(s)",
+                path.display(),
+                store.users().len()
+            ));
+        }
+        Err(e) => {
+            found.problem(e.to_string());
+            return;
+        }
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o004 != 0 {
+            found.warning(format!(
+                "auth: {}: readable by everyone (mode {:o}); run `chmod o-rwx {}`",
+                path.display(),
+                meta.permissions().mode() & 0o777,
+                path.display()
+            ));
+        }
+    }
+}
+
+fn queue(root: &Path, found: &mut Findings) {
+    if let Err(e) = Spool::attach(root) {
+        found.problem(format!("queue: {e}"));
+        return;
+    }
+    let Ok(meta) = std::fs::metadata(root) else {
+        found.problem(format!("queue: {}: cannot be read", root.display()));
+        return;
+    };
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o007 != 0 {
+        found.problem(format!(
+            "queue: {}: others may open it (mode {mode:o}) and read queued mail; run `chmod 700 {}`",
+            root.display(),
+            root.display()
+        ));
+    } else if mode & 0o070 != 0 {
+        found.warning(format!(
+            "queue: {}: its group may open it (mode {mode:o}); `chmod 700 {}` keeps queued mail private",
+            root.display(),
+            root.display()
+        ));
+    }
+    if let Some(uid) = effective_uid() {
+        if meta.uid() != uid {
+            found.warning(format!(
+                "queue: {}: owned by uid {}, but this runs as uid {uid}; the server must own its queue (`chown -R submitd: {}`)",
+                root.display(),
+                meta.uid(),
+                root.display()
+            ));
+        }
+    }
+    let running = if Spool::is_locked(root) {
+        "; a server is running on it"
+    } else {
+        ""
+    };
+    found.ok(format!(
+        "queue: {} (mode {mode:o}){running}",
+        root.display()
+    ));
+}
