@@ -269,11 +269,33 @@ impl Relay {
                 figures.bounces += 1;
             }
         }
+        let count =
+            |f: fn(&RecipientState) -> bool| state.recipients.iter().filter(|r| f(r)).count();
+        let delivered = count(|r| matches!(r, RecipientState::Delivered(_)));
+        let failed = count(|r| matches!(r, RecipientState::Failed(_)));
+        let pending = count(|r| matches!(r, RecipientState::Pending(_)));
+        let user = stored.user.as_deref().unwrap_or("-");
+        let from = stored
+            .mail_from
+            .reverse_path
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         if state.is_finished() {
             self.spool.remove(id)?;
             figures.removed += 1;
+            // The one summary line of a message's end.
+            let outcome = if failed == 0 {
+                "delivered"
+            } else if delivered == 0 {
+                "bounced"
+            } else {
+                "partly bounced"
+            };
+            tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients = state.recipients.len(), delivered, failed, size = data.len(), attempts = state.attempts, %outcome, "message {outcome}");
         } else {
             self.spool.save_state(id, &state)?;
+            tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients = state.recipients.len(), delivered, failed, pending, size = data.len(), attempts = state.attempts, next_try = state.next_try, outcome = "deferred", "message deferred");
         }
         Ok(())
     }

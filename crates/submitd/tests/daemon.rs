@@ -6,8 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const CONFIG: &str = r#"
@@ -41,49 +42,23 @@ fn demo_config_runs_accepts_delivers_and_stops() {
     notify
         .set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut password = None;
-    let mut implicit = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) else {
-            continue;
-        };
-        if let Some(rest) = line.split("with password \"").nth(1) {
-            password = rest.split('"').next().map(str::to_owned);
-        }
-        if line.contains("listening") && line.contains("mode=Implicit") {
-            implicit = line
-                .split("address=")
-                .nth(1)
-                .and_then(|a| a.split_whitespace().next())
-                .map(str::to_owned);
-        }
-        if line.ends_with(" ready") {
-            break;
-        }
-    }
-    let (password, implicit) = (
-        password.expect("demo password printed"),
-        implicit.expect("listening line"),
-    );
+    let mut command = common::Daemon::command(&config);
+    command.env("NOTIFY_SOCKET", &notify_path);
+    let daemon = common::start(command);
+    let password = daemon
+        .said
+        .iter()
+        .find_map(|line| line.split("with password \"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .expect("demo password printed")
+        .to_owned();
+    let port = daemon
+        .implicit
+        .expect("an implicit-TLS listener")
+        .to_string();
     let mut datagram = [0u8; 256];
     let n = notify.recv(&mut datagram).unwrap();
     assert_eq!(&datagram[..n], b"READY=1\n", "sd_notify READY");
-    let port = implicit.rsplit(':').next().unwrap();
     let script = r#"
 import smtplib, ssl, sys
 ctx = ssl.create_default_context(cafile=sys.argv[1])
@@ -96,7 +71,7 @@ print("sent")
         .arg("-c")
         .arg(script)
         .arg(dir.path().join("demo/cert.pem"))
-        .arg(port)
+        .arg(&port)
         .arg(&password)
         .output()
         .unwrap();
@@ -126,20 +101,7 @@ print("sent")
     assert!(delivered.contains("with ESMTPSA id "));
 
     // SIGTERM: a clean stop.
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(35);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
+    assert!(daemon.stop(), "a clean stop on SIGTERM");
     let n = notify.recv(&mut datagram).unwrap();
     assert_eq!(&datagram[..n], b"STOPPING=1\n", "sd_notify STOPPING");
     // The demo wrote exactly one user.
@@ -165,6 +127,109 @@ fn config_errors_name_the_file_and_key_and_exit_nonzero() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("bad.toml") && stderr.contains("unknown variant `ssl`"),
+        "{stderr}"
+    );
+}
+
+/// Two free loopback ports (bound, learned, released).
+fn free_ports() -> (u16, u16) {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (
+        a.local_addr().unwrap().port(),
+        b.local_addr().unwrap().port(),
+    )
+}
+
+/// Socket activation with systemd's own tool: `systemd-socket-activate`
+/// binds the ports and passes them, as submitd.socket does; submitd takes
+/// them by address (no bind of its own) and serves the first client, who
+/// connected before submitd even ran.
+#[test]
+fn socket_activation_takes_the_passed_sockets_by_address() {
+    common::require("systemd-socket-activate", "apt-get install systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let (implicit, starttls) = free_ports();
+    let config = dir.path().join("submitd.toml");
+    let text = CONFIG
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{implicit}"), 1)
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{starttls}"), 1);
+    std::fs::write(&config, &text).unwrap();
+    let mut command = Command::new("systemd-socket-activate");
+    command
+        .args(["-l", &format!("127.0.0.1:{implicit}")])
+        .args(["-l", &format!("127.0.0.1:{starttls}")])
+        .arg(env!("CARGO_BIN_EXE_submitd"))
+        .args(["serve", "--config"])
+        .arg(&config);
+    // The first client connects while only systemd's stand-in listens: it
+    // is greeted once submitd has started and taken the socket.
+    let client = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let script = r#"
+import smtplib, sys
+s = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=30)
+code, _ = s.ehlo("early.example")
+print(code, s.has_extn("starttls"))
+s.quit()
+"#;
+        loop {
+            let output = Command::new("python3")
+                .args(["-c", script, &starttls.to_string()])
+                .output()
+                .unwrap();
+            if output.status.success() || Instant::now() > deadline {
+                return String::from_utf8_lossy(&output.stdout).trim().to_owned();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let daemon = common::start(command);
+    assert_eq!(client.join().unwrap(), "250 True");
+    assert_eq!(daemon.implicit, Some(implicit));
+    assert_eq!(daemon.starttls, Some(starttls));
+    let log = daemon.log.lock().unwrap().join("\n");
+    assert_eq!(
+        log.matches("using the socket passed by systemd").count(),
+        2,
+        "{log}"
+    );
+    assert!(daemon.stop());
+
+    // A passed socket that the config does not name is refused at start.
+    let (other, _) = free_ports();
+    let one = text.replacen(
+        &format!("[[listen]]\naddress = \"127.0.0.1:{starttls}\"\nmode = \"starttls\"\n"),
+        "",
+        1,
+    );
+    assert_ne!(one, text);
+    std::fs::write(&config, one).unwrap();
+    let child = Command::new("systemd-socket-activate")
+        .args(["-l", &format!("127.0.0.1:{implicit}")])
+        .args(["-l", &format!("127.0.0.1:{other}")])
+        .arg(env!("CARGO_BIN_EXE_submitd"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Activation happens on the first connection.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", other)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "systemd-socket-activate not listening"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "systemd passed a socket on 127.0.0.1:{other}, but no [[listen]] has address"
+        )),
         "{stderr}"
     );
 }

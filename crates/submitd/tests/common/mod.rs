@@ -1,0 +1,159 @@
+//! Shared by the end-to-end tests: start the real `submitd` binary on a
+//! config, read its log until it is ready, learn its ports; stop it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{channel, Receiver};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A running `submitd serve`.
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    /// The implicit-TLS port, if it listens on one.
+    pub(crate) implicit: Option<u16>,
+    /// The STARTTLS port, if it listens on one.
+    pub(crate) starttls: Option<u16>,
+    /// Lines the demo printed before the log (password and the like).
+    pub(crate) said: Vec<String>,
+    /// Every log line so far (and from now on).
+    pub(crate) log: Arc<Mutex<Vec<String>>>,
+}
+
+fn port_of(line: &str) -> Option<u16> {
+    line.split("address=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .rsplit(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Starts `command` (a prepared `submitd serve ...`), waits for `ready`.
+pub(crate) fn start(mut command: Command) -> Daemon {
+    let mut child = command
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("submitd starts");
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let all = Arc::clone(&log);
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            all.lock().unwrap().push(line.clone());
+            let _ = tx.send(line);
+        }
+    });
+    let mut daemon = Daemon {
+        child,
+        implicit: None,
+        starttls: None,
+        said: Vec::new(),
+        log,
+    };
+    wait_ready(&mut daemon, &rx);
+    daemon
+}
+
+fn wait_ready(daemon: &mut Daemon, rx: &Receiver<String>) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) else {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "submitd exited with {status} before it was ready:\n{}",
+                    daemon.log.lock().unwrap().join("\n")
+                );
+            }
+            continue;
+        };
+        if line.starts_with("demo: ") {
+            daemon.said.push(line.clone());
+        }
+        if line.contains("listening") {
+            if line.contains("mode=Implicit") {
+                daemon.implicit = port_of(&line);
+            } else if line.contains("mode=Starttls") {
+                daemon.starttls = port_of(&line);
+            }
+        }
+        if line.ends_with(" ready") {
+            return;
+        }
+    }
+    panic!(
+        "submitd not ready in time:\n{}",
+        daemon.log.lock().unwrap().join("\n")
+    );
+}
+
+impl Daemon {
+    /// `submitd serve --config CONFIG` as a command, to add to.
+    pub(crate) fn command(config: &Path) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_submitd"));
+        command.args(["serve", "--config"]).arg(config);
+        command
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it was clean.
+    pub(crate) fn stop(mut self) -> bool {
+        signal(self.child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(45);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until a log line contains `text`.
+    pub(crate) fn wait_log(&self, text: &str, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().iter().any(|l| l.contains(text)) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends a signal by name with kill(1).
+pub(crate) fn signal(pid: u32, name: &str) {
+    Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+}
+
+/// Fails the test with the fix when a tool the test drives is missing.
+pub(crate) fn require(tool: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!("this test drives `{tool}`: install it (`{package}`), or run `bash .ci/run`, which does")
+    })
+}
