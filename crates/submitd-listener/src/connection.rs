@@ -94,9 +94,12 @@ pub async fn handle(
     unauthenticated: crate::Unauthenticated,
     shutdown: CancellationToken,
 ) {
+    // Replies are written whole (see `Driver::unsent`); Nagle would only
+    // hold them back.
+    let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     if smtp.transport == Transport::ImplicitTls {
-        match upgrade(&mut stream, &tls, services.handshake_timeout).await {
+        match upgrade(&mut stream, &tls, services.handshake_timeout, peer).await {
             Ok(()) => {}
             Err(reason) => {
                 tracing::info!(target: "submitd::session", client = %peer, %reason, "TLS handshake failed");
@@ -114,11 +117,34 @@ pub async fn handle(
         unauthenticated: Some(unauthenticated),
         shutdown,
         shutdown_seen: false,
+        started: Instant::now(),
+        messages: 0,
+        ended: None,
+        unsent: Vec::new(),
     };
     driver.run().await;
+    // The one summary line of a session.
+    let user = driver.session.auth_user().unwrap_or("-").to_owned();
+    let ended = driver
+        .ended
+        .unwrap_or_else(|| "client closed the connection".into());
+    tracing::info!(
+        target: "submitd::session",
+        client = %peer,
+        %user,
+        messages = driver.messages,
+        seconds = driver.started.elapsed().as_secs(),
+        ended = %ended,
+        "session ended"
+    );
 }
 
-async fn upgrade(stream: &mut Stream, tls: &TlsAcceptor, timeout: Duration) -> Result<(), String> {
+async fn upgrade(
+    stream: &mut Stream,
+    tls: &TlsAcceptor,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> Result<(), String> {
     let Stream::Plain(tcp) = std::mem::replace(stream, Stream::Gone) else {
         return Err("TLS asked for twice".into());
     };
@@ -126,6 +152,17 @@ async fn upgrade(stream: &mut Stream, tls: &TlsAcceptor, timeout: Duration) -> R
         .await
         .map_err(|_| "handshake timed out".to_owned())?
         .map_err(|e| e.to_string())?;
+    let connection = accepted.get_ref().1;
+    let version = connection
+        .protocol_version()
+        .and_then(|v| v.as_str())
+        .unwrap_or("?");
+    let suite = connection
+        .negotiated_cipher_suite()
+        .and_then(|s| s.suite().as_str())
+        .unwrap_or("?");
+    let sni = connection.server_name().unwrap_or("-");
+    tracing::info!(target: "submitd::session", client = %peer, version, suite, sni, "TLS established");
     *stream = Stream::Tls(Box::new(accepted));
     Ok(())
 }
@@ -141,18 +178,37 @@ struct Driver {
     unauthenticated: Option<crate::Unauthenticated>,
     shutdown: CancellationToken,
     shutdown_seen: bool,
+    started: Instant,
+    /// Messages queued in this session.
+    messages: usize,
+    /// Why the session ended, when the server ended it.
+    ended: Option<String>,
+    /// Replies not yet written: all the replies to one read go out in one
+    /// write (one TLS record, one TCP segment), as RFC 2920 allows, so a
+    /// pipelined transaction never waits on Nagle and delayed ACKs.
+    unsent: Vec<u8>,
 }
 
 impl Driver {
+    /// Writes the replies held back, if any; false when the client is gone.
+    async fn flush(&mut self) -> bool {
+        if self.unsent.is_empty() {
+            return true;
+        }
+        let bytes = std::mem::take(&mut self.unsent);
+        self.stream.write(&bytes).await.is_ok()
+    }
+
     async fn run(&mut self) {
         let mut buf = vec![0u8; 16 * 1024];
         loop {
             while let Some(output) = self.session.poll_output() {
                 if !self.act(output).await {
+                    self.flush().await;
                     return;
                 }
             }
-            if self.session.is_closed() {
+            if !self.flush().await || self.session.is_closed() {
                 return;
             }
             let wait = self
@@ -187,15 +243,27 @@ impl Driver {
     /// Acts on one output; false when the connection is done.
     async fn act(&mut self, output: Output) -> bool {
         let answered = match output {
-            Output::Send(bytes) => return self.stream.write(&bytes).await.is_ok(),
+            Output::Send(bytes) => {
+                self.unsent.extend_from_slice(&bytes);
+                return true;
+            }
             Output::StartTls { discarded } => {
+                // The 220 goes out in the clear, before the handshake.
+                if !self.flush().await {
+                    return false;
+                }
                 if discarded > 0 {
                     tracing::warn!(target: "submitd::session", client = %self.peer, discarded, "octets after STARTTLS dropped (injection attempt or broken client)");
                 }
-                if let Err(reason) =
-                    upgrade(&mut self.stream, &self.tls, self.services.handshake_timeout).await
+                if let Err(reason) = upgrade(
+                    &mut self.stream,
+                    &self.tls,
+                    self.services.handshake_timeout,
+                    self.peer,
+                )
+                .await
                 {
-                    tracing::info!(target: "submitd::session", client = %self.peer, %reason, "STARTTLS handshake failed");
+                    self.ended = Some(format!("STARTTLS handshake failed: {reason}"));
                     return false;
                 }
                 self.session.tls_established()
@@ -232,10 +300,11 @@ impl Driver {
             Output::CheckRecipient(_) => self.session.answer_recipient(Verdict::Accept),
             Output::StoreMessage(message) => {
                 let result = self.store(*message).await;
+                self.messages += usize::from(result.is_ok());
                 self.session.answer_store(result)
             }
             Output::Close(reason) => {
-                tracing::info!(target: "submitd::session", client = %self.peer, ?reason, "session closed");
+                self.ended = Some(format!("{reason:?}"));
                 return false;
             }
         };

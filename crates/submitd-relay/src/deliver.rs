@@ -164,6 +164,8 @@ impl Connection {
         .await
         .map_err(|_| fail("connection timed out".into()))?
         .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        // Commands are written whole (see `run`); Nagle would only delay them.
+        let _ = tcp.set_nodelay(true);
         let config = ClientConfig {
             hostname: helo_name.to_owned(),
             tls: upstream.tls,
@@ -291,14 +293,18 @@ impl Connection {
     /// whether a retry may help.
     async fn run(&mut self) -> Result<Step, (String, bool)> {
         let mut buf = vec![0u8; 16 * 1024];
+        // What the machine has to send, written in one go before anything
+        // else happens: a pipelined MAIL/RCPT/DATA group is one TLS record.
+        let mut unsent: Vec<u8> = Vec::new();
         loop {
             while let Some(output) = self.session.poll_output() {
+                if !matches!(output, ClientOutput::Send(_)) && !unsent.is_empty() {
+                    self.write(&std::mem::take(&mut unsent))
+                        .await
+                        .map_err(|e| (format!("write failed: {e}"), true))?;
+                }
                 match output {
-                    ClientOutput::Send(bytes) => {
-                        self.write(&bytes)
-                            .await
-                            .map_err(|e| (format!("write failed: {e}"), true))?;
-                    }
+                    ClientOutput::Send(bytes) => unsent.extend_from_slice(&bytes),
                     ClientOutput::StartTls => {
                         self.start_tls().await.map_err(|e| (e, true))?;
                         self.session
@@ -316,6 +322,11 @@ impl Connection {
                         return Err(("upstream session closed".into(), true));
                     }
                 }
+            }
+            if !unsent.is_empty() {
+                self.write(&std::mem::take(&mut unsent))
+                    .await
+                    .map_err(|e| (format!("write failed: {e}"), true))?;
             }
             let wait = self
                 .session

@@ -160,6 +160,21 @@ impl FakeSmarthost {
             .unwrap_or_default()
     }
 
+    /// How many messages were stored so far (without copying them).
+    pub fn message_count(&self) -> usize {
+        self.seen
+            .lock()
+            .map(|s| s.messages.len())
+            .unwrap_or_default()
+    }
+
+    /// Forgets the messages stored so far (long load runs).
+    pub fn clear_messages(&self) {
+        if let Ok(mut s) = self.seen.lock() {
+            s.messages.clear();
+        }
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.seen.lock().map(|s| s.connections).unwrap_or_default()
