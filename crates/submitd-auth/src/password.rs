@@ -13,14 +13,22 @@
 //! password against every one of a user's hashes would make users with
 //! more devices slower to refuse, and so tell them apart.
 //!
-//! Verification runs on tokio's blocking pool (about 20 ms of CPU and
-//! 19 MiB each), at most `max_concurrent` at once.
+//! Verification runs on `max_concurrent` threads of its own (about 20 ms
+//! of CPU each), each reusing one argon2 memory buffer (19 MiB with the
+//! default parameters) for every check. On tokio's blocking pool every
+//! check allocated its buffer afresh on whichever thread ran it, and glibc
+//! kept each thread's freed buffer in that thread's arena: the daemon grew
+//! by 19 MiB per arena used, to 200 MiB on two cores. Now the memory is
+//! `max_concurrent` buffers, allocated at the first checks, and stays so.
+//! (Dropping an idle thread's buffer was tried: glibc returns none of it,
+//! and the next allocation lands elsewhere, so the process only grows.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 
-use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
-use tokio::sync::Semaphore;
+use argon2::password_hash::phc::Output;
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, PasswordHasher, Version};
+use tokio::sync::{oneshot, Semaphore};
 use zeroize::Zeroizing;
 
 use crate::store::Users;
@@ -62,11 +70,82 @@ pub(crate) fn check_phc(hash: &str) -> Result<(), String> {
             parsed.algorithm
         ));
     }
-    argon2::Params::try_from(&parsed).map_err(|e| format!("invalid argon2 parameters ({e})"))?;
+    let params =
+        Params::try_from(&parsed).map_err(|e| format!("invalid argon2 parameters ({e})"))?;
+    if params.m_cost() > MAX_M_COST || params.t_cost() > MAX_T_COST || params.p_cost() > MAX_P_COST
+    {
+        return Err(format!(
+            "argon2 parameters m={},t={},p={} exceed what one login may cost here (m<={MAX_M_COST},t<={MAX_T_COST},p<={MAX_P_COST}); {expected}",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
     if parsed.salt.is_none() || parsed.hash.is_none() {
         return Err(format!("hash has no salt or no output; {expected}"));
     }
     Ok(())
+}
+
+/// Bounds on a stored hash's argon2 parameters: every login runs them, so
+/// a hash with m=4 GiB would cost 4 GiB per attempt.
+const MAX_M_COST: u32 = 256 * 1024; // KiB: 256 MiB
+const MAX_T_COST: u32 = 16;
+const MAX_P_COST: u32 = 8;
+
+/// Verifies `password` against the PHC string `phc` in `memory`, which
+/// grows to the hash's size if needed and is kept for the next check.
+/// The comparison of outputs is constant-time (`Output`'s equality).
+fn verify_in(memory: &mut Vec<Block>, password: &[u8], phc: &str) -> bool {
+    let Ok(parsed) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        Algorithm::try_from(parsed.algorithm.as_str()),
+        Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from).transpose() {
+        Ok(v) => v.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+    let argon2 = Argon2::new(algorithm, version, params);
+    argon2
+        .hash_password_into_with_memory(password, salt.as_ref(), &mut out, &mut memory[..blocks])
+        .is_ok()
+        && Output::new(&out).is_ok_and(|computed| computed == *expected)
+}
+
+/// One check for a checker thread.
+struct Job {
+    hash: String,
+    password: Zeroizing<String>,
+    answer: oneshot::Sender<bool>,
+}
+
+/// A checker thread: takes jobs until the checker is dropped.
+fn checker_thread(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    let mut memory: Vec<Block> = Vec::new();
+    loop {
+        let job = {
+            let receiver = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            receiver.recv()
+        };
+        let Ok(job) = job else {
+            return;
+        };
+        let verified = verify_in(&mut memory, job.password.as_bytes(), &job.hash);
+        let _ = job.answer.send(verified);
+    }
 }
 
 /// Whether `id` has the form of an app password id.
@@ -142,12 +221,22 @@ fn select<'a>(users: &'a Users, login: &str, password: &str) -> Target<'a> {
     }
 }
 
-/// Checks passwords off the async threads, a bounded number at once.
-#[derive(Debug)]
+/// Checks passwords off the async threads, on threads of its own, a
+/// bounded number at once.
 pub struct PasswordChecker {
     permits: Arc<Semaphore>,
+    jobs: Mutex<mpsc::Sender<Job>>,
     dummy_hash: String,
     verifications: AtomicU64,
+}
+
+impl std::fmt::Debug for PasswordChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordChecker")
+            .field("threads", &self.permits.available_permits())
+            .field("verifications", &self.verifications)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PasswordChecker {
@@ -155,8 +244,21 @@ impl PasswordChecker {
     /// Makes the dummy hash (one argon2 run).
     pub fn new(max_concurrent: usize) -> Result<Self, PasswordError> {
         let (_, random) = generate_app_password()?;
+        let threads = max_concurrent.max(1);
+        let (sender, receiver) = mpsc::channel();
+        let receiver = Arc::new(Mutex::new(receiver));
+        for i in 0..threads {
+            let receiver = Arc::clone(&receiver);
+            std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || checker_thread(receiver))
+                .map_err(|e| {
+                    PasswordError::Argon2(format!("cannot start a checker thread: {e}"))
+                })?;
+        }
         Ok(Self {
-            permits: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            permits: Arc::new(Semaphore::new(threads)),
+            jobs: Mutex::new(sender),
             dummy_hash: hash_password(random.as_bytes())?,
             verifications: AtomicU64::new(0),
         })
@@ -171,13 +273,21 @@ impl PasswordChecker {
             return CheckOutcome::Unavailable;
         };
         self.verifications.fetch_add(1, Ordering::Relaxed);
-        let password = Zeroizing::new(password.to_owned());
-        let verified = tokio::task::spawn_blocking(move || {
-            Argon2::default()
-                .verify_password(password.as_bytes(), hash.as_str())
-                .is_ok()
-        })
-        .await;
+        let (answer, verified) = oneshot::channel();
+        let job = Job {
+            hash,
+            password: Zeroizing::new(password.to_owned()),
+            answer,
+        };
+        let sent = self
+            .jobs
+            .lock()
+            .map(|jobs| jobs.send(job).is_ok())
+            .unwrap_or(false);
+        if !sent {
+            return CheckOutcome::Unavailable;
+        }
+        let verified = verified.await;
         match (verified, target.user) {
             (Ok(true), Some(user)) if known => CheckOutcome::Authenticated {
                 user: user.to_owned(),
@@ -242,6 +352,71 @@ mod tests {
         assert!(check_phc(&argon2i).unwrap_err().contains("argon2i"));
         assert!(check_phc("$6$salt$crypt").is_err());
         assert!(check_phc("plaintext").is_err());
+        let costly = good.replacen("m=19456", "m=4194304", 1);
+        assert!(
+            check_phc(&costly)
+                .unwrap_err()
+                .contains("exceed what one login may cost"),
+            "a hash that costs 4 GiB a login is refused"
+        );
+    }
+
+    #[test]
+    fn verification_reuses_its_memory_and_compares_the_output() {
+        let hash = hash_password(b"right").unwrap();
+        let mut memory = Vec::new();
+        assert!(verify_in(&mut memory, b"right", &hash));
+        let size = memory.len();
+        assert_eq!(size, 19456, "one block per KiB of m_cost");
+        assert!(!verify_in(&mut memory, b"wrong", &hash));
+        assert!(!verify_in(&mut memory, b"righ", &hash));
+        assert_eq!(memory.len(), size, "no new buffer per check");
+        // Same password, other salt: the output differs.
+        let other = hash_password(b"right").unwrap();
+        assert!(verify_in(&mut memory, b"right", &other));
+        // Damaged strings never verify.
+        assert!(!verify_in(
+            &mut memory,
+            b"right",
+            &hash.replacen("argon2id", "argon2x", 1)
+        ));
+        assert!(!verify_in(&mut memory, b"right", &hash[..hash.len() - 4]));
+        // Smaller parameters use the front of the same buffer.
+        let small = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(1024, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"small")
+        .unwrap()
+        .to_string();
+        assert!(verify_in(&mut memory, b"small", &small));
+        assert_eq!(memory.len(), size);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn more_checks_than_threads_all_get_their_answer() {
+        let users = users(&format!("alice {}\n", hash_password(b"pw").unwrap()));
+        let users = Arc::new(users);
+        let checker = Arc::new(PasswordChecker::new(2).unwrap());
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (users, checker) = (Arc::clone(&users), Arc::clone(&checker));
+                tokio::spawn(async move {
+                    let password = if i % 2 == 0 { "pw" } else { "nope" };
+                    checker.check(&users, "alice", password).await
+                })
+            })
+            .collect();
+        for (i, task) in tasks.into_iter().enumerate() {
+            let outcome = task.await.unwrap();
+            assert_eq!(
+                matches!(outcome, CheckOutcome::Authenticated { .. }),
+                i % 2 == 0,
+                "{i}: {outcome:?}"
+            );
+        }
+        assert_eq!(checker.verifications(), 8);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
