@@ -458,7 +458,7 @@ impl Driver {
                     u32::try_from(recipients).unwrap_or(u32::MAX),
                     Instant::now(),
                 );
-                self.services.relay.wake();
+                self.services.relay.enqueue(id.clone());
                 tracing::info!(target: "submitd::message", queue_id = %id, user = %user.name, from = %sender, recipients, size, outcome = "queued", "message accepted");
                 Ok(id.to_string())
             }

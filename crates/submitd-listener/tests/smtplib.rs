@@ -110,11 +110,11 @@ fn world(dir: &std::path::Path) -> World {
     let maildir = Maildir::open(dir.join("Maildir")).unwrap();
     let relay = Relay::new(
         spool.clone(),
-        RelayConfig {
-            hostname: "mx.test".into(),
-            route: Route::Maildir(maildir.clone()),
-            policy: RetryPolicy::default(),
-        },
+        RelayConfig::new(
+            "mx.test",
+            Route::Maildir(maildir.clone()),
+            RetryPolicy::default(),
+        ),
     );
     let services = Arc::new(Services {
         hostname: "mx.test".into(),

@@ -42,11 +42,11 @@ fn bench(c: &mut Criterion) {
     };
     let relay = Relay::new(
         spool.clone(),
-        RelayConfig {
-            hostname: "mx.test".into(),
-            route: Route::Upstreams(vec![upstream]),
-            policy: RetryPolicy::default(),
-        },
+        RelayConfig::new(
+            "mx.test",
+            Route::Upstreams(vec![upstream]),
+            RetryPolicy::default(),
+        ),
     );
     let envelope = StoredEnvelope {
         mail_from: MailFrom::parse("<alice@example.org>").unwrap_or_else(|e| panic!("{e}")),

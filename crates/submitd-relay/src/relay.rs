@@ -1,21 +1,31 @@
-//! The delivery runner: takes due messages from the spool and delivers them
-//! (to the upstreams in order, or into a Maildir), records each attempt,
-//! queues bounces and removes finished messages.
+//! The delivery runner: a schedule of queued messages by due time, kept in
+//! memory, and a few workers that deliver what is due (to the upstreams in
+//! order, or into a Maildir), record each attempt, queue bounces and
+//! remove finished messages.
 //!
 //! ```text
-//! wake() or next due time ─▶ run_once: for each due message, oldest first
-//!     load ─▶ deliver pending recipients (connection reused across messages,
-//!             upstreams tried in order until one is ready)
-//!          ─▶ retry::apply ─▶ bounce stored (if any) ─▶ state saved
-//!          ─▶ finished? remove
+//! enqueue(id) after each 250 ─┐        rescan every minute (and at start):
+//!                             ▼        state files + envelope headers only
+//!            schedule: (due time, id), oldest first, each id taken by one worker
+//!                             │
+//!   worker × connections: take a due id ─▶ load ─▶ deliver pending recipients
+//!       (its upstream connection kept for the next message, closed when idle)
+//!       ─▶ retry::apply ─▶ bounce stored and enqueued (if any) ─▶ state saved
+//!       ─▶ finished? remove : back into the schedule at its next try
 //! ```
 //!
 //! Ordering for crashes: a bounce is stored before the state that says its
 //! recipients failed, so a crash between the two can at worst send a second
 //! bounce, never none. A crash after delivery but before the state is saved
 //! delivers again: at least once, never lost.
+//!
+//! Scale: nothing reads a message's content unless it is being delivered,
+//! and when every upstream refused to connect, attempts in the next
+//! [`DOWN_FOR`] are deferred with the same reason without connecting, so a
+//! dead smarthost costs one connection timeout, not one per queued message.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use submitd_smtp::{Envelope, RcptTo};
@@ -26,6 +36,10 @@ use crate::dsn::bounce;
 use crate::maildir::Maildir;
 use crate::retry::{apply, AttemptResult, RetryPolicy};
 use crate::spool::{unix_now, QueueId, RecipientState, Spool, SpoolError};
+
+/// After every upstream refused to connect, how long attempts are deferred
+/// without trying again.
+pub const DOWN_FOR: Duration = Duration::from_secs(30);
 
 /// Where messages go.
 #[derive(Clone, Debug)]
@@ -45,6 +59,24 @@ pub struct RelayConfig {
     pub route: Route,
     /// Retry schedule and lifetime.
     pub policy: RetryPolicy,
+    /// Deliveries at once (workers, each with its own upstream connection).
+    pub connections: usize,
+    /// How long a worker keeps an idle upstream connection for the next
+    /// message before it says QUIT.
+    pub idle_connection: Duration,
+}
+
+impl RelayConfig {
+    /// The settings with the default concurrency (4) and idle time (5 s).
+    pub fn new(hostname: impl Into<String>, route: Route, policy: RetryPolicy) -> Self {
+        Self {
+            hostname: hostname.into(),
+            route,
+            policy,
+            connections: 4,
+            idle_connection: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What one pass did.
@@ -64,12 +96,43 @@ pub struct PassFigures {
     pub removed: usize,
 }
 
+/// Which messages are due when, and which a worker holds now.
+#[derive(Debug, Default)]
+struct Schedule {
+    due: BTreeSet<(u64, QueueId)>,
+    busy: HashSet<QueueId>,
+}
+
+impl Schedule {
+    fn insert(&mut self, at: u64, id: QueueId) {
+        if !self.busy.contains(&id) {
+            self.due.retain(|(_, queued)| *queued != id);
+            self.due.insert((at, id));
+        }
+    }
+
+    /// The oldest due message, now held by the caller.
+    fn take_due(&mut self, now: u64) -> Option<QueueId> {
+        let first = self.due.iter().next().filter(|(at, _)| *at <= now)?.clone();
+        self.due.remove(&first);
+        self.busy.insert(first.1.clone());
+        Some(first.1)
+    }
+
+    fn next_due(&self) -> Option<u64> {
+        self.due.iter().next().map(|(at, _)| *at)
+    }
+}
+
 /// Delivers what the spool holds.
 #[derive(Debug, Clone)]
 pub struct Relay {
     spool: Spool,
     config: Arc<RelayConfig>,
     wake: Arc<Notify>,
+    schedule: Arc<Mutex<Schedule>>,
+    /// Until when (unix seconds) every upstream is taken as down, and why.
+    down: Arc<Mutex<Option<(u64, String)>>>,
 }
 
 fn random_unit() -> f64 {
@@ -87,83 +150,201 @@ impl Relay {
             spool,
             config: Arc::new(config),
             wake: Arc::new(Notify::new()),
+            schedule: Arc::new(Mutex::new(Schedule::default())),
+            down: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Asks for a pass now (after a new message is stored, or a flush), so
-    /// the usual path is seconds, not a queue-run interval.
-    pub fn wake(&self) {
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message just stored (after its 250): due now.
+    pub fn enqueue(&self, id: QueueId) {
+        self.schedule().insert(0, id);
         self.wake.notify_one();
     }
 
-    /// Runs passes until the task is dropped: one when woken, else when the
-    /// next message is due (at most a minute apart).
-    pub async fn run(self) {
-        loop {
-            let figures = self.run_once().await;
-            if figures.attempted > 0 {
-                tracing::info!(target: "submitd::relay", ?figures, "delivery pass");
-            }
-            let wait = self.next_due().map_or(Duration::from_secs(60), |due| {
-                Duration::from_secs(due.saturating_sub(unix_now()).clamp(1, 60))
-            });
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-            }
-        }
+    /// Reads the queue again (after `submitd queue flush`, or to find
+    /// messages another process stored) and wakes the workers.
+    pub fn wake(&self) {
+        self.rescan();
+        self.wake.notify_waiters();
+        self.wake.notify_one();
     }
 
-    fn next_due(&self) -> Option<u64> {
-        let ids = self.spool.list().ok()?;
-        ids.iter()
-            .filter_map(|id| {
-                let (envelope, _) = self.spool.load(id).ok()?;
-                self.spool.state(id, envelope.recipients.len()).ok()
-            })
-            .map(|state| state.next_try)
-            .min()
-    }
-
-    /// Delivers every message that is due, oldest first, reusing one
-    /// upstream connection for all of them.
-    pub async fn run_once(&self) -> PassFigures {
-        let mut figures = PassFigures::default();
-        let mut connection: Option<Connection> = None;
+    /// Rebuilds the schedule from the queue on disk: state files and
+    /// envelope headers only, never message content. Messages a worker
+    /// holds stay as they are.
+    pub fn rescan(&self) {
         let ids = match self.spool.list() {
             Ok(ids) => ids,
             Err(e) => {
                 tracing::error!(target: "submitd::relay", error = %e, "cannot list the queue");
-                return figures;
+                return;
             }
         };
+        let mut due = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Err(e) = self.attempt(&id, &mut connection, &mut figures).await {
-                tracing::error!(target: "submitd::relay", %id, error = %e, "delivery attempt not recorded");
+            let at = self
+                .spool
+                .load_envelope(&id)
+                .and_then(|e| self.spool.state(&id, e.recipients.len()))
+                .map(|state| state.next_try);
+            match at {
+                Ok(at) => due.push((at, id)),
+                // Gone meanwhile (delivered, deleted): nothing to schedule.
+                Err(SpoolError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(target: "submitd::relay", %id, error = %e, "cannot read a queued message; it waits for the next scan");
+                }
+            }
+        }
+        let mut schedule = self.schedule();
+        let busy = std::mem::take(&mut schedule.busy);
+        schedule.due = due
+            .into_iter()
+            .filter(|(_, id)| !busy.contains(id))
+            .collect();
+        schedule.busy = busy;
+    }
+
+    /// Runs until the task is dropped: a scan of the queue, then
+    /// `connections` workers, and a scan every minute.
+    pub async fn run(self) {
+        self.rescan();
+        let mut workers = Vec::new();
+        for _ in 0..self.config.connections.max(1) {
+            workers.push(tokio::spawn(self.clone().worker()));
+        }
+        // Aborted with this task: the workers go with it.
+        let _guard = AbortOnDrop(workers);
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            self.rescan();
+            self.wake.notify_waiters();
+        }
+    }
+
+    async fn worker(self) {
+        let mut connection: Option<Connection> = None;
+        let mut figures = PassFigures::default();
+        loop {
+            let notified = self.wake.notified();
+            let now = unix_now();
+            let taken = self.schedule().take_due(now);
+            if let Some(id) = taken {
+                self.attempt_scheduled(&id, &mut connection, &mut figures)
+                    .await;
+                continue;
+            }
+            let until_due = self
+                .schedule()
+                .next_due()
+                .map_or(Duration::from_secs(60), |at| {
+                    Duration::from_secs(at.saturating_sub(now).clamp(1, 60))
+                });
+            let idle = if connection.is_some() {
+                self.config.idle_connection
+            } else {
+                Duration::MAX
+            };
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(until_due) => {}
+                () = tokio::time::sleep(idle) => {
+                    if let Some(c) = connection.take() {
+                        c.quit().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attempts a message the caller took from the schedule, then puts it
+    /// back at its next try (unless it is finished).
+    async fn attempt_scheduled(
+        &self,
+        id: &QueueId,
+        connection: &mut Option<Connection>,
+        figures: &mut PassFigures,
+    ) {
+        let next = match self.attempt(id, connection, figures).await {
+            Ok(next) => next,
+            Err(SpoolError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::error!(target: "submitd::relay", %id, error = %e, "delivery attempt not recorded; retried at the next scan");
+                None
+            }
+        };
+        let mut schedule = self.schedule();
+        schedule.busy.remove(id);
+        if let Some(at) = next {
+            schedule.insert(at, id.clone());
+        }
+    }
+
+    /// Delivers every message that is due now, oldest first, over one
+    /// upstream connection, and returns what it did (tests, benchmarks and
+    /// one-off runs; the daemon uses [`Relay::run`]).
+    pub async fn run_once(&self) -> PassFigures {
+        self.rescan();
+        let mut figures = PassFigures::default();
+        let mut connection: Option<Connection> = None;
+        let now = unix_now();
+        // Each message at most once a pass: one due again at once (a zero
+        // backoff) waits for the next pass.
+        let mut attempted = HashSet::new();
+        let mut again = Vec::new();
+        loop {
+            let taken = self.schedule().take_due(now);
+            let Some(id) = taken else {
+                break;
+            };
+            if !attempted.insert(id.clone()) {
+                again.push(id);
+                continue;
+            }
+            self.attempt_scheduled(&id, &mut connection, &mut figures)
+                .await;
+        }
+        {
+            let mut schedule = self.schedule();
+            for id in again {
+                schedule.busy.remove(&id);
+                schedule.insert(now, id);
             }
         }
         if let Some(connection) = connection {
             connection.quit().await;
         }
+        if figures.attempted > 0 {
+            tracing::info!(target: "submitd::relay", ?figures, "delivery pass");
+        }
         figures
     }
 
+    /// One attempt at `id`; returns when it is next due, or `None` when it
+    /// is finished and removed.
     async fn attempt(
         &self,
         id: &QueueId,
         connection: &mut Option<Connection>,
         figures: &mut PassFigures,
-    ) -> Result<(), SpoolError> {
+    ) -> Result<Option<u64>, SpoolError> {
         let now = unix_now();
-        let (stored, data) = self.spool.load(id)?;
-        let mut state = self.spool.state(id, stored.recipients.len())?;
-        if state.next_try > now || state.is_finished() {
-            if state.is_finished() {
-                self.spool.remove(id)?;
-                figures.removed += 1;
-            }
-            return Ok(());
+        // The state first: a message that is not due is not read.
+        let recipients = self.spool.load_envelope(id)?.recipients.len();
+        let mut state = self.spool.state(id, recipients)?;
+        if state.is_finished() {
+            self.spool.remove(id)?;
+            figures.removed += 1;
+            return Ok(None);
         }
+        if state.next_try > now {
+            return Ok(Some(state.next_try));
+        }
+        let (stored, data) = self.spool.load(id)?;
         figures.attempted += 1;
         let pending: Vec<usize> = state
             .recipients
@@ -266,6 +447,7 @@ impl Relay {
                     .store(QueueId::generate(), b.envelope, Arc::new(b.data))
                     .await?;
                 tracing::info!(target: "submitd::relay", %id, bounce = %bounce_id, "bounce queued to the sender");
+                self.enqueue(bounce_id);
                 figures.bounces += 1;
             }
         }
@@ -293,11 +475,12 @@ impl Relay {
                 "partly bounced"
             };
             tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients = state.recipients.len(), delivered, failed, size = data.len(), attempts = state.attempts, %outcome, "message {outcome}");
+            Ok(None)
         } else {
             self.spool.save_state(id, &state)?;
             tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients = state.recipients.len(), delivered, failed, pending, size = data.len(), attempts = state.attempts, next_try = state.next_try, outcome = "deferred", "message deferred");
+            Ok(Some(state.next_try))
         }
-        Ok(())
     }
 
     /// Sends over the current connection, opening one (upstreams in order)
@@ -313,6 +496,18 @@ impl Relay {
             *connection = None;
         }
         if connection.is_none() {
+            let down = self
+                .down
+                .lock()
+                .map(|d| d.clone())
+                .unwrap_or_default()
+                .filter(|(until, _)| *until > unix_now());
+            if let Some((_, reason)) = down {
+                return Err(format!(
+                    "{reason} (not retried for {}s)",
+                    DOWN_FOR.as_secs()
+                ));
+            }
             let mut reasons = Vec::new();
             for upstream in upstreams {
                 match Connection::open(upstream, &self.config.hostname).await {
@@ -327,11 +522,15 @@ impl Relay {
                 }
             }
             if connection.is_none() {
-                return Err(if reasons.is_empty() {
-                    "no upstream configured".into()
+                let reason = if reasons.is_empty() {
+                    "no upstream configured".to_owned()
                 } else {
                     reasons.join("; ")
-                });
+                };
+                if let Ok(mut down) = self.down.lock() {
+                    *down = Some((unix_now() + DOWN_FOR.as_secs(), reason.clone()));
+                }
+                return Err(reason);
             }
         }
         let Some(open) = connection.as_mut() else {
@@ -344,5 +543,46 @@ impl Relay {
                 Err(e.to_string())
             }
         }
+    }
+}
+
+/// Aborts the worker tasks when the runner's task ends.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for worker in &self.0 {
+            worker.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> QueueId {
+        QueueId::parse(&format!("{:022x}", n)).unwrap_or_else(|| panic!("id {n}"))
+    }
+
+    #[test]
+    fn the_schedule_gives_each_due_message_to_one_worker_oldest_first() {
+        let mut s = Schedule::default();
+        s.insert(100, id(3));
+        s.insert(50, id(2));
+        s.insert(50, id(1));
+        s.insert(500, id(4));
+        assert_eq!(s.take_due(40), None);
+        assert_eq!(s.take_due(100), Some(id(1)));
+        assert_eq!(s.take_due(100), Some(id(2)));
+        // Held by a worker: a rescan's insert does not hand it out again.
+        s.insert(0, id(1));
+        assert_eq!(s.take_due(100), Some(id(3)));
+        assert_eq!(s.take_due(100), None);
+        assert_eq!(s.next_due(), Some(500));
+        // Re-inserting moves an entry, never duplicates it.
+        s.insert(10, id(4));
+        assert_eq!(s.due.len(), 1);
+        assert_eq!(s.take_due(10), Some(id(4)));
     }
 }

@@ -531,6 +531,16 @@ impl Spool {
         read_message(&path)
     }
 
+    /// The envelope of a queued message, read without its content (for
+    /// scheduling: cheap whatever the message's size).
+    pub fn load_envelope(&self, id: &QueueId) -> Result<StoredEnvelope, SpoolError> {
+        let path = self.dirs.msg.join(id.as_str());
+        if !path.exists() {
+            return Err(SpoolError::NotFound(id.clone()));
+        }
+        read_envelope(&path)
+    }
+
     /// The delivery state of a queued message.
     pub fn state(&self, id: &QueueId, recipients: usize) -> Result<DeliveryState, SpoolError> {
         let path = self.dirs.state.join(id.as_str());
@@ -606,15 +616,20 @@ fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, SpoolError> {
 }
 
 /// Reads and checks a message file.
-fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+/// A spool file's header: the envelope and what the content must match.
+struct Header {
+    envelope: StoredEnvelope,
+    size: usize,
+    crc: u32,
+}
+
+/// Parses the header at the start of `bytes`; returns it with the offset
+/// of the content.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError> {
     let corrupt = |reason: String| SpoolError::Corrupt {
         path: path.to_owned(),
         reason,
     };
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_error(path))?;
     let end = bytes
         .windows(2)
         .take(MAX_HEADER)
@@ -648,7 +663,6 @@ fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
             _ => return Err(corrupt(format!("unknown header {key:?}"))),
         }
     }
-    let data = bytes.split_off(end + 2);
     let (Some(received), Some(user), Some(mail_from), Some(size), Some(crc)) =
         (received, user, mail_from, size, crc)
     else {
@@ -657,24 +671,60 @@ fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
     if recipients.is_empty() {
         return Err(corrupt("no recipients".into()));
     }
-    if data.len() != size {
+    let envelope = StoredEnvelope {
+        mail_from,
+        recipients,
+        user,
+        received,
+    };
+    Ok((
+        Header {
+            envelope,
+            size,
+            crc,
+        },
+        end + 2,
+    ))
+}
+
+fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_error(path))?;
+    let (header, start) = parse_header(path, &bytes)?;
+    let data = bytes.split_off(start);
+    if data.len() != header.size {
         return Err(corrupt(format!(
-            "message is {} octets, header says {size}",
-            data.len()
+            "message is {} octets, header says {}",
+            data.len(),
+            header.size
         )));
     }
-    if crc32fast::hash(&data) != crc {
+    if crc32fast::hash(&data) != header.crc {
         return Err(corrupt("message does not match its checksum".into()));
     }
-    Ok((
-        StoredEnvelope {
-            mail_from,
-            recipients,
-            user,
-            received,
-        },
-        data,
-    ))
+    Ok((header.envelope, data))
+}
+
+/// Reads only the header of a spool file (the envelope), not its content.
+fn read_envelope(path: &Path) -> Result<StoredEnvelope, SpoolError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = file.read(&mut chunk).map_err(io_error(path))?;
+        let searched = bytes.len().saturating_sub(1);
+        bytes.extend_from_slice(&chunk[..n]);
+        let found = bytes[searched..].windows(2).any(|w| w == b"\n\n");
+        if found || n == 0 || bytes.len() > MAX_HEADER {
+            return parse_header(path, &bytes).map(|(h, _)| h.envelope);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -726,6 +776,29 @@ mod tests {
     }
 
     #[test]
+    fn the_envelope_alone_across_read_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let mut many = envelope();
+        many.recipients = (0..1000)
+            .map(|i| RcptTo::parse(&format!("<recipient-{i}@example.net>")).unwrap())
+            .collect();
+        let big = vec![b'x'; 3 * 1024 * 1024];
+        let id = spool
+            .store_blocking(QueueId::generate(), &many, &big)
+            .unwrap();
+        assert_eq!(spool.load_envelope(&id).unwrap(), many);
+        let small = spool
+            .store_blocking(QueueId::generate(), &envelope(), b"")
+            .unwrap();
+        assert_eq!(spool.load_envelope(&small).unwrap(), envelope());
+        assert!(matches!(
+            spool.load_envelope(&QueueId::generate()),
+            Err(SpoolError::NotFound(_))
+        ));
+    }
+
+    #[test]
     fn store_load_state_remove() {
         let dir = tempfile::tempdir().unwrap();
         let (spool, recovery) = Spool::open(dir.path()).unwrap();
@@ -735,6 +808,7 @@ mod tests {
             .unwrap();
         let (loaded, data) = spool.load(&id).unwrap();
         assert_eq!(loaded, envelope());
+        assert_eq!(spool.load_envelope(&id).unwrap(), envelope());
         // Private whatever the umask.
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;

@@ -220,14 +220,14 @@ fn chaos_child() {
                 };
                 let relay = Relay::new(
                     spool.clone(),
-                    RelayConfig {
-                        hostname: "mx.test".into(),
-                        route: Route::Upstreams(vec![upstream.clone()]),
-                        policy: RetryPolicy {
+                    RelayConfig::new(
+                        "mx.test",
+                        Route::Upstreams(vec![upstream.clone()]),
+                        RetryPolicy {
                             first_backoff: Duration::ZERO,
                             ..RetryPolicy::default()
                         },
-                    },
+                    ),
                 );
                 for _ in 0..100 {
                     let figures = relay.run_once().await;

@@ -45,11 +45,7 @@ fn upstream(setup: &Setup, ca: &TestCa, port: u16) -> Upstream {
 fn relay(setup: &Setup, route: Route, policy: RetryPolicy) -> Relay {
     Relay::new(
         setup.spool.clone(),
-        RelayConfig {
-            hostname: "mx.test".into(),
-            route,
-            policy,
-        },
+        RelayConfig::new("mx.test", route, policy),
     )
 }
 
@@ -128,17 +124,14 @@ async fn one_recipient_bounced_the_others_delivered() {
         ],
         DATA,
     );
+    // The bounce is queued and delivered in the same pass.
     let first = relay.run_once().await;
     assert_eq!(
         (first.delivered, first.failed, first.bounces, first.removed),
-        (2, 1, 1, 1)
+        (2 + 1, 1, 1, 2),
+        "two recipients and the bounce delivered; the message and the bounce removed"
     );
-    let second = relay.run_once().await;
-    assert_eq!(
-        (second.delivered, second.removed),
-        (1, 1),
-        "the bounce itself was delivered"
-    );
+    assert_eq!(relay.run_once().await, Default::default(), "nothing left");
     let messages = fake.messages();
     assert_eq!(messages.len(), 2);
     let bounce = &messages[1];
@@ -273,4 +266,44 @@ async fn maildir_route() {
     let content = std::fs::read(files[0].as_ref().unwrap().path()).unwrap();
     assert!(content.ends_with(DATA));
     assert!(setup.spool.list().unwrap().is_empty());
+}
+
+/// An upstream that takes each connection and drops it at once: when every
+/// upstream failed, the other queued messages are deferred with the same
+/// reason for a while, without a connection attempt each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_upstream_costs_one_attempt_not_one_per_message() {
+    let setup = setup();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(tcp);
+        }
+    });
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &TestCa::new(), port)]),
+        RetryPolicy {
+            first_backoff: Duration::ZERO,
+            ..RetryPolicy::default()
+        },
+    );
+    let ids: Vec<QueueId> = (0..5)
+        .map(|_| queue_message(&setup.spool, &["bob@example.net"], DATA))
+        .collect();
+    let figures = relay.run_once().await;
+    assert_eq!((figures.attempted, figures.deferred), (5, 5));
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one connection for five messages"
+    );
+    for id in &ids {
+        let entry = queue::show(&setup.spool, id).unwrap();
+        assert_eq!(entry.state.attempts, 1, "each message's attempt is counted");
+    }
 }

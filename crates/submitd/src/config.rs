@@ -84,6 +84,10 @@ struct Relay {
     maildir: Option<PathBuf>,
     #[serde(default)]
     upstream: Vec<UpstreamEntry>,
+    #[serde(default)]
+    connections: Option<usize>,
+    #[serde(default)]
+    idle_connection: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +179,10 @@ pub(crate) struct Settings {
     pub lifetime: Duration,
     /// Where messages go.
     pub route: RouteSettings,
+    /// Deliveries at once.
+    pub relay_connections: usize,
+    /// How long an idle upstream connection is kept.
+    pub relay_idle: Duration,
     /// Session limits.
     pub limits: submitd_smtp::Limits,
     /// Connections at once from one client address.
@@ -344,6 +352,18 @@ impl Settings {
             &file.limits.shutdown_grace,
             Duration::from_secs(30),
         )?;
+        let relay_idle = duration(
+            "relay.idle_connection",
+            &file.relay.idle_connection,
+            Duration::from_secs(5),
+        )?;
+        let relay_connections = file.relay.connections.unwrap_or(4);
+        if !(1..=100).contains(&relay_connections) {
+            return Err(err(
+                "relay.connections",
+                format!("{relay_connections} is not between 1 and 100 (deliveries at once)"),
+            ));
+        }
         let lifetime = duration(
             "queue.lifetime",
             &file.queue.lifetime,
@@ -370,6 +390,8 @@ impl Settings {
             queue: abs(&file.queue.directory),
             lifetime,
             route,
+            relay_connections,
+            relay_idle,
             limits,
             per_client: file.limits.connections_per_client.unwrap_or(20),
             unauthenticated: file.limits.unauthenticated_connections.unwrap_or(100),

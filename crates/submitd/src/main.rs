@@ -357,12 +357,16 @@ async fn run(settings: Settings) -> Result<(), String> {
     let relay = Relay::new(
         spool.clone(),
         RelayConfig {
-            hostname: settings.hostname.clone(),
-            route: build_route(&settings)?,
-            policy: RetryPolicy {
-                lifetime: settings.lifetime,
-                ..RetryPolicy::default()
-            },
+            connections: settings.relay_connections,
+            idle_connection: settings.relay_idle,
+            ..RelayConfig::new(
+                settings.hostname.clone(),
+                build_route(&settings)?,
+                RetryPolicy {
+                    lifetime: settings.lifetime,
+                    ..RetryPolicy::default()
+                },
+            )
         },
     );
     let credentials = Arc::new(credentials);
@@ -418,7 +422,6 @@ async fn run(settings: Settings) -> Result<(), String> {
         )));
     }
     let relay_task = tokio::spawn(relay.clone().run());
-    relay.wake();
     notify(&[sd_notify::NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
         // Ping at half the interval; a hung runtime stops the pings.
