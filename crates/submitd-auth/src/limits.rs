@@ -1,6 +1,12 @@
 //! Per-user sending limits: messages and recipients per hour and per day,
 //! so a stolen password cannot spray thousands of messages before anyone
 //! notices. The clock is passed in.
+//!
+//! The windows slide by the minute: each user's history is one bucket per
+//! minute (messages, recipients), at most a day's 1,440, with a running day
+//! total, so a check costs at most an hour's 60 buckets however much the
+//! user sends. (One timestamp per message made every check scan the whole
+//! day: quadratic for a script that sends thousands.)
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
@@ -8,6 +14,8 @@ use std::time::{Duration, Instant};
 
 const HOUR: Duration = Duration::from_secs(3600);
 const DAY: Duration = Duration::from_secs(24 * 3600);
+const MINUTES_PER_HOUR: u64 = 60;
+const MINUTES_PER_DAY: u64 = 24 * 60;
 
 /// Limits per user; `None` means "use the default" in a user's entry and
 /// "no limit" once resolved against defaults that leave it unset.
@@ -81,24 +89,76 @@ pub enum LimitExceeded {
     RecipientsPerDay(u32),
 }
 
+/// What one user sent in one minute.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    minute: u64,
+    messages: u32,
+    recipients: u32,
+}
+
 #[derive(Debug, Default)]
 struct Usage {
-    /// (when, recipients) for each message in the last 24 hours.
-    sent: VecDeque<(Instant, u32)>,
+    /// One bucket per minute with traffic, oldest first, the last day only.
+    buckets: VecDeque<Bucket>,
+    /// Sums over `buckets`.
+    day_messages: u32,
+    day_recipients: u32,
     /// A warning was logged for the limit reached; not again until then.
     warned_until: Option<Instant>,
 }
 
-/// Counts what each user sent, in sliding hour and day windows.
-#[derive(Debug, Default)]
+impl Usage {
+    /// Drops the buckets that left the day window.
+    fn expire(&mut self, minute: u64) {
+        while let Some(first) = self.buckets.front().copied() {
+            if minute.saturating_sub(first.minute) < MINUTES_PER_DAY {
+                break;
+            }
+            self.buckets.pop_front();
+            self.day_messages = self.day_messages.saturating_sub(first.messages);
+            self.day_recipients = self.day_recipients.saturating_sub(first.recipients);
+        }
+    }
+
+    /// Messages and recipients in the hour window.
+    fn hour(&self, minute: u64) -> (u32, u32) {
+        self.buckets
+            .iter()
+            .rev()
+            .take_while(|b| minute.saturating_sub(b.minute) < MINUTES_PER_HOUR)
+            .fold((0u32, 0u32), |(m, r), b| {
+                (m.saturating_add(b.messages), r.saturating_add(b.recipients))
+            })
+    }
+}
+
+/// Counts what each user sent, in hour and day windows sliding by the
+/// minute.
+#[derive(Debug)]
 pub struct RateLimiter {
     usage: Mutex<HashMap<String, Usage>>,
+    /// Minute 0 of the buckets.
+    origin: Instant,
+}
+
+impl Default for RateLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RateLimiter {
     /// A limiter with no history.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            usage: Mutex::new(HashMap::new()),
+            origin: Instant::now(),
+        }
+    }
+
+    fn minute(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.origin).as_secs() / 60
     }
 
     /// May `user` start another message now? Over a limit this logs one
@@ -109,20 +169,12 @@ impl RateLimiter {
         limits: SendingLimits,
         now: Instant,
     ) -> Result<(), LimitExceeded> {
+        let minute = self.minute(now);
         let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
         let usage = all.entry(user.to_owned()).or_default();
-        usage
-            .sent
-            .retain(|(at, _)| now.saturating_duration_since(*at) < DAY);
-        let (mut messages_hour, mut recipients_hour, mut recipients_day) = (0u32, 0u32, 0u32);
-        for (at, recipients) in &usage.sent {
-            recipients_day = recipients_day.saturating_add(*recipients);
-            if now.saturating_duration_since(*at) < HOUR {
-                messages_hour += 1;
-                recipients_hour = recipients_hour.saturating_add(*recipients);
-            }
-        }
-        let messages_day = u32::try_from(usage.sent.len()).unwrap_or(u32::MAX);
+        usage.expire(minute);
+        let (messages_hour, recipients_hour) = usage.hour(minute);
+        let (messages_day, recipients_day) = (usage.day_messages, usage.day_recipients);
         let exceeded = [
             (
                 limits.messages_per_hour,
@@ -163,11 +215,23 @@ impl RateLimiter {
 
     /// Records a message `user` sent to `recipients` recipients.
     pub fn record(&self, user: &str, recipients: u32, now: Instant) {
+        let minute = self.minute(now);
         let mut all = self.usage.lock().unwrap_or_else(|p| p.into_inner());
-        all.entry(user.to_owned())
-            .or_default()
-            .sent
-            .push_back((now, recipients));
+        let usage = all.entry(user.to_owned()).or_default();
+        usage.expire(minute);
+        match usage.buckets.back_mut() {
+            Some(last) if last.minute == minute => {
+                last.messages = last.messages.saturating_add(1);
+                last.recipients = last.recipients.saturating_add(recipients);
+            }
+            _ => usage.buckets.push_back(Bucket {
+                minute,
+                messages: 1,
+                recipients,
+            }),
+        }
+        usage.day_messages = usage.day_messages.saturating_add(1);
+        usage.day_recipients = usage.day_recipients.saturating_add(recipients);
     }
 }
 
@@ -212,6 +276,29 @@ mod tests {
             limiter.check("alice", limits, t0 + DAY + Duration::from_secs(5)),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_busy_day_keeps_one_bucket_a_minute() {
+        let limiter = RateLimiter::new();
+        let t0 = Instant::now();
+        let limits = SendingLimits::default();
+        // 100,000 messages over two days, one every 1.7 s.
+        for i in 0..100_000u64 {
+            let at = t0 + Duration::from_millis(i * 1700);
+            assert_eq!(limiter.check("script", limits, at), Ok(()));
+            limiter.record("script", 2, at);
+        }
+        let all = limiter.usage.lock().unwrap();
+        let usage = &all["script"];
+        assert!(usage.buckets.len() <= 1440, "{}", usage.buckets.len());
+        // A day at one per 1.7 s is about 50,800 messages.
+        assert!(
+            (50_000..=51_500).contains(&usage.day_messages),
+            "{}",
+            usage.day_messages
+        );
+        assert_eq!(usage.day_recipients, 2 * usage.day_messages);
     }
 
     #[test]

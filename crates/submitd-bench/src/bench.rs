@@ -1,9 +1,10 @@
 //! The whole-path benchmark, in one run so its figures are ratios of one
-//! machine's state: a fake smarthost (in this process, over TLS) is the
-//! sink; the real `submitd` binary relays to it; the load goes once
-//! straight to the sink (the physical limit here) and once through
-//! submitd (TLS, AUTH, policy, prepare, fsynced spool, relay, TLS again),
-//! at each concurrency. Then half load, fresh connections, handshakes and
+//! machine's state: fake smarthosts (in this process, over TLS) are the
+//! sinks, one keeping messages in memory, one writing and fsyncing each
+//! before its 250 as a real MTA does; the real `submitd` binary relays to
+//! the durable one; the load goes straight to each sink (the physical
+//! limits here) and through submitd (TLS, AUTH, policy, prepare, fsynced
+//! spool, relay, TLS again), at each concurrency. Then half load, fresh connections, handshakes and
 //! argon2 alone, and the memory of idle sessions. Writes `results.md` and
 //! `throughput.svg`.
 
@@ -45,7 +46,9 @@ pub(crate) struct Plan {
 pub(crate) struct Point {
     /// Clients at once.
     pub(crate) concurrency: usize,
-    /// Straight to the sink.
+    /// Straight to the memory sink.
+    pub(crate) direct_memory: Report,
+    /// Straight to the durable sink.
     pub(crate) direct: Report,
     /// Through submitd; `elapsed` runs to the last arrival at the sink.
     pub(crate) whole: Report,
@@ -112,9 +115,12 @@ fn start_submitd(binary: &Path, config: &Path) -> Result<Daemon, String> {
 
 struct World {
     _dir: tempfile::TempDir,
+    /// Durable: submitd relays here.
     sink: FakeSmarthost,
+    memory_sink: FakeSmarthost,
     daemon: Daemon,
     direct: Target,
+    direct_memory: Target,
     through: Target,
 }
 
@@ -122,7 +128,12 @@ async fn world(plan: &Plan) -> Result<World, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let ca = TestCa::new();
-    let sink = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let memory_sink =
+        FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let sink_dir = d.join("sink");
+    std::fs::create_dir_all(&sink_dir).map_err(|e| e.to_string())?;
+    let sink =
+        FakeSmarthost::start_durable(&ca, &["localhost"], Transport::ImplicitTls, sink_dir).await;
     let write = |name: &str, text: &str| {
         std::fs::write(d.join(name), text).map_err(|e| format!("{name}: {e}"))
     };
@@ -190,6 +201,10 @@ unauthenticated_connections = {many}
         password: "secret".into(),
         ..base.clone()
     };
+    let direct_memory = Target {
+        port: memory_sink.addr.port(),
+        ..direct.clone()
+    };
     let through = Target {
         port: daemon.port,
         user: "load".into(),
@@ -199,8 +214,10 @@ unauthenticated_connections = {many}
     Ok(World {
         _dir: dir,
         sink,
+        memory_sink,
         daemon,
         direct,
+        direct_memory,
         through,
     })
 }
@@ -267,23 +284,27 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
 
     let mut points = Vec::new();
     for &c in &plan.concurrency {
+        let direct_memory = load::run(&w.direct_memory, spec(c)).await?;
+        w.memory_sink.clear_messages();
         let direct = load::run(&w.direct, spec(c)).await?;
         w.sink.clear_messages();
         let whole = through(&w, spec(c), plan.time_limit * 2).await?;
         eprintln!(
-            "c={c}: direct {:.0}/s p99 {} ms; whole path {:.0}/s p99 {} ms",
+            "c={c}: direct to memory {:.0}/s; direct to durable {:.0}/s p99 {} ms; whole path {:.0}/s p99 {} ms",
+            direct_memory.rate(),
             direct.rate(),
             ms(direct.percentile(0.99)),
             whole.rate(),
             ms(whole.percentile(0.99))
         );
-        for r in [&direct, &whole] {
+        for r in [&direct_memory, &direct, &whole] {
             if let Some(e) = &r.first_error {
                 return Err(format!("c={c}: {} errors, first: {e}", r.errors));
             }
         }
         points.push(Point {
             concurrency: c,
+            direct_memory,
             direct,
             whole,
         });
@@ -295,6 +316,10 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
     let best_direct = points
         .iter()
         .map(|p| p.direct.rate())
+        .fold(0.0f64, f64::max);
+    let best_memory = points
+        .iter()
+        .map(|p| p.direct_memory.rate())
         .fold(0.0f64, f64::max);
 
     // Half load: paced at half the best whole-path rate.
@@ -350,12 +375,13 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
         "Messages of {} octets, {} per run, one recipient; loopback TLS 1.3 both ways.\n\n",
         plan.size, plan.messages
     ));
-    md.push_str("| concurrency | direct msg/s | whole path msg/s | ratio | whole MB/s | submit p50 ms | submit p99 ms | direct p99 ms |\n");
-    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    md.push_str("| concurrency | direct, memory sink msg/s | direct, durable sink msg/s | whole path msg/s | whole / durable direct | whole MB/s | submit p50 ms | submit p99 ms | durable direct p99 ms |\n");
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for p in &points {
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {} | {} |\n",
             p.concurrency,
+            p.direct_memory.rate(),
             p.direct.rate(),
             p.whole.rate(),
             p.whole.rate() / p.direct.rate().max(1e-9),
@@ -367,11 +393,17 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
     }
     md.push_str("\n| figure | value | how |\n| --- | ---: | --- |\n");
     md.push_str(&format!(
-        "| whole path, best, as a fraction of the direct limit | {:.2} | {:.0} msg/s (c={}) / {:.0} msg/s (best direct) |\n",
+        "| whole path, best, as a fraction of the durable direct limit | {:.2} | {:.0} msg/s (c={}) / {:.0} msg/s (best direct to the durable sink) |\n",
         best.whole.rate() / best_direct.max(1e-9),
         best.whole.rate(),
         best.concurrency,
         best_direct
+    ));
+    md.push_str(&format!(
+        "| whole path, best, as a fraction of the memory-sink limit | {:.2} | {:.0} msg/s / {:.0} msg/s (best direct, no disk at the sink) |\n",
+        best.whole.rate() / best_memory.max(1e-9),
+        best.whole.rate(),
+        best_memory
     ));
     md.push_str(&format!(
         "| p99 submission latency at half load | {} ms | paced at {:.0} msg/s, c={}; p50 {} ms |\n",

@@ -144,8 +144,13 @@ pub(crate) fn svg(points: &[Point]) -> String {
         &xs,
         &[
             Series {
-                name: "direct to the smarthost",
-                colour: "#999",
+                name: "direct, memory sink",
+                colour: "#ccc",
+                values: points.iter().map(|p| p.direct_memory.rate()).collect(),
+            },
+            Series {
+                name: "direct, durable sink",
+                colour: "#777",
                 values: points.iter().map(|p| p.direct.rate()).collect(),
             },
             Series {
@@ -164,8 +169,8 @@ pub(crate) fn svg(points: &[Point]) -> String {
         &xs,
         &[
             Series {
-                name: "direct",
-                colour: "#999",
+                name: "direct, durable sink",
+                colour: "#777",
                 values: points.iter().map(|p| p99(&p.direct)).collect(),
             },
             Series {
@@ -206,13 +211,14 @@ mod tests {
             .iter()
             .map(|&c| Point {
                 concurrency: c,
+                direct_memory: report(200 * c, 1),
                 direct: report(100 * c, 2),
                 whole: report(50 * c, 5),
             })
             .collect();
         let svg = svg(&points);
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
-        assert_eq!(svg.matches("<polyline").count(), 4);
-        assert_eq!(svg.matches("<circle").count(), 12);
+        assert_eq!(svg.matches("<polyline").count(), 5);
+        assert_eq!(svg.matches("<circle").count(), 15);
     }
 }

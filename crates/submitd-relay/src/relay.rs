@@ -24,7 +24,7 @@
 //! [`DOWN_FOR`] are deferred with the same reason without connecting, so a
 //! dead smarthost costs one connection timeout, not one per queued message.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -100,14 +100,28 @@ pub struct PassFigures {
 #[derive(Debug, Default)]
 struct Schedule {
     due: BTreeSet<(u64, QueueId)>,
+    /// When each id in `due` is due, to move it in O(log n).
+    at: HashMap<QueueId, u64>,
     busy: HashSet<QueueId>,
 }
 
 impl Schedule {
     fn insert(&mut self, at: u64, id: QueueId) {
-        if !self.busy.contains(&id) {
-            self.due.retain(|(_, queued)| *queued != id);
-            self.due.insert((at, id));
+        if self.busy.contains(&id) {
+            return;
+        }
+        if let Some(old) = self.at.insert(id.clone(), at) {
+            self.due.remove(&(old, id.clone()));
+        }
+        self.due.insert((at, id));
+    }
+
+    /// Replaces everything not held by a worker.
+    fn replace(&mut self, due: Vec<(u64, QueueId)>) {
+        self.due.clear();
+        self.at.clear();
+        for (at, id) in due {
+            self.insert(at, id);
         }
     }
 
@@ -115,6 +129,7 @@ impl Schedule {
     fn take_due(&mut self, now: u64) -> Option<QueueId> {
         let first = self.due.iter().next().filter(|(at, _)| *at <= now)?.clone();
         self.due.remove(&first);
+        self.at.remove(&first.1);
         self.busy.insert(first.1.clone());
         Some(first.1)
     }
@@ -582,7 +597,11 @@ mod tests {
         assert_eq!(s.next_due(), Some(500));
         // Re-inserting moves an entry, never duplicates it.
         s.insert(10, id(4));
-        assert_eq!(s.due.len(), 1);
+        assert_eq!((s.due.len(), s.at.len()), (1, 1));
         assert_eq!(s.take_due(10), Some(id(4)));
+        // A rescan replaces what is not held.
+        s.replace(vec![(0, id(1)), (5, id(7))]);
+        assert_eq!(s.take_due(10), Some(id(7)), "id 1 is still held");
+        assert!(s.due.is_empty() && s.at.is_empty());
     }
 }

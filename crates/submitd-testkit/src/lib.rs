@@ -122,6 +122,28 @@ impl FakeSmarthost {
     /// Starts one with a certificate for `names` from `ca`, on implicit TLS
     /// or STARTTLS (required by the world's AUTH rule either way).
     pub async fn start(ca: &TestCa, names: &[&str], transport: Transport, fault: Fault) -> Self {
+        Self::start_with(ca, names, transport, fault, None).await
+    }
+
+    /// Starts one that, like a real MTA, writes each message to a file in
+    /// `dir` and fsyncs it (and the folder) before its 250: the sink for
+    /// benchmarks that compare durable with durable.
+    pub async fn start_durable(
+        ca: &TestCa,
+        names: &[&str],
+        transport: Transport,
+        dir: std::path::PathBuf,
+    ) -> Self {
+        Self::start_with(ca, names, transport, Fault::None, Some(Arc::new(dir))).await
+    }
+
+    async fn start_with(
+        ca: &TestCa,
+        names: &[&str],
+        transport: Transport,
+        fault: Fault,
+        durable: Option<Arc<std::path::PathBuf>>,
+    ) -> Self {
         let (certs, key) = ca.issue(names);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ServerConfig::builder_with_provider(provider)
@@ -144,8 +166,9 @@ impl FakeSmarthost {
                     seen.connections += 1;
                 }
                 let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen_by_task));
+                let durable = durable.clone();
                 tokio::spawn(async move {
-                    let _ = serve(tcp, acceptor, transport, fault, seen).await;
+                    let _ = serve(tcp, acceptor, transport, fault, seen, durable).await;
                 });
             }
         });
@@ -194,6 +217,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     seen: &Mutex<Seen>,
     fault: Fault,
     data_octets: &mut Option<usize>,
+    durable: Option<&Arc<std::path::PathBuf>>,
 ) -> std::io::Result<bool> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -212,6 +236,13 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 Item::Event(Event::StartTls { .. }) => start_tls = true,
                 Item::Event(Event::Stored { message, .. }) => {
                     *data_octets = None;
+                    if let Some(dir) = durable {
+                        // Durable before the 250 that `out` holds goes out.
+                        let (dir, data) = (Arc::clone(dir), message.data.clone());
+                        tokio::task::spawn_blocking(move || store_durably(&dir, &data))
+                            .await
+                            .map_err(std::io::Error::other)??;
+                    }
                     if let Ok(mut seen) = seen.lock() {
                         seen.messages.push(*message);
                     }
@@ -250,13 +281,27 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Writes `data` to a new file in `dir`, fsyncs it and the folder.
+fn store_durably(dir: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{}-{n}.eml", std::process::id()));
+    let mut file = std::fs::File::create(&path)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 async fn serve(
     tcp: TcpStream,
     acceptor: tokio_rustls::TlsAcceptor,
     transport: Transport,
     fault: Fault,
     seen: Arc<Mutex<Seen>>,
+    durable: Option<Arc<std::path::PathBuf>>,
 ) -> std::io::Result<()> {
+    let durable = durable.as_ref();
     if fault == Fault::Stall {
         let mut tcp = tcp;
         let mut buf = [0u8; 1024];
@@ -268,13 +313,38 @@ async fn serve(
     match transport {
         Transport::ImplicitTls => {
             let mut tls = acceptor.accept(tcp).await?;
-            run(&mut tls, &mut driver, &seen, fault, &mut data_octets).await?;
+            run(
+                &mut tls,
+                &mut driver,
+                &seen,
+                fault,
+                &mut data_octets,
+                durable,
+            )
+            .await?;
         }
         _ => {
             let mut tcp = tcp;
-            if run(&mut tcp, &mut driver, &seen, fault, &mut data_octets).await? {
+            if run(
+                &mut tcp,
+                &mut driver,
+                &seen,
+                fault,
+                &mut data_octets,
+                durable,
+            )
+            .await?
+            {
                 let mut tls = acceptor.accept(tcp).await?;
-                run(&mut tls, &mut driver, &seen, fault, &mut data_octets).await?;
+                run(
+                    &mut tls,
+                    &mut driver,
+                    &seen,
+                    fault,
+                    &mut data_octets,
+                    durable,
+                )
+                .await?;
             }
         }
     }
