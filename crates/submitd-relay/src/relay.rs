@@ -215,13 +215,7 @@ impl Relay {
                 }
             }
         }
-        let mut schedule = self.schedule();
-        let busy = std::mem::take(&mut schedule.busy);
-        schedule.due = due
-            .into_iter()
-            .filter(|(_, id)| !busy.contains(id))
-            .collect();
-        schedule.busy = busy;
+        self.schedule().replace(due);
     }
 
     /// Runs until the task is dropped: a scan of the queue, then
