@@ -67,6 +67,8 @@ struct Auth {
     users: PathBuf,
     #[serde(default)]
     max_concurrent_checks: Option<usize>,
+    #[serde(default)]
+    failure_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +175,9 @@ pub(crate) struct Settings {
     pub users: PathBuf,
     /// Concurrent password checks.
     pub max_concurrent_checks: usize,
+    /// Delay of the first failed login from a network or for a name
+    /// (doubling with each further one, up to 20 s).
+    pub failure_delay: Duration,
     /// Queue folder.
     pub queue: PathBuf,
     /// How long a message may stay queued.
@@ -352,6 +357,11 @@ impl Settings {
             &file.limits.shutdown_grace,
             Duration::from_secs(30),
         )?;
+        let failure_delay = duration(
+            "auth.failure_delay",
+            &file.auth.failure_delay,
+            Duration::from_secs(1),
+        )?;
         let relay_idle = duration(
             "relay.idle_connection",
             &file.relay.idle_connection,
@@ -387,6 +397,7 @@ impl Settings {
                 .auth
                 .max_concurrent_checks
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            failure_delay,
             queue: abs(&file.queue.directory),
             lifetime,
             route,

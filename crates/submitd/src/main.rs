@@ -376,7 +376,10 @@ async fn run(settings: Settings) -> Result<(), String> {
         checker: Arc::new(
             PasswordChecker::new(settings.max_concurrent_checks).map_err(|e| e.to_string())?,
         ),
-        throttle: Arc::new(Mutex::new(Throttle::new(ThrottleConfig::default()))),
+        throttle: Arc::new(Mutex::new(Throttle::new(ThrottleConfig {
+            base_delay: settings.failure_delay,
+            ..ThrottleConfig::default()
+        }))),
         rate: Arc::new(RateLimiter::new()),
         default_limits: SendingLimits::defaults(),
         spool,

@@ -11,13 +11,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{require, Daemon};
+use common::{require, start_upstream, Daemon};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "correct horse";
@@ -44,48 +44,6 @@ fn message(client: &str) -> Vec<u8> {
     m.extend(std::iter::repeat_n(b'x', 900));
     m.extend_from_slice(b"\r\n.\r\nend\r\n");
     m
-}
-
-struct Upstream {
-    child: std::process::Child,
-    port: u16,
-    out: PathBuf,
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// aiosmtpd over implicit TLS, requiring AUTH as alice/secret.
-fn start_upstream(dir: &Path, cert: &Path, key: &Path) -> Upstream {
-    let out = dir.join("upstream");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream_smtpd.py");
-    let mut child = Command::new("python3")
-        .arg(script)
-        .arg("0")
-        .arg(cert)
-        .arg(key)
-        .args(["alice", "secret"])
-        .arg(&out)
-        .arg("300")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("python3 runs");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .strip_prefix("ready ")
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| {
-            panic!("aiosmtpd did not start ({line:?}); install it with `pip install aiosmtpd`")
-        });
-    Upstream { child, port, out }
 }
 
 fn run(name: &str, command: &mut Command, stdin: Option<&[u8]>) {

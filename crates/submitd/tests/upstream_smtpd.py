@@ -12,6 +12,7 @@ Prints "ready PORT" when listening; stops by itself after SECONDS.
 """
 
 import json
+import logging
 import os
 import ssl
 import sys
@@ -79,6 +80,8 @@ def main():
     port, cert, key, user, password, out, seconds = sys.argv[1:8]
     # AUTH without STARTTLS is safe here: the socket is TLS from the start.
     warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)
     if port == "0":
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))

@@ -157,3 +157,67 @@ pub(crate) fn require(tool: &str, package: &str) -> PathBuf {
         panic!("this test drives `{tool}`: install it (`{package}`), or run `bash .ci/run`, which does")
     })
 }
+
+/// aiosmtpd (a third-party SMTP server) as the smarthost, over implicit
+/// TLS, requiring AUTH as alice/secret; each message lands in `out`.
+pub(crate) struct Upstream {
+    child: Child,
+    pub(crate) port: u16,
+    pub(crate) out: PathBuf,
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts aiosmtpd over implicit TLS with `cert` and `key`.
+pub(crate) fn start_upstream(dir: &Path, cert: &Path, key: &Path) -> Upstream {
+    let out = dir.join("upstream");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream_smtpd.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg("0")
+        .arg(cert)
+        .arg(key)
+        .args(["alice", "secret"])
+        .arg(&out)
+        .arg("300")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3 runs");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .strip_prefix("ready ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!("aiosmtpd did not start ({line:?}); install it with `pip install aiosmtpd`")
+        });
+    Upstream { child, port, out }
+}
+
+impl Upstream {
+    /// The messages received so far (raw bytes), in arrival order.
+    pub(crate) fn messages(&self) -> Vec<Vec<u8>> {
+        let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.out)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .filter_map(|p| Some((p.file_stem()?.to_str()?.parse().ok()?, p)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        files.sort();
+        files
+            .into_iter()
+            .filter_map(|(_, p)| std::fs::read(p).ok())
+            .collect()
+    }
+}
