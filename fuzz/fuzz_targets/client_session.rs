@@ -18,18 +18,35 @@ fuzz_target!(|data: &[u8]| {
     let [options, stream @ ..] = data else {
         return;
     };
-    let Ok(from) = Mailbox::parse("alice@example.org") else { return };
-    let Ok(to) = Mailbox::parse("bob@example.net") else { return };
+    let Ok(from) = Mailbox::parse("alice@example.org") else {
+        return;
+    };
+    let Ok(to) = Mailbox::parse("bob@example.net") else {
+        return;
+    };
     let envelope = Envelope {
-        mail_from: MailFrom { reverse_path: Some(from), params: MailParams::default() },
+        mail_from: MailFrom {
+            reverse_path: Some(from),
+            params: MailParams::default(),
+        },
         recipients: vec![
-            RcptTo { forward_path: ForwardPath::Mailbox(to.clone()), params: RcptParams::default() },
-            RcptTo { forward_path: ForwardPath::Mailbox(to), params: RcptParams::default() },
+            RcptTo {
+                forward_path: ForwardPath::Mailbox(to.clone()),
+                params: RcptParams::default(),
+            },
+            RcptTo {
+                forward_path: ForwardPath::Mailbox(to),
+                params: RcptParams::default(),
+            },
         ],
     };
     let config = ClientConfig {
         hostname: "fuzz.test".into(),
-        tls: if options & 1 == 0 { ClientTls::Implicit } else { ClientTls::StartTls },
+        tls: if options & 1 == 0 {
+            ClientTls::Implicit
+        } else {
+            ClientTls::StartTls
+        },
         credentials: (options & 2 != 0).then(|| ClientCredentials {
             username: "u".into(),
             password: Secret::new(b"p".to_vec()),

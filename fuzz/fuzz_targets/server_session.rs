@@ -53,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
     // On the STARTTLS port the split decides what counts as injected after
     // STARTTLS; everywhere else it must change nothing.
     if *selector % 3 != 1 {
-        assert_eq!(whole.items, split.items, "the split into reads changed the replies");
+        assert_eq!(
+            whole.items, split.items,
+            "the split into reads changed the replies"
+        );
     }
     for driver in [&whole, &split] {
         for message in driver.stored_messages() {

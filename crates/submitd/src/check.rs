@@ -12,7 +12,7 @@ use submitd_auth::CredentialStore;
 use submitd_listener::server_tls_config;
 use submitd_relay::{Connection, Route, Spool};
 
-use crate::config::Settings;
+use submitd_config::Settings;
 
 /// Warn when a certificate has less than this left.
 const EXPIRY_WARNING: Duration = Duration::from_secs(21 * 86_400);
@@ -121,7 +121,7 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
 }
 
 fn certificates(settings: &Settings, found: &mut Findings) {
-    let (_, certs) = match server_tls_config(&settings.certificates) {
+    let (_, certs) = match server_tls_config(&crate::certificate_paths(settings)) {
         Ok(loaded) => loaded,
         Err(e) => {
             found.problem(format!("tls: {e}"));

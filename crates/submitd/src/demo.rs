@@ -4,7 +4,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use crate::config::Settings;
+use submitd_config::Settings;
 
 /// Creates what the demo needs; returns lines to show the person.
 pub(crate) fn prepare(settings: &Settings) -> Result<Vec<String>, String> {
@@ -52,7 +52,7 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Vec<String>, String> {
         if let Some(implicit) = settings
             .listen
             .iter()
-            .find(|l| l.mode == crate::config::Mode::Implicit)
+            .find(|l| l.mode == submitd_config::Mode::Implicit)
         {
             said.push(format!(
                 "demo: send a test message: swaks --server {} --tls-on-connect --auth-user demo --auth-password '{}' \

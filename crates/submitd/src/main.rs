@@ -1,14 +1,13 @@
 //! The `submitd` binary: the config file, the command line, wiring the
 //! crates together, signals and logging. It knows no protocol details.
 //!
-//! Dependencies: `clap` for the command line, `serde`/`toml`/`humantime`
-//! for the config file, `rcgen` for the demo's self-signed certificate,
+//! Dependencies: `clap` for the command line, `submitd-config` for the
+//! config file, `humantime` for durations in log lines, `rcgen` for the demo's self-signed certificate,
 //! `tracing-subscriber` for log output, `tokio`/`tokio-util` for the
 //! runtime, signals and shutdown, `sd-notify` for systemd's Type=notify,
 //! `listenfd` for sockets passed by systemd (socket activation).
 
 mod check;
-mod config;
 mod demo;
 mod sockets;
 
@@ -18,10 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use config::{Mode, RouteSettings, Settings};
 use submitd_auth::{
     CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle, ThrottleConfig,
 };
+use submitd_config::{Mode, RouteSettings, Settings};
 use submitd_listener::{serve as serve_listener, server_tls_config, ConnectionLimits, Services};
 use submitd_relay::{
     client_tls_config, queue, read_password_file, Maildir, QueueId, Relay, RelayConfig,
@@ -308,6 +307,18 @@ pub(crate) fn build_route(settings: &Settings) -> Result<Route, String> {
     }
 }
 
+/// The config's certificate files as the listener takes them.
+pub(crate) fn certificate_paths(settings: &Settings) -> Vec<submitd_listener::CertificatePaths> {
+    settings
+        .certificates
+        .iter()
+        .map(|f| submitd_listener::CertificatePaths {
+            certificate: f.certificate.clone(),
+            key: f.key.clone(),
+        })
+        .collect()
+}
+
 /// Tells systemd (if it started us) how we are; a no-op otherwise.
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -353,7 +364,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         tracing::error!("{error}");
     }
     let (tls, certificates) =
-        server_tls_config(&settings.certificates).map_err(|e| e.to_string())?;
+        server_tls_config(&certificate_paths(&settings)).map_err(|e| e.to_string())?;
     let relay = Relay::new(
         spool.clone(),
         RelayConfig {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::config::Settings;
+use submitd_config::Settings;
 
 /// The sockets systemd passed, by local address; empty when it passed
 /// none. A passed socket that no `[[listen]]` names is an error: it would

@@ -27,7 +27,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword, SMTP
 class Store:
     def __init__(self, out):
         self.out = out
-        self.count = 0
+        # Go on from an earlier run's files (a restarted upstream).
+        self.count = len([n for n in os.listdir(out) if n.endswith(".eml")])
 
     async def handle_DATA(self, server, session, envelope):
         self.count += 1

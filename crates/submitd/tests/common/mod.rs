@@ -175,11 +175,17 @@ impl Drop for Upstream {
 
 /// Starts aiosmtpd over implicit TLS with `cert` and `key`.
 pub(crate) fn start_upstream(dir: &Path, cert: &Path, key: &Path) -> Upstream {
+    start_upstream_on(dir, cert, key, 0)
+}
+
+/// The same on `port` (0: any free one); messages go on numbering from
+/// what `dir` already holds, so a restarted upstream adds to them.
+pub(crate) fn start_upstream_on(dir: &Path, cert: &Path, key: &Path, port: u16) -> Upstream {
     let out = dir.join("upstream");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream_smtpd.py");
     let mut child = Command::new("python3")
         .arg(script)
-        .arg("0")
+        .arg(port.to_string())
         .arg(cert)
         .arg(key)
         .args(["alice", "secret"])
@@ -203,6 +209,12 @@ pub(crate) fn start_upstream(dir: &Path, cert: &Path, key: &Path) -> Upstream {
 }
 
 impl Upstream {
+    /// Stops it (SIGKILL), as a crashed or unplugged smarthost.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The messages received so far (raw bytes), in arrival order.
     pub(crate) fn messages(&self) -> Vec<Vec<u8>> {
         let mut files: Vec<(u64, PathBuf)> = std::fs::read_dir(&self.out)

@@ -1,7 +1,13 @@
-//! The config file: TOML read with serde (`deny_unknown_fields`), turned
-//! into typed settings for the libraries. Relative paths are relative to
-//! the config file's folder. Every error names the file, the key and what
-//! is expected. The reference is `config/submitd.example.toml`.
+//! submitd's config file: TOML read with serde (`deny_unknown_fields`),
+//! turned into typed, checked settings for the other crates. Relative
+//! paths are relative to the config file's folder. Every error names the
+//! file, the key and what is expected. The reference is
+//! `config/submitd.example.toml`.
+//!
+//! A crate of its own (not part of the binary) so the fuzzer can reach the
+//! parser without building TLS and the runtime. Dependencies: `serde` and
+//! `toml` to read the file, `humantime` for durations such as "5d",
+//! `submitd-smtp` for the session limits it fills in.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -29,7 +35,7 @@ struct File {
 /// How a listener starts TLS.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Mode {
+pub enum Mode {
     /// TLS from the first byte (465).
     Implicit,
     /// STARTTLS (587).
@@ -122,7 +128,7 @@ struct Limits {
 
 /// One listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct ListenSettings {
+pub struct ListenSettings {
     /// Address and port.
     pub address: SocketAddr,
     /// Implicit TLS or STARTTLS.
@@ -131,9 +137,18 @@ pub(crate) struct ListenSettings {
     pub max_connections: usize,
 }
 
+/// One certificate chain and its key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The PEM chain, server certificate first.
+    pub certificate: PathBuf,
+    /// The PEM private key.
+    pub key: PathBuf,
+}
+
 /// One upstream.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct UpstreamSettings {
+pub struct UpstreamSettings {
     /// Host name (connected to and checked against the certificate).
     pub host: String,
     /// Port.
@@ -148,7 +163,7 @@ pub(crate) struct UpstreamSettings {
 
 /// Where messages go.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum RouteSettings {
+pub enum RouteSettings {
     /// A Maildir.
     Maildir(PathBuf),
     /// Upstreams in order.
@@ -157,7 +172,7 @@ pub(crate) enum RouteSettings {
 
 /// The settings, checked and with absolute paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Settings {
+pub struct Settings {
     /// The config file read.
     pub path: PathBuf,
     /// This server's name.
@@ -170,7 +185,7 @@ pub(crate) struct Settings {
     pub listen: Vec<ListenSettings>,
     /// TLS certificate chains and keys (PEM); the first is the default,
     /// the others are chosen by SNI.
-    pub certificates: Vec<submitd_listener::CertificatePaths>,
+    pub certificates: Vec<TlsFiles>,
     /// Credential file.
     pub users: PathBuf,
     /// Concurrent password checks.
@@ -202,7 +217,9 @@ pub(crate) struct Settings {
 
 /// A config problem; the text names the file and key.
 #[derive(Debug)]
-pub(crate) struct ConfigError(pub(crate) String);
+pub struct ConfigError(pub String);
+
+impl std::error::Error for ConfigError {}
 
 impl std::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -211,7 +228,7 @@ impl std::fmt::Display for ConfigError {
 }
 
 /// `25M`, `512K`, `1G` or a number of octets.
-pub(crate) fn parse_size(text: &str) -> Option<u64> {
+pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let (number, factor) = match text.char_indices().last()? {
         (i, 'K' | 'k') => (&text[..i], 1024),
@@ -224,11 +241,21 @@ pub(crate) fn parse_size(text: &str) -> Option<u64> {
 
 impl Settings {
     /// Reads and checks `path`.
-    pub(crate) fn load(path: &Path) -> Result<Self, ConfigError> {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            ))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks `text`, the contents of the config file at `path` (which
+    /// relative paths are taken from and errors name).
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("{shown}: cannot read the config file: {e}")))?;
-        let file: File = toml::from_str(&text).map_err(|e| ConfigError(format!("{shown}: {e}")))?;
+        let file: File = toml::from_str(text).map_err(|e| ConfigError(format!("{shown}: {e}")))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let abs = |p: &Path| {
             if p.is_absolute() {
@@ -387,7 +414,7 @@ impl Settings {
             listen,
             certificates: std::iter::once((&file.tls.certificate, &file.tls.key))
                 .chain(file.tls.additional.iter().map(|p| (&p.certificate, &p.key)))
-                .map(|(certificate, key)| submitd_listener::CertificatePaths {
+                .map(|(certificate, key)| TlsFiles {
                     certificate: abs(certificate),
                     key: abs(key),
                 })
