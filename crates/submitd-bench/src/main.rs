@@ -144,6 +144,9 @@ enum Command {
         /// Folder for results.md and throughput.svg.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// submitd's `[relay] connections` (deliveries at once).
+        #[arg(long, default_value_t = 4)]
+        relay_connections: usize,
     },
 }
 
@@ -271,6 +274,7 @@ async fn run(command: Command) -> Result<(), String> {
             idle_sessions,
             time_limit,
             out,
+            relay_connections,
         } => {
             let submitd = match submitd {
                 Some(path) => path,
@@ -286,6 +290,7 @@ async fn run(command: Command) -> Result<(), String> {
                 idle_sessions,
                 time_limit,
                 out: out.clone(),
+                relay_connections,
             })
             .await?;
             println!("{md}");
