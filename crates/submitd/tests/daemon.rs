@@ -233,3 +233,101 @@ s.quit()
         "{stderr}"
     );
 }
+
+/// The SHA-256 fingerprint of the certificate served on `port`, by
+/// `openssl s_client`.
+fn served_fingerprint(port: u16, ca: &std::path::Path) -> String {
+    let served = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername localhost -CAfile {} -verify_return_error </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256",
+            ca.display()
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&served.stdout).trim().to_owned()
+}
+
+/// SIGHUP reads the certificate again: new connections get the new one,
+/// a session open across the reload goes on and delivers, and a broken
+/// new certificate keeps the one in force (and the log says why).
+#[test]
+fn sighup_reloads_the_certificate_without_dropping_sessions() {
+    common::require("openssl", "apt-get install openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = submitd_testkit::TestCa::new();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    let write_pair = |(cert, key): (String, String)| {
+        std::fs::write(d.join("cert.pem"), cert).unwrap();
+        std::fs::write(d.join("key.pem"), key).unwrap();
+    };
+    write_pair(ca.issue_pem(&["localhost"]));
+    let hash = submitd_auth::hash_password(b"pw").unwrap();
+    std::fs::write(
+        d.join("users"),
+        format!("alice {hash} send-as=alice@example.org\n"),
+    )
+    .unwrap();
+    let config = d.join("submitd.toml");
+    std::fs::write(
+        &config,
+        "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
+         [tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n[auth]\nusers = \"users\"\n\
+         [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n",
+    )
+    .unwrap();
+    let daemon = common::start(common::Daemon::command(&config));
+    let port = daemon.implicit.unwrap();
+    let before = served_fingerprint(port, &d.join("ca.pem"));
+    assert!(before.contains("Fingerprint="), "{before}");
+
+    // A session that logs in before the reload and sends after it.
+    let script = r#"
+import smtplib, ssl, sys
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+s = smtplib.SMTP_SSL("localhost", int(sys.argv[2]), context=ctx)
+s.login("alice", "pw")
+print("ready", flush=True)
+sys.stdin.readline()
+s.sendmail("alice@example.org", ["bob@example.net"], "From: alice@example.org\r\nSubject: across\r\n\r\nbody\r\n")
+s.quit()
+print("sent", flush=True)
+"#;
+    let mut session = Command::new("python3")
+        .args(["-c", script])
+        .arg(d.join("ca.pem"))
+        .arg(port.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(session.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+
+    write_pair(ca.issue_pem(&["localhost"]));
+    common::signal(daemon.child.id(), "HUP");
+    assert!(daemon.wait_log("certificates reloaded", Duration::from_secs(10)));
+    let after = served_fingerprint(port, &d.join("ca.pem"));
+    assert!(
+        after.contains("Fingerprint=") && after != before,
+        "{before} / {after}"
+    );
+
+    // The old session goes on.
+    use std::io::Write;
+    session.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "sent");
+    assert!(session.wait().unwrap().success());
+
+    // A broken certificate keeps the one in force.
+    std::fs::write(d.join("cert.pem"), "-----BEGIN CERTIFICATE-----\nbroken\n").unwrap();
+    common::signal(daemon.child.id(), "HUP");
+    assert!(daemon.wait_log("the old one stays", Duration::from_secs(10)));
+    assert_eq!(served_fingerprint(port, &d.join("ca.pem")), after);
+    assert!(daemon.stop());
+}
