@@ -11,9 +11,10 @@
 //!                                              │
 //!  throttle::Throttle::admit(ip) ──────────────┤ blocked? → temporary failure
 //!                                              ▼
-//!  store::CredentialStore::users() ─▶ password::PasswordChecker::check
-//!                                      (one argon2id run, blocking pool,
-//!                                       bounded; unknown users = dummy hash)
+//!  store::CredentialStore::users() ─▶ backend::Authenticator::check
+//!        Local: password::PasswordChecker (one argon2id run on its own
+//!               threads, bounded; unknown users = dummy hash)
+//!        Dovecot: dovecot::DovecotAuth (the auth socket Postfix uses)
 //!                                              │ failure → throttle::failure → delay, log line
 //!                                              ▼
 //!  MAIL FROM ─▶ policy::check_envelope_sender, limits::RateLimiter::check
@@ -22,11 +23,13 @@
 //! ```
 //!
 //! Dependencies: `argon2` for hashing, `getrandom` for app passwords,
-//! `tokio` for the blocking pool and the semaphore that bounds concurrent
-//! checks, `rpassword` to read a password without echo, `tracing` for the
+//! `tokio` for the semaphore that bounds concurrent checks and the Dovecot
+//! socket, `base64` for Dovecot's PLAIN response, `rpassword` to read a password without echo, `tracing` for the
 //! limit warning, `thiserror` for typed errors, `zeroize` so passwords do
 //! not linger in memory.
 
+pub mod backend;
+pub mod dovecot;
 pub mod edit;
 pub mod limits;
 pub mod password;
@@ -35,6 +38,8 @@ pub mod sasl;
 pub mod store;
 pub mod throttle;
 
+pub use backend::Authenticator;
+pub use dovecot::DovecotAuth;
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
 pub use password::{hash_password, CheckOutcome, PasswordChecker};
 pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs};

@@ -75,6 +75,36 @@ struct Auth {
     max_concurrent_checks: Option<usize>,
     #[serde(default)]
     failure_delay: Option<String>,
+    #[serde(default)]
+    backend: Option<BackendKind>,
+    #[serde(default)]
+    dovecot_socket: Option<PathBuf>,
+    #[serde(default)]
+    dovecot_timeout: Option<String>,
+}
+
+/// Which backend checks passwords.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum BackendKind {
+    /// argon2id hashes in the credential file.
+    File,
+    /// A running Dovecot's auth socket.
+    Dovecot,
+}
+
+/// Where passwords are checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordBackend {
+    /// The credential file's argon2id hashes.
+    File,
+    /// A Dovecot auth socket, with a bound on each check.
+    Dovecot {
+        /// The socket.
+        socket: PathBuf,
+        /// Bound on one check.
+        timeout: Duration,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -193,6 +223,8 @@ pub struct Settings {
     /// Delay of the first failed login from a network or for a name
     /// (doubling with each further one, up to 20 s).
     pub failure_delay: Duration,
+    /// Where passwords are checked.
+    pub password_backend: PasswordBackend,
     /// Queue folder.
     pub queue: PathBuf,
     /// How long a message may stay queued.
@@ -389,6 +421,31 @@ impl Settings {
             &file.auth.failure_delay,
             Duration::from_secs(1),
         )?;
+        let password_backend = match (file.auth.backend, &file.auth.dovecot_socket) {
+            (None | Some(BackendKind::File), None) => PasswordBackend::File,
+            (Some(BackendKind::Dovecot), Some(socket)) => PasswordBackend::Dovecot {
+                socket: abs(socket),
+                timeout: duration(
+                    "auth.dovecot_timeout",
+                    &file.auth.dovecot_timeout,
+                    // Dovecot delays a failure 2 s and adds up to 15 s of
+                    // its own penalty per client address: both fit.
+                    Duration::from_secs(30),
+                )?,
+            },
+            (Some(BackendKind::Dovecot), None) => {
+                return Err(err(
+                    "auth.dovecot_socket",
+                    "backend = \"dovecot\" needs the auth socket, such as \"/var/spool/postfix/private/auth\"".into(),
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(err(
+                    "auth.dovecot_socket",
+                    "is only for backend = \"dovecot\"; set that, or remove the key".into(),
+                ))
+            }
+        };
         let relay_idle = duration(
             "relay.idle_connection",
             &file.relay.idle_connection,
@@ -425,6 +482,7 @@ impl Settings {
                 .max_concurrent_checks
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             failure_delay,
+            password_backend,
             queue: abs(&file.queue.directory),
             lifetime,
             route,
@@ -519,6 +577,34 @@ maildir = "Maildir"
             assert!(error.starts_with("DIR/submitd.toml: "), "{error}");
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn the_dovecot_backend_needs_its_socket() {
+        let with = |extra: &str| {
+            load(&MINIMAL.replace(
+                "users = \"users\"\n",
+                &format!("users = \"users\"\n{extra}"),
+            ))
+        };
+        assert_eq!(with("").unwrap().password_backend, PasswordBackend::File);
+        let s = with("backend = \"dovecot\"\ndovecot_socket = \"/run/dovecot/auth-client\"\ndovecot_timeout = \"2s\"\n").unwrap();
+        assert_eq!(
+            s.password_backend,
+            PasswordBackend::Dovecot {
+                socket: "/run/dovecot/auth-client".into(),
+                timeout: Duration::from_secs(2)
+            }
+        );
+        let e = with("backend = \"dovecot\"\n").unwrap_err();
+        assert!(
+            e.contains("key `auth.dovecot_socket`: backend = \"dovecot\" needs"),
+            "{e}"
+        );
+        let e = with("dovecot_socket = \"/x\"\n").unwrap_err();
+        assert!(e.contains("only for backend"), "{e}");
+        let e = with("backend = \"ldap\"\n").unwrap_err();
+        assert!(e.contains("unknown variant `ldap`"), "{e}");
     }
 
     #[test]

@@ -8,9 +8,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use submitd_auth::{
-    check_envelope_sender, check_header_senders, failure_line, Admission, CheckOutcome,
-    CredentialStore, Mechanism, PasswordChecker, RateLimiter, SaslExchange, SaslStep,
-    SendingLimits, Throttle,
+    check_envelope_sender, check_header_senders, failure_line, Admission, Authenticator,
+    CheckOutcome, CredentialStore, Mechanism, RateLimiter, SaslExchange, SaslStep, SendingLimits,
+    Throttle,
 };
 use submitd_relay::{prepare, unix_now, QueueId, Relay, Spool, StoredEnvelope, TraceInfo};
 use submitd_smtp::{
@@ -30,8 +30,8 @@ pub struct Services {
     pub hostname: String,
     /// Users and passwords.
     pub credentials: Arc<CredentialStore>,
-    /// argon2 checks on the blocking pool.
-    pub checker: Arc<PasswordChecker>,
+    /// Checks passwords: the credential file's hashes, or Dovecot.
+    pub authenticator: Arc<Authenticator>,
     /// Failed-login counters.
     pub throttle: Arc<Mutex<Throttle>>,
     /// Per-user sending counters.
@@ -336,8 +336,8 @@ impl Driver {
                 let users = self.services.credentials.users();
                 match self
                     .services
-                    .checker
-                    .check(&users, &credentials.username, &credentials.password)
+                    .authenticator
+                    .check(&users, &credentials.username, &credentials.password, ip)
                     .await
                 {
                     CheckOutcome::Authenticated { user, app_password } => {
@@ -376,14 +376,18 @@ impl Driver {
 
     fn check_sender(&self, mail_from: &submitd_smtp::MailFrom) -> Verdict {
         let users = self.services.credentials.users();
-        let Some(user) = self.session.auth_user().and_then(|name| users.get(name)) else {
+        let Some(user) = self
+            .session
+            .auth_user()
+            .and_then(|name| self.services.authenticator.policy_user(&users, name))
+        else {
             return Verdict::Reject(reply(451, (4, 7, 1), "Your account changed; log in again"));
         };
         let sender = mail_from
             .reverse_path
             .as_ref()
             .map(|m| (m.local_part(), m.domain()));
-        if let Err(refused) = check_envelope_sender(user, sender) {
+        if let Err(refused) = check_envelope_sender(&user, sender) {
             tracing::warn!(target: "submitd::policy", client = %self.peer, user = %user.name, "{refused}");
             return Verdict::Reject(reply(550, (5, 7, 1), refused.to_string()));
         }
@@ -403,7 +407,7 @@ impl Driver {
         let Some(user) = message
             .auth_user
             .as_deref()
-            .and_then(|name| users.get(name))
+            .and_then(|name| self.services.authenticator.policy_user(&users, name))
         else {
             return Err(reply(451, (4, 7, 1), "Your account changed; log in again"));
         };
@@ -427,7 +431,7 @@ impl Driver {
         }
         let from: Vec<(&str, &str)> = prepared.senders.from.iter().map(as_refs).collect();
         if let Err(refused) =
-            check_header_senders(user, &from, prepared.senders.sender.as_ref().map(as_refs))
+            check_header_senders(&user, &from, prepared.senders.sender.as_ref().map(as_refs))
         {
             tracing::warn!(target: "submitd::policy", client = %self.peer, user = %user.name, "{refused}");
             return Err(reply(550, (5, 7, 1), refused.to_string()));

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use submitd_auth::{
-    hash_password, CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle,
-    ThrottleConfig,
+    hash_password, Authenticator, CredentialStore, PasswordChecker, RateLimiter, SendingLimits,
+    Throttle, ThrottleConfig,
 };
 use submitd_listener::{serve, server_tls_config, CertificatePaths, ConnectionLimits, Services};
 use submitd_relay::{Maildir, Relay, RelayConfig, RetryPolicy, Route, Spool};
@@ -119,7 +119,7 @@ fn world(dir: &std::path::Path) -> World {
     let services = Arc::new(Services {
         hostname: "mx.test".into(),
         credentials: Arc::new(credentials),
-        checker: Arc::new(PasswordChecker::new(2).unwrap()),
+        authenticator: Arc::new(Authenticator::Local(PasswordChecker::new(2).unwrap())),
         throttle: Arc::new(Mutex::new(Throttle::new(ThrottleConfig {
             base_delay: Duration::from_millis(10),
             ..ThrottleConfig::default()

@@ -85,6 +85,20 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
     found.ok(format!("config {}", settings.path.display()));
     certificates(settings, &mut found);
     credentials(&settings.users, &mut found);
+    if let submitd_config::PasswordBackend::Dovecot { socket, timeout } = &settings.password_backend
+    {
+        let dovecot = submitd_auth::DovecotAuth {
+            socket: socket.clone(),
+            timeout: *timeout,
+        };
+        match dovecot.probe().await {
+            Ok(()) => found.ok(format!(
+                "auth: Dovecot answers on {} and offers PLAIN",
+                socket.display()
+            )),
+            Err(e) => found.problem(format!("auth: {e}")),
+        }
+    }
     queue(&settings.queue, &mut found);
     match crate::build_route(settings) {
         Err(e) => found.problem(format!("relay: {e}")),

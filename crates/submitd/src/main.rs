@@ -18,9 +18,10 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use submitd_auth::{
-    CredentialStore, PasswordChecker, RateLimiter, SendingLimits, Throttle, ThrottleConfig,
+    Authenticator, CredentialStore, DovecotAuth, PasswordChecker, RateLimiter, SendingLimits,
+    Throttle, ThrottleConfig,
 };
-use submitd_config::{Mode, RouteSettings, Settings};
+use submitd_config::{Mode, PasswordBackend, RouteSettings, Settings};
 use submitd_listener::{serve as serve_listener, server_tls_config, ConnectionLimits, Services};
 use submitd_relay::{
     client_tls_config, queue, read_password_file, Maildir, QueueId, Relay, RelayConfig,
@@ -384,9 +385,15 @@ async fn run(settings: Settings) -> Result<(), String> {
     let services = Arc::new(Services {
         hostname: settings.hostname.clone(),
         credentials: Arc::clone(&credentials),
-        checker: Arc::new(
-            PasswordChecker::new(settings.max_concurrent_checks).map_err(|e| e.to_string())?,
-        ),
+        authenticator: Arc::new(match &settings.password_backend {
+            PasswordBackend::File => Authenticator::Local(
+                PasswordChecker::new(settings.max_concurrent_checks).map_err(|e| e.to_string())?,
+            ),
+            PasswordBackend::Dovecot { socket, timeout } => Authenticator::Dovecot(DovecotAuth {
+                socket: socket.clone(),
+                timeout: *timeout,
+            }),
+        }),
         throttle: Arc::new(Mutex::new(Throttle::new(ThrottleConfig {
             base_delay: settings.failure_delay,
             ..ThrottleConfig::default()
