@@ -123,6 +123,8 @@ struct Relay {
     #[serde(default)]
     upstream: Vec<UpstreamEntry>,
     #[serde(default)]
+    sender_upstream: Vec<SenderUpstreamEntry>,
+    #[serde(default)]
     connections: Option<usize>,
     #[serde(default)]
     idle_connection: Option<String>,
@@ -140,6 +142,14 @@ struct UpstreamEntry {
     password_file: Option<PathBuf>,
     #[serde(default)]
     ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SenderUpstreamEntry {
+    senders: Vec<String>,
+    #[serde(flatten)]
+    upstream: UpstreamEntry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +241,8 @@ pub struct Settings {
     pub lifetime: Duration,
     /// Where messages go.
     pub route: RouteSettings,
+    /// Upstreams for some senders (addresses, `@domains`), before `route`.
+    pub sender_routes: Vec<(Vec<String>, UpstreamSettings)>,
     /// Deliveries at once.
     pub relay_connections: usize,
     /// How long an idle upstream connection is kept.
@@ -328,6 +340,52 @@ impl Settings {
                 max_connections: l.max_connections.unwrap_or(default_connections),
             });
         }
+        let upstream = |key: &str, u: &UpstreamEntry| -> Result<UpstreamSettings, ConfigError> {
+            let credentials = match (&u.username, &u.password_file) {
+                (Some(user), Some(file)) => Some((user.clone(), abs(file))),
+                (None, None) => None,
+                _ => {
+                    return Err(err(
+                        key,
+                        "set both username and password_file, or neither".into(),
+                    ))
+                }
+            };
+            Ok(UpstreamSettings {
+                host: u.host.clone(),
+                port: u.port,
+                tls: u.tls,
+                credentials,
+                ca_file: u.ca_file.as_deref().map(abs),
+            })
+        };
+        let mut sender_routes = Vec::new();
+        for (i, entry) in file.relay.sender_upstream.iter().enumerate() {
+            let key = format!("relay.sender_upstream[{i}]");
+            if entry.senders.is_empty() {
+                return Err(err(
+                    &format!("{key}.senders"),
+                    "expected addresses and domains, such as [\"alice@example.org\", \"@example.net\"]".into(),
+                ));
+            }
+            for sender in &entry.senders {
+                let ok = match sender.rsplit_once('@') {
+                    Some((local, domain)) => {
+                        !domain.is_empty()
+                            && !domain.contains(char::is_whitespace)
+                            && !local.contains(char::is_whitespace)
+                    }
+                    None => false,
+                };
+                if !ok {
+                    return Err(err(
+                        &format!("{key}.senders"),
+                        format!("{sender:?} is neither an address (alice@example.org) nor a domain (@example.net)"),
+                    ));
+                }
+            }
+            sender_routes.push((entry.senders.clone(), upstream(&key, &entry.upstream)?));
+        }
         let route = match (&file.relay.maildir, file.relay.upstream.is_empty()) {
             (Some(dir), true) => RouteSettings::Maildir(abs(dir)),
             (None, false) => RouteSettings::Upstreams(
@@ -335,25 +393,7 @@ impl Settings {
                     .upstream
                     .iter()
                     .enumerate()
-                    .map(|(i, u)| {
-                        let credentials = match (&u.username, &u.password_file) {
-                            (Some(user), Some(file)) => Some((user.clone(), abs(file))),
-                            (None, None) => None,
-                            _ => {
-                                return Err(err(
-                                    &format!("relay.upstream[{i}]"),
-                                    "set both username and password_file, or neither".into(),
-                                ))
-                            }
-                        };
-                        Ok(UpstreamSettings {
-                            host: u.host.clone(),
-                            port: u.port,
-                            tls: u.tls,
-                            credentials,
-                            ca_file: u.ca_file.as_deref().map(abs),
-                        })
-                    })
+                    .map(|(i, u)| upstream(&format!("relay.upstream[{i}]"), u))
                     .collect::<Result<_, _>>()?,
             ),
             _ => {
@@ -486,6 +526,7 @@ impl Settings {
             queue: abs(&file.queue.directory),
             lifetime,
             route,
+            sender_routes,
             relay_connections,
             relay_idle,
             limits,
@@ -577,6 +618,28 @@ maildir = "Maildir"
             assert!(error.starts_with("DIR/submitd.toml: "), "{error}");
             assert!(error.contains(expected), "{error}");
         }
+    }
+
+    #[test]
+    fn sender_upstreams_name_their_senders() {
+        let with = |extra: &str| load(&format!("{MINIMAL}{extra}"));
+        let s = with("[[relay.sender_upstream]]\nsenders = [\"bob@gmail.com\", \"@example.net\"]\nhost = \"smtp.gmail.com\"\nport = 465\ntls = \"implicit\"\nusername = \"bob@gmail.com\"\npassword_file = \"bob.pass\"\n").unwrap();
+        let (senders, up) = &s.sender_routes[0];
+        assert_eq!(senders, &["bob@gmail.com", "@example.net"]);
+        assert_eq!(up.host, "smtp.gmail.com");
+        assert!(up.credentials.as_ref().unwrap().1.is_absolute());
+        let e = with("[[relay.sender_upstream]]\nsenders = [\"bob\"]\nhost = \"h\"\nport = 465\ntls = \"implicit\"\n").unwrap_err();
+        assert!(
+            e.contains("key `relay.sender_upstream[0].senders`: \"bob\" is neither"),
+            "{e}"
+        );
+        let e = with("[[relay.sender_upstream]]\nsenders = []\nhost = \"h\"\nport = 465\ntls = \"implicit\"\n").unwrap_err();
+        assert!(e.contains("expected addresses and domains"), "{e}");
+        let e = with("[[relay.sender_upstream]]\nsenders = [\"@x.org\"]\nhost = \"h\"\nport = 465\ntls = \"implicit\"\nusername = \"u\"\n").unwrap_err();
+        assert!(
+            e.contains("key `relay.sender_upstream[0]`: set both username"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub use deliver::{client_tls_config, read_password_file, Connection, ConnectionE
 pub use dsn::{bounce, Bounce};
 pub use maildir::Maildir;
 pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
-pub use relay::{PassFigures, Relay, RelayConfig, Route};
+pub use relay::{PassFigures, Relay, RelayConfig, Route, SenderRoute};
 pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use spool::{
     unix_now, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,

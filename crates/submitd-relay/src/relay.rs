@@ -41,6 +41,38 @@ use crate::spool::{unix_now, QueueId, RecipientState, Spool, SpoolError};
 /// without trying again.
 pub const DOWN_FOR: Duration = Duration::from_secs(30);
 
+/// Upstreams for some senders only (Postfix's
+/// `sender_dependent_relayhost_maps` with
+/// `smtp_sender_dependent_authentication`): one Gmail account per user,
+/// say, each with its own credentials.
+#[derive(Clone, Debug)]
+pub struct SenderRoute {
+    /// Whole addresses (`alice@example.org`) and domains (`@example.net`),
+    /// compared without regard to case.
+    pub senders: Vec<String>,
+    /// Tried in order, like the default route's.
+    pub upstreams: Vec<Upstream>,
+}
+
+/// Which sender route `sender` takes: its whole address first, then its
+/// domain, as Postfix looks up `user@domain` before `@domain`; `None`
+/// for the default route (and for bounces, whose sender is empty).
+fn sender_route(routes: &[SenderRoute], sender: Option<(&str, &str)>) -> Option<usize> {
+    let (local, domain) = sender?;
+    let address = format!("{local}@{domain}");
+    let at_domain = format!("@{domain}");
+    let find = |key: &str| {
+        routes
+            .iter()
+            .position(|r| r.senders.iter().any(|s| s.eq_ignore_ascii_case(key)))
+    };
+    find(&address).or_else(|| find(&at_domain))
+}
+
+/// A worker's upstream connection, with the route it belongs to (0: the
+/// default route, i + 1: sender route i).
+type Held = Option<(usize, Connection)>;
+
 /// Where messages go.
 #[derive(Clone, Debug)]
 pub enum Route {
@@ -64,6 +96,8 @@ pub struct RelayConfig {
     /// How long a worker keeps an idle upstream connection for the next
     /// message before it says QUIT.
     pub idle_connection: Duration,
+    /// Upstreams chosen by sender, before the default route.
+    pub sender_routes: Vec<SenderRoute>,
 }
 
 impl RelayConfig {
@@ -75,6 +109,7 @@ impl RelayConfig {
             policy,
             connections: 4,
             idle_connection: Duration::from_secs(5),
+            sender_routes: Vec::new(),
         }
     }
 }
@@ -146,8 +181,9 @@ pub struct Relay {
     config: Arc<RelayConfig>,
     wake: Arc<Notify>,
     schedule: Arc<Mutex<Schedule>>,
-    /// Until when (unix seconds) every upstream is taken as down, and why.
-    down: Arc<Mutex<Option<(u64, String)>>>,
+    /// Per route: until when (unix seconds) every upstream of it is taken
+    /// as down, and why.
+    down: Arc<Mutex<HashMap<usize, (u64, String)>>>,
 }
 
 fn random_unit() -> f64 {
@@ -166,7 +202,7 @@ impl Relay {
             config: Arc::new(config),
             wake: Arc::new(Notify::new()),
             schedule: Arc::new(Mutex::new(Schedule::default())),
-            down: Arc::new(Mutex::new(None)),
+            down: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -236,7 +272,7 @@ impl Relay {
     }
 
     async fn worker(self) {
-        let mut connection: Option<Connection> = None;
+        let mut connection: Held = None;
         let mut figures = PassFigures::default();
         loop {
             let notified = self.wake.notified();
@@ -262,7 +298,7 @@ impl Relay {
                 () = notified => {}
                 () = tokio::time::sleep(until_due) => {}
                 () = tokio::time::sleep(idle) => {
-                    if let Some(c) = connection.take() {
+                    if let Some((_, c)) = connection.take() {
                         c.quit().await;
                     }
                 }
@@ -275,7 +311,7 @@ impl Relay {
     async fn attempt_scheduled(
         &self,
         id: &QueueId,
-        connection: &mut Option<Connection>,
+        connection: &mut Held,
         figures: &mut PassFigures,
     ) {
         let next = match self.attempt(id, connection, figures).await {
@@ -299,7 +335,7 @@ impl Relay {
     pub async fn run_once(&self) -> PassFigures {
         self.rescan();
         let mut figures = PassFigures::default();
-        let mut connection: Option<Connection> = None;
+        let mut connection: Held = None;
         let now = unix_now();
         // Each message at most once a pass: one due again at once (a zero
         // backoff) waits for the next pass.
@@ -324,7 +360,7 @@ impl Relay {
                 schedule.insert(now, id);
             }
         }
-        if let Some(connection) = connection {
+        if let Some((_, connection)) = connection {
             connection.quit().await;
         }
         if figures.attempted > 0 {
@@ -338,7 +374,7 @@ impl Relay {
     async fn attempt(
         &self,
         id: &QueueId,
-        connection: &mut Option<Connection>,
+        connection: &mut Held,
         figures: &mut PassFigures,
     ) -> Result<Option<u64>, SpoolError> {
         let now = unix_now();
@@ -370,8 +406,19 @@ impl Relay {
                 .collect::<Vec<RcptTo>>(),
         };
 
-        let outcome = match &self.config.route {
-            Route::Maildir(maildir) => {
+        let sender = stored
+            .mail_from
+            .reverse_path
+            .as_ref()
+            .map(|m| (m.local_part(), m.domain()));
+        let by_sender = sender_route(&self.config.sender_routes, sender);
+        let outcome = match (&self.config.route, by_sender) {
+            (_, Some(i)) => {
+                let upstreams = &self.config.sender_routes[i].upstreams;
+                self.send_upstream(i + 1, upstreams, connection, &envelope, &data)
+                    .await
+            }
+            (Route::Maildir(maildir), None) => {
                 let maildir = maildir.clone();
                 let (id2, stored2, data2) = (id.clone(), stored.clone(), data.clone());
                 let delivered =
@@ -392,8 +439,8 @@ impl Relay {
                     Err(e) => Err(format!("maildir: {e}")),
                 }
             }
-            Route::Upstreams(upstreams) => {
-                self.send_upstream(upstreams, connection, &envelope, &data)
+            (Route::Upstreams(upstreams), None) => {
+                self.send_upstream(0, upstreams, connection, &envelope, &data)
                     .await
             }
         };
@@ -496,20 +543,27 @@ impl Relay {
     /// if needed. Errors name every upstream tried.
     async fn send_upstream(
         &self,
+        route: usize,
         upstreams: &[Upstream],
-        connection: &mut Option<Connection>,
+        connection: &mut Held,
         envelope: &Envelope,
         data: &[u8],
     ) -> Result<submitd_smtp::MessageOutcome, String> {
-        if connection.as_ref().is_some_and(|c| !c.is_usable()) {
-            *connection = None;
+        if connection
+            .as_ref()
+            .is_some_and(|(held, c)| *held != route || !c.is_usable())
+        {
+            // Another route's (or a spent) connection: end it politely.
+            if let Some((_, old)) = connection.take() {
+                old.quit().await;
+            }
         }
         if connection.is_none() {
             let down = self
                 .down
                 .lock()
-                .map(|d| d.clone())
-                .unwrap_or_default()
+                .ok()
+                .and_then(|d| d.get(&route).cloned())
                 .filter(|(until, _)| *until > unix_now());
             if let Some((_, reason)) = down {
                 return Err(format!(
@@ -521,7 +575,7 @@ impl Relay {
             for upstream in upstreams {
                 match Connection::open(upstream, &self.config.hostname).await {
                     Ok(c) => {
-                        *connection = Some(c);
+                        *connection = Some((route, c));
                         break;
                     }
                     Err(e) => {
@@ -537,12 +591,12 @@ impl Relay {
                     reasons.join("; ")
                 };
                 if let Ok(mut down) = self.down.lock() {
-                    *down = Some((unix_now() + DOWN_FOR.as_secs(), reason.clone()));
+                    down.insert(route, (unix_now() + DOWN_FOR.as_secs(), reason.clone()));
                 }
                 return Err(reason);
             }
         }
-        let Some(open) = connection.as_mut() else {
+        let Some((_, open)) = connection.as_mut() else {
             return Err("no connection".into());
         };
         match open.send(envelope, data).await {
@@ -572,6 +626,33 @@ mod tests {
 
     fn id(n: u8) -> QueueId {
         QueueId::parse(&format!("{:022x}", n)).unwrap_or_else(|| panic!("id {n}"))
+    }
+
+    #[test]
+    fn senders_pick_their_route_address_first_then_domain() {
+        let route = |senders: &[&str]| SenderRoute {
+            senders: senders.iter().map(|s| s.to_string()).collect(),
+            upstreams: Vec::new(),
+        };
+        let routes = [
+            route(&["@example.net"]),
+            route(&["Bob@Example.net", "carol@example.org"]),
+        ];
+        assert_eq!(sender_route(&routes, Some(("bob", "example.net"))), Some(1));
+        assert_eq!(
+            sender_route(&routes, Some(("alice", "EXAMPLE.NET"))),
+            Some(0)
+        );
+        assert_eq!(
+            sender_route(&routes, Some(("carol", "example.org"))),
+            Some(1)
+        );
+        assert_eq!(sender_route(&routes, Some(("dave", "example.org"))), None);
+        assert_eq!(
+            sender_route(&routes, None),
+            None,
+            "bounces take the default route"
+        );
     }
 
     #[test]

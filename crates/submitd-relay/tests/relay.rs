@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use submitd_relay::{
-    client_tls_config, queue, Maildir, QueueId, Relay, RelayConfig, RetryPolicy, Route, Spool,
-    StoredEnvelope, Upstream,
+    client_tls_config, queue, Maildir, QueueId, Relay, RelayConfig, RetryPolicy, Route,
+    SenderRoute, Spool, StoredEnvelope, Upstream,
 };
 use submitd_smtp::{ClientTls, MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
@@ -68,8 +68,12 @@ async fn with_fake(
 }
 
 fn queue_message(spool: &Spool, to: &[&str], data: &[u8]) -> QueueId {
+    queue_from(spool, "alice@example.org", to, data)
+}
+
+fn queue_from(spool: &Spool, from: &str, to: &[&str], data: &[u8]) -> QueueId {
     let envelope = StoredEnvelope {
-        mail_from: MailFrom::parse("<alice@example.org>").unwrap(),
+        mail_from: MailFrom::parse(&format!("<{from}>")).unwrap(),
         recipients: to
             .iter()
             .map(|r| RcptTo::parse(&format!("<{r}>")).unwrap())
@@ -306,4 +310,48 @@ async fn a_dead_upstream_costs_one_attempt_not_one_per_message() {
         let entry = queue::show(&setup.spool, id).unwrap();
         assert_eq!(entry.state.attempts, 1, "each message's attempt is counted");
     }
+}
+
+/// Per-sender upstreams: a sender's whole address, then its domain, picks
+/// its own smarthost; everyone else (and bounces) takes the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_take_their_own_upstream_and_the_rest_the_default() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let default =
+        FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let gmail =
+        FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let net = FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let mut config = RelayConfig::new(
+        "mx.test",
+        Route::Upstreams(vec![upstream(&setup, &ca, default.addr.port())]),
+        RetryPolicy::default(),
+    );
+    config.sender_routes = vec![
+        SenderRoute {
+            senders: vec!["@example.net".into()],
+            upstreams: vec![upstream(&setup, &ca, net.addr.port())],
+        },
+        SenderRoute {
+            senders: vec!["Bob@example.NET".into()],
+            upstreams: vec![upstream(&setup, &ca, gmail.addr.port())],
+        },
+    ];
+    let relay = Relay::new(setup.spool.clone(), config);
+    queue_from(&setup.spool, "alice@example.org", &["x@example.com"], DATA);
+    queue_from(&setup.spool, "bob@example.net", &["x@example.com"], DATA);
+    queue_from(&setup.spool, "carol@example.net", &["x@example.com"], DATA);
+    queue_from(&setup.spool, "dave@example.org", &["x@example.com"], DATA);
+    let figures = relay.run_once().await;
+    assert_eq!(figures.delivered, 4, "{figures:?}");
+    let senders = |fake: &FakeSmarthost| -> Vec<String> {
+        fake.messages()
+            .iter()
+            .map(|m| m.mail_from.reverse_path.as_ref().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(senders(&default), ["alice@example.org", "dave@example.org"]);
+    assert_eq!(senders(&gmail), ["bob@example.net"]);
+    assert_eq!(senders(&net), ["carol@example.net"]);
 }

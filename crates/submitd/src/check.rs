@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use submitd_auth::CredentialStore;
 use submitd_listener::server_tls_config;
-use submitd_relay::{Connection, Route, Spool};
+use submitd_relay::{Connection, Route, Spool, Upstream};
 
 use submitd_config::Settings;
 
@@ -100,35 +100,51 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
         }
     }
     queue(&settings.queue, &mut found);
-    match crate::build_route(settings) {
-        Err(e) => found.problem(format!("relay: {e}")),
-        Ok(Route::Maildir(maildir)) => found.ok(format!(
+    let routes = crate::build_route(settings).and_then(|route| {
+        let senders = crate::build_sender_routes(settings)?;
+        Ok((route, senders))
+    });
+    let (route, senders) = match routes {
+        Err(e) => {
+            found.problem(format!("relay: {e}"));
+            return found;
+        }
+        Ok(routes) => routes,
+    };
+    let mut upstreams: Vec<(String, Upstream)> = Vec::new();
+    match route {
+        Route::Maildir(maildir) => found.ok(format!(
             "relay: delivering into the Maildir {}",
             maildir.root().display()
         )),
-        Ok(Route::Upstreams(upstreams)) => {
-            for upstream in &upstreams {
-                let name = format!("{}:{} ({:?})", upstream.host, upstream.port, upstream.tls);
-                if !connect {
-                    found.ok(format!(
-                        "relay: upstream {name} configured (use --connect to log in to it)"
-                    ));
-                    continue;
-                }
-                match Connection::open(upstream, &settings.hostname).await {
-                    Ok(connection) => {
-                        connection.quit().await;
-                        let auth = match &upstream.credentials {
-                            Some((user, _)) => format!("AUTH accepted for {user}"),
-                            None => "no AUTH configured".to_owned(),
-                        };
-                        found.ok(format!(
-                            "relay: upstream {name}: connected, certificate verified, {auth}"
-                        ));
-                    }
-                    Err(e) => found.problem(format!("relay: upstream {name}: {}", e.reason)),
-                }
+        Route::Upstreams(list) => {
+            upstreams.extend(list.into_iter().map(|u| ("upstream".to_owned(), u)));
+        }
+    }
+    for route in senders {
+        let who = format!("upstream for {}", route.senders.join(", "));
+        upstreams.extend(route.upstreams.into_iter().map(|u| (who.clone(), u)));
+    }
+    for (who, upstream) in &upstreams {
+        let name = format!("{}:{} ({:?})", upstream.host, upstream.port, upstream.tls);
+        if !connect {
+            found.ok(format!(
+                "relay: {who} {name} configured (use --connect to log in to it)"
+            ));
+            continue;
+        }
+        match Connection::open(upstream, &settings.hostname).await {
+            Ok(connection) => {
+                connection.quit().await;
+                let auth = match &upstream.credentials {
+                    Some((user, _)) => format!("AUTH accepted for {user}"),
+                    None => "no AUTH configured".to_owned(),
+                };
+                found.ok(format!(
+                    "relay: {who} {name}: connected, certificate verified, {auth}"
+                ));
             }
+            Err(e) => found.problem(format!("relay: {who} {name}: {}", e.reason)),
         }
     }
     found

@@ -21,11 +21,11 @@ use submitd_auth::{
     Authenticator, CredentialStore, DovecotAuth, PasswordChecker, RateLimiter, SendingLimits,
     Throttle, ThrottleConfig,
 };
-use submitd_config::{Mode, PasswordBackend, RouteSettings, Settings};
+use submitd_config::{Mode, PasswordBackend, RouteSettings, Settings, UpstreamSettings};
 use submitd_listener::{serve as serve_listener, server_tls_config, ConnectionLimits, Services};
 use submitd_relay::{
     client_tls_config, queue, read_password_file, Maildir, QueueId, Relay, RelayConfig,
-    RetryPolicy, Route, Spool, Upstream,
+    RetryPolicy, Route, SenderRoute, Spool, Upstream,
 };
 use submitd_smtp::{ClientTls, ServerConfig, Transport};
 use tokio_util::sync::CancellationToken;
@@ -280,6 +280,23 @@ fn check(settings: &Settings, connect: bool) -> Result<(), String> {
     }
 }
 
+fn build_upstream(u: &UpstreamSettings) -> Result<Upstream, String> {
+    Ok(Upstream {
+        host: u.host.clone(),
+        port: u.port,
+        tls: match u.tls {
+            Mode::Implicit => ClientTls::Implicit,
+            Mode::Starttls => ClientTls::StartTls,
+        },
+        credentials: match &u.credentials {
+            Some((user, file)) => Some((user.clone(), read_password_file(file)?)),
+            None => None,
+        },
+        tls_config: client_tls_config(u.ca_file.as_deref())?,
+        connect_timeout: Duration::from_secs(30),
+    })
+}
+
 pub(crate) fn build_route(settings: &Settings) -> Result<Route, String> {
     match &settings.route {
         RouteSettings::Maildir(path) => Maildir::open(path)
@@ -287,25 +304,24 @@ pub(crate) fn build_route(settings: &Settings) -> Result<Route, String> {
             .map_err(|e| format!("{}: {e}", path.display())),
         RouteSettings::Upstreams(upstreams) => upstreams
             .iter()
-            .map(|u| {
-                Ok(Upstream {
-                    host: u.host.clone(),
-                    port: u.port,
-                    tls: match u.tls {
-                        Mode::Implicit => ClientTls::Implicit,
-                        Mode::Starttls => ClientTls::StartTls,
-                    },
-                    credentials: match &u.credentials {
-                        Some((user, file)) => Some((user.clone(), read_password_file(file)?)),
-                        None => None,
-                    },
-                    tls_config: client_tls_config(u.ca_file.as_deref())?,
-                    connect_timeout: Duration::from_secs(30),
-                })
-            })
+            .map(build_upstream)
             .collect::<Result<Vec<_>, String>>()
             .map(Route::Upstreams),
     }
+}
+
+/// The per-sender upstreams (`[[relay.sender_upstream]]`).
+pub(crate) fn build_sender_routes(settings: &Settings) -> Result<Vec<SenderRoute>, String> {
+    settings
+        .sender_routes
+        .iter()
+        .map(|(senders, u)| {
+            Ok(SenderRoute {
+                senders: senders.clone(),
+                upstreams: vec![build_upstream(u)?],
+            })
+        })
+        .collect()
 }
 
 /// The config's certificate files as the listener takes them.
@@ -371,6 +387,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         RelayConfig {
             connections: settings.relay_connections,
             idle_connection: settings.relay_idle,
+            sender_routes: build_sender_routes(&settings)?,
             ..RelayConfig::new(
                 settings.hostname.clone(),
                 build_route(&settings)?,
