@@ -9,6 +9,7 @@
 
 mod check;
 mod demo;
+mod import;
 mod sockets;
 
 use std::path::PathBuf;
@@ -59,6 +60,20 @@ enum Command {
     },
     /// Print the argon2id hash of a password read from the terminal.
     HashPassword,
+    /// Write a submitd config from a Postfix setup (main.cf, master.cf and
+    /// the maps they name), and list what could not be carried over.
+    ImportPostfix {
+        /// The Postfix config folder (main.cf, master.cf; maps under
+        /// /etc/postfix are read from here).
+        #[arg(long, default_value = "/etc/postfix")]
+        postfix_dir: PathBuf,
+        /// Where to write submitd.toml, users and upstream password files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
     /// Manage users in the credential file.
     #[command(subcommand)]
     User(UserCommand),
@@ -126,6 +141,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::HashPassword => hash_password(),
+        Command::ImportPostfix {
+            postfix_dir,
+            out,
+            force,
+        } => import_postfix(postfix_dir, out, *force),
         command => match Settings::load(&cli.config) {
             Ok(settings) => match command {
                 Command::Serve => serve(settings),
@@ -133,6 +153,7 @@ fn main() -> ExitCode {
                 Command::User(user) => user_command(&settings, user),
                 Command::Queue(q) => queue_command(&settings, q),
                 Command::HashPassword => hash_password(),
+                Command::ImportPostfix { .. } => Ok(()),
             },
             Err(e) => Err(e.to_string()),
         },
@@ -144,6 +165,34 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn import_postfix(
+    postfix_dir: &std::path::Path,
+    out: &std::path::Path,
+    force: bool,
+) -> Result<(), String> {
+    let imported = import::import(postfix_dir)?;
+    import::write(&imported, out, force)?;
+    println!("carried over:");
+    for (postfix, submitd) in &imported.carried {
+        println!("  {postfix} -> {submitd}");
+    }
+    println!("not carried over:");
+    for (postfix, why) in &imported.not_carried {
+        println!("  {postfix}: {why}");
+    }
+    println!(
+        "written: {}/submitd.toml, users{}; next: submitd check --connect --config {}/submitd.toml",
+        out.display(),
+        if imported.passwords.is_empty() {
+            ""
+        } else {
+            " and upstream password files (0600)"
+        },
+        out.display()
+    );
+    Ok(())
 }
 
 fn hash_password() -> Result<(), String> {

@@ -10,73 +10,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{require, Daemon};
-
-struct Dovecot {
-    child: Child,
-}
-
-impl Drop for Dovecot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Dovecot with only its auth service, socket at `dir/auth-client`.
-fn start_dovecot(dir: &Path) -> Dovecot {
-    let run = dir.join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    let _ = std::fs::remove_file(dir.join("auth-client"));
-    std::fs::write(
-        dir.join("dovecot.conf"),
-        format!(
-            "protocols =\nlisten = 127.0.0.1\nbase_dir = {run}\nstate_dir = {run}\n\
-             log_path = /dev/stderr\nssl = no\nauth_mechanisms = plain login\n\
-             disable_plaintext_auth = no\n\
-             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
-             userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}}\n\
-             service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n\
-             service anvil {{\n  chroot =\n}}\n",
-            run = run.display(),
-            passwd = dir.join("passwd").display(),
-            socket = dir.join("auth-client").display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new("dovecot")
-        .args(["-F", "-c"])
-        .arg(dir.join("dovecot.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("dovecot starts");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !dir.join("auth-client").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "Dovecot's auth socket did not appear"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Dovecot { child }
-}
-
-fn doveadm_hash(scheme: &str, password: &str) -> String {
-    let out = Command::new("doveadm")
-        .args(["pw", "-s", scheme, "-p", password])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+use common::{doveadm_hash, require, start_dovecot, Daemon};
 
 /// Logs in over implicit TLS with smtplib and tries to send as `from`;
 /// prints the AUTH code, then the MAIL code (or "-").

@@ -181,6 +181,17 @@ pub(crate) fn start_upstream(dir: &Path, cert: &Path, key: &Path) -> Upstream {
 /// The same on `port` (0: any free one); messages go on numbering from
 /// what `dir` already holds, so a restarted upstream adds to them.
 pub(crate) fn start_upstream_on(dir: &Path, cert: &Path, key: &Path, port: u16) -> Upstream {
+    start_upstream_as(dir, cert, key, port, ("alice", "secret"))
+}
+
+/// The same, requiring AUTH as `account` (user, password).
+pub(crate) fn start_upstream_as(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    port: u16,
+    account: (&str, &str),
+) -> Upstream {
     let out = dir.join("upstream");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/upstream_smtpd.py");
     let mut child = Command::new("python3")
@@ -188,7 +199,7 @@ pub(crate) fn start_upstream_on(dir: &Path, cert: &Path, key: &Path, port: u16) 
         .arg(port.to_string())
         .arg(cert)
         .arg(key)
-        .args(["alice", "secret"])
+        .args([account.0, account.1])
         .arg(&out)
         .arg("300")
         .stdout(Stdio::piped())
@@ -232,4 +243,70 @@ impl Upstream {
             .filter_map(|(_, p)| std::fs::read(p).ok())
             .collect()
     }
+}
+
+/// A real Dovecot with only its auth service.
+pub(crate) struct Dovecot {
+    child: Child,
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts Dovecot with a passwd-file passdb at `dir/passwd`, its auth
+/// socket at `dir/auth-client`.
+pub(crate) fn start_dovecot(dir: &Path) -> Dovecot {
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let _ = std::fs::remove_file(dir.join("auth-client"));
+    std::fs::write(
+        dir.join("dovecot.conf"),
+        format!(
+            "protocols =\nlisten = 127.0.0.1\nbase_dir = {run}\nstate_dir = {run}\n\
+             log_path = /dev/stderr\nssl = no\nauth_mechanisms = plain login\n\
+             disable_plaintext_auth = no\n\
+             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}}\n\
+             service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n\
+             service anvil {{\n  chroot =\n}}\n",
+            run = run.display(),
+            passwd = dir.join("passwd").display(),
+            socket = dir.join("auth-client").display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new("dovecot")
+        .args(["-F", "-c"])
+        .arg(dir.join("dovecot.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("dovecot starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !dir.join("auth-client").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "Dovecot's auth socket did not appear"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Dovecot { child }
+}
+
+/// A password hash as `doveadm pw` makes it.
+pub(crate) fn doveadm_hash(scheme: &str, password: &str) -> String {
+    let out = Command::new("doveadm")
+        .args(["pw", "-s", scheme, "-p", password])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
