@@ -704,6 +704,30 @@ pub(crate) fn import(postfix_dir: &Path) -> Result<Imported, String> {
         )),
     }
 
+    if let Some(n) = get(&params, "smtpd_client_connection_count_limit") {
+        match n.parse::<usize>() {
+            Ok(n) if n > 0 => {
+                let _ = writeln!(limits, "connections_per_client = {n}");
+                out.carried.push((
+                    "smtpd_client_connection_count_limit".into(),
+                    format!("[limits] connections_per_client = {n}"),
+                ));
+            }
+            _ => out.not_carried.push((
+                "smtpd_client_connection_count_limit".into(),
+                format!("{n:?}: not a positive number; submitd's default 20 is kept"),
+            )),
+        }
+    }
+    let lifetime =
+        get(&main, "maximal_queue_lifetime").filter(|v| humantime::parse_duration(v).is_ok());
+    if let Some(v) = &lifetime {
+        out.carried.push((
+            "maximal_queue_lifetime".into(),
+            format!("[queue] lifetime = {v:?}"),
+        ));
+    }
+
     // Everything else submission-related that is set.
     for (key, why) in NOT_NEEDED {
         if let Some(v) = get(&main, key) {
@@ -748,10 +772,11 @@ pub(crate) fn import(postfix_dir: &Path) -> Result<Imported, String> {
             toml_string(socket)
         );
     }
-    let _ = writeln!(
-        config,
-        "\n[queue]\ndirectory = \"/var/lib/submitd/queue\"\n"
-    );
+    let _ = writeln!(config, "\n[queue]\ndirectory = \"/var/lib/submitd/queue\"");
+    if let Some(v) = &lifetime {
+        let _ = writeln!(config, "lifetime = {}", toml_string(v));
+    }
+    config.push('\n');
     config.push_str(&relay_section);
     config.push('\n');
     config.push_str(&limits);

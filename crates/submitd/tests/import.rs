@@ -102,10 +102,17 @@ fn a_self_hosters_setup_imports_and_runs() {
         "[[relay.upstream]] for [smtp.provider.example]:465",
         "[[relay.sender_upstream]] for 1 relay host(s)",
         "message_size = \"52428800\"",
+        "[limits] connections_per_client = 10",
+        "[queue] lifetime = \"3d\"",
         "smtpd_milters = inet:localhost:8891: milters are not supported",
     ] {
         assert!(said.contains(expected), "{expected:?} not in:\n{said}");
     }
+    let written = std::fs::read_to_string(out.join("submitd.toml")).unwrap();
+    assert!(
+        written.contains("lifetime = \"3d\"") && written.contains("connections_per_client = 10"),
+        "{written}"
+    );
     let users = std::fs::read_to_string(out.join("users")).unwrap();
     assert!(
         users.contains("carol@example.org - send-as=@example.net,carol@example.org"),
