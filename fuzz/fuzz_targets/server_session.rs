@@ -1,6 +1,7 @@
 //! Fuzzes the SMTP server machine with arbitrary client byte streams.
 //!
-//! Input: one byte choosing the transport, one byte seeding how the stream
+//! Input: one byte choosing the transport (implicit TLS, STARTTLS,
+//! plaintext, or a local socket's pre-named session), one byte seeding how the stream
 //! is split into reads, then the client's octets. Beyond "never panics", it
 //! checks what the machine promises for every input:
 //! - replies are well formed (the driver asserts no bare CR/LF in replies),
@@ -16,10 +17,11 @@ use submitd_smtp::testing::Driver;
 use submitd_smtp::{ServerConfig, Transport};
 
 fn config(selector: u8) -> ServerConfig {
-    let transport = match selector % 3 {
+    let transport = match selector % 4 {
         0 => Transport::ImplicitTls,
         1 => Transport::StartTls,
-        _ => Transport::Plaintext,
+        2 => Transport::Plaintext,
+        _ => Transport::Local,
     };
     let mut config = ServerConfig::new("fuzz.test", transport);
     // Small limits so the fuzzer reaches them.
@@ -35,9 +37,14 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let mut whole = Driver::new(config(*selector));
+    let mut split = Driver::new(config(*selector));
+    if *selector % 4 == 3 {
+        // A local socket's session, named by the caller (`submitd sendmail`).
+        let _ = whole.session.authenticate_local("fuzz");
+        let _ = split.session.authenticate_local("fuzz");
+    }
     whole.feed(stream);
 
-    let mut split = Driver::new(config(*selector));
     let mut state = u32::from(*split_seed) | 1;
     let mut rest = stream;
     while !rest.is_empty() {
@@ -52,7 +59,7 @@ fuzz_target!(|data: &[u8]| {
 
     // On the STARTTLS port the split decides what counts as injected after
     // STARTTLS; everywhere else it must change nothing.
-    if *selector % 3 != 1 {
+    if *selector % 4 != 1 {
         assert_eq!(
             whole.items, split.items,
             "the split into reads changed the replies"

@@ -62,6 +62,23 @@ impl Authenticator {
     }
 }
 
+/// The policy of a local user (the machine's own, on the local socket):
+/// the credential file's line of that name if there is one, else sending
+/// as `name@domain` only.
+pub fn local_policy_user<'a>(users: &'a Users, name: &str, domain: &str) -> Cow<'a, User> {
+    match users.get(name) {
+        Some(user) => Cow::Borrowed(user),
+        None => Cow::Owned(User {
+            name: name.to_owned(),
+            password_hash: None,
+            send_as: SendAs::parse(&format!("{name}@{domain}")).unwrap_or_default(),
+            app_passwords: Vec::new(),
+            limits: SendingLimits::default(),
+            relax: Relax::default(),
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ pub mod sasl;
 pub mod store;
 pub mod throttle;
 
-pub use backend::Authenticator;
+pub use backend::{local_policy_user, Authenticator};
 pub use dovecot::DovecotAuth;
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
 pub use password::{hash_password, CheckOutcome, PasswordChecker};

@@ -30,6 +30,27 @@ struct File {
     relay: Relay,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    local: Option<Local>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Local {
+    socket: PathBuf,
+    #[serde(default)]
+    domain: Option<String>,
+}
+
+/// The local socket for the machine's own cron jobs and scripts
+/// (`submitd sendmail`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSettings {
+    /// The unix socket.
+    pub socket: PathBuf,
+    /// Local user `u` sends as `u@domain` (unless the credential file has
+    /// a line for `u`).
+    pub domain: String,
 }
 
 /// How a listener starts TLS.
@@ -235,6 +256,8 @@ pub struct Settings {
     pub failure_delay: Duration,
     /// Where passwords are checked.
     pub password_backend: PasswordBackend,
+    /// The local socket, if any.
+    pub local: Option<LocalSettings>,
     /// Queue folder.
     pub queue: PathBuf,
     /// How long a message may stay queued.
@@ -486,6 +509,22 @@ impl Settings {
                 ))
             }
         };
+        let local = match &file.local {
+            None => None,
+            Some(l) => {
+                let domain = l.domain.clone().unwrap_or_else(|| file.hostname.clone());
+                if domain.is_empty() || domain.contains(['@', ' ']) {
+                    return Err(err(
+                        "local.domain",
+                        format!("{domain:?} is not a domain, such as \"example.org\""),
+                    ));
+                }
+                Some(LocalSettings {
+                    socket: abs(&l.socket),
+                    domain,
+                })
+            }
+        };
         let relay_idle = duration(
             "relay.idle_connection",
             &file.relay.idle_connection,
@@ -523,6 +562,7 @@ impl Settings {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             failure_delay,
             password_backend,
+            local,
             queue: abs(&file.queue.directory),
             lifetime,
             route,

@@ -51,6 +51,7 @@ pub struct Services {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    Unix(tokio::net::UnixStream),
     Gone,
 }
 
@@ -58,6 +59,7 @@ impl Stream {
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match self {
             Self::Plain(s) => s.write_all(bytes).await,
+            Self::Unix(s) => s.write_all(bytes).await,
             Self::Tls(s) => {
                 s.write_all(bytes).await?;
                 s.flush().await
@@ -69,6 +71,7 @@ impl Stream {
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Self::Plain(s) => s.read(buf).await,
+            Self::Unix(s) => s.read(buf).await,
             Self::Tls(s) => s.read(buf).await,
             Self::Gone => Ok(0),
         }
@@ -107,36 +110,35 @@ pub async fn handle(
             }
         }
     }
-    let mut driver = Driver {
-        session: ServerSession::new(smtp, Instant::now()),
-        stream,
-        peer,
-        tls,
-        services,
-        sasl: None,
-        unauthenticated: Some(unauthenticated),
-        shutdown,
-        shutdown_seen: false,
-        started: Instant::now(),
-        messages: 0,
-        ended: None,
-        unsent: Vec::new(),
-    };
+    let session = ServerSession::new(smtp, Instant::now());
+    let mut driver = Driver::new(session, stream, peer, Some(tls), services, shutdown);
+    driver.unauthenticated = Some(unauthenticated);
     driver.run().await;
-    // The one summary line of a session.
-    let user = driver.session.auth_user().unwrap_or("-").to_owned();
-    let ended = driver
-        .ended
-        .unwrap_or_else(|| "client closed the connection".into());
-    tracing::info!(
-        target: "submitd::session",
-        client = %peer,
-        %user,
-        messages = driver.messages,
-        seconds = driver.started.elapsed().as_secs(),
-        ended = %ended,
-        "session ended"
-    );
+    driver.summary(&peer.to_string());
+}
+
+/// Serves one connection on the local socket from the local user `user`
+/// (named by the socket's peer credentials), whose mail may come from
+/// `user@domain` unless the credential file says more.
+pub async fn handle_local(
+    unix: tokio::net::UnixStream,
+    user: String,
+    domain: String,
+    smtp: Arc<ServerConfig>,
+    services: Arc<Services>,
+    shutdown: CancellationToken,
+) {
+    let mut session = ServerSession::new(smtp, Instant::now());
+    if session.authenticate_local(user.clone()).is_err() {
+        tracing::error!(target: "submitd::session", "a local session on a network transport; closed");
+        return;
+    }
+    tracing::info!(target: "submitd::auth", client = "local", %user, "local user");
+    let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut driver = Driver::new(session, Stream::Unix(unix), peer, None, services, shutdown);
+    driver.local_domain = Some(domain);
+    driver.run().await;
+    driver.summary(&format!("local:{user}"));
 }
 
 async fn upgrade(
@@ -171,7 +173,10 @@ struct Driver {
     session: ServerSession,
     stream: Stream,
     peer: SocketAddr,
-    tls: TlsAcceptor,
+    /// For STARTTLS; `None` on the local socket.
+    tls: Option<TlsAcceptor>,
+    /// On the local socket: the domain of the local users' addresses.
+    local_domain: Option<String>,
     services: Arc<Services>,
     sasl: Option<(Mechanism, SaslExchange)>,
     /// Held until the session logs in.
@@ -190,6 +195,61 @@ struct Driver {
 }
 
 impl Driver {
+    fn new(
+        session: ServerSession,
+        stream: Stream,
+        peer: SocketAddr,
+        tls: Option<TlsAcceptor>,
+        services: Arc<Services>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            session,
+            stream,
+            peer,
+            tls,
+            local_domain: None,
+            services,
+            sasl: None,
+            unauthenticated: None,
+            shutdown,
+            shutdown_seen: false,
+            started: Instant::now(),
+            messages: 0,
+            ended: None,
+            unsent: Vec::new(),
+        }
+    }
+
+    /// The one summary line of a session.
+    fn summary(self, client: &str) {
+        let user = self.session.auth_user().unwrap_or("-").to_owned();
+        let ended = self
+            .ended
+            .unwrap_or_else(|| "client closed the connection".into());
+        tracing::info!(
+            target: "submitd::session",
+            client = %client,
+            %user,
+            messages = self.messages,
+            seconds = self.started.elapsed().as_secs(),
+            ended = %ended,
+            "session ended"
+        );
+    }
+
+    /// Whose sender policy applies to `name` in this session.
+    fn policy_user<'a>(
+        &self,
+        users: &'a submitd_auth::Users,
+        name: &str,
+    ) -> Option<std::borrow::Cow<'a, submitd_auth::User>> {
+        match &self.local_domain {
+            None => self.services.authenticator.policy_user(users, name),
+            Some(domain) => Some(submitd_auth::local_policy_user(users, name, domain)),
+        }
+    }
+
     /// Writes the replies held back, if any; false when the client is gone.
     async fn flush(&mut self) -> bool {
         if self.unsent.is_empty() {
@@ -255,9 +315,12 @@ impl Driver {
                 if discarded > 0 {
                     tracing::warn!(target: "submitd::session", client = %self.peer, discarded, "octets after STARTTLS dropped (injection attempt or broken client)");
                 }
+                let Some(tls) = self.tls.clone() else {
+                    return false;
+                };
                 if let Err(reason) = upgrade(
                     &mut self.stream,
-                    &self.tls,
+                    &tls,
                     self.services.handshake_timeout,
                     self.peer,
                 )
@@ -379,7 +442,7 @@ impl Driver {
         let Some(user) = self
             .session
             .auth_user()
-            .and_then(|name| self.services.authenticator.policy_user(&users, name))
+            .and_then(|name| self.policy_user(&users, name))
         else {
             return Verdict::Reject(reply(451, (4, 7, 1), "Your account changed; log in again"));
         };
@@ -407,7 +470,7 @@ impl Driver {
         let Some(user) = message
             .auth_user
             .as_deref()
-            .and_then(|name| self.services.authenticator.policy_user(&users, name))
+            .and_then(|name| self.policy_user(&users, name))
         else {
             return Err(reply(451, (4, 7, 1), "Your account changed; log in again"));
         };
@@ -419,7 +482,8 @@ impl Driver {
         };
         let trace = TraceInfo {
             hostname: &self.services.hostname,
-            client: (!self.services.privacy).then_some((client_name.as_str(), self.peer.ip())),
+            client: (!self.services.privacy && self.local_domain.is_none())
+                .then_some((client_name.as_str(), self.peer.ip())),
             protocol: message.protocol(),
             queue_id: &id,
             single_recipient: single.as_deref(),

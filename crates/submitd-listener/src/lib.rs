@@ -174,3 +174,85 @@ pub async fn serve(
     tracker.close();
     tracker
 }
+
+/// The login name of `uid`, from /etc/passwd.
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// Local sessions at once.
+const LOCAL_SESSIONS: usize = 50;
+
+/// Accepts connections on the local socket (for `submitd sendmail`) until
+/// `shutdown` is cancelled. Each session is the local user whose uid the
+/// socket's peer credentials give (a uid /etc/passwd does not name is
+/// refused); no password is asked, as with Postfix's sendmail.
+pub async fn serve_local(
+    listener: tokio::net::UnixListener,
+    domain: String,
+    smtp: Arc<ServerConfig>,
+    services: Arc<Services>,
+    shutdown: CancellationToken,
+) -> TaskTracker {
+    let tracker = TaskTracker::new();
+    let permits = Arc::new(Semaphore::new(LOCAL_SESSIONS));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let unix = match accepted {
+            Ok((unix, _)) => unix,
+            Err(e) => {
+                tracing::warn!(target: "submitd::listener", error = %e, "local accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let uid = match unix.peer_cred() {
+            Ok(cred) => cred.uid(),
+            Err(e) => {
+                tracing::warn!(target: "submitd::listener", error = %e, "no peer credentials on the local socket; closed");
+                continue;
+            }
+        };
+        let Some(user) = user_name(uid) else {
+            tracing::warn!(target: "submitd::listener", uid, "local socket: a uid /etc/passwd does not name; closed");
+            continue;
+        };
+        let (smtp, services, shutdown, domain) = (
+            Arc::clone(&smtp),
+            Arc::clone(&services),
+            shutdown.clone(),
+            domain.clone(),
+        );
+        tracker.spawn(async move {
+            connection::handle_local(unix, user, domain, smtp, services, shutdown).await;
+            drop(permit);
+        });
+    }
+    tracker.close();
+    tracker
+}
+
+#[cfg(test)]
+mod local_tests {
+    #[test]
+    fn root_is_uid_0() {
+        assert_eq!(super::user_name(0).as_deref(), Some("root"));
+        assert_eq!(super::user_name(4_000_000_000), None);
+    }
+}

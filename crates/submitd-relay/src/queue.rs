@@ -35,11 +35,16 @@ pub struct QueueFigures {
 
 /// Every queued message, oldest first.
 pub fn list(spool: &Spool) -> Result<Vec<QueueEntry>, SpoolError> {
-    spool
-        .list()?
-        .into_iter()
-        .map(|id| show(spool, &id))
-        .collect()
+    let mut entries = Vec::new();
+    for id in spool.list()? {
+        match show(spool, &id) {
+            Ok(entry) => entries.push(entry),
+            // Delivered and removed by a running server meanwhile.
+            Err(SpoolError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(entries)
 }
 
 /// One queued message.
@@ -77,18 +82,27 @@ pub fn figures(entries: &[QueueEntry]) -> QueueFigures {
 }
 
 /// Makes one message (or all, with `None`) due now. Returns how many.
+///
+/// Beside a running server, a message may be delivered and removed while
+/// this runs: flushing all skips it; flushing one names it as not found.
 pub fn flush(spool: &Spool, id: Option<&QueueId>) -> Result<usize, SpoolError> {
-    let ids = match id {
-        Some(id) => vec![id.clone()],
-        None => spool.list()?,
+    let (ids, all) = match id {
+        Some(id) => (vec![id.clone()], false),
+        None => (spool.list()?, true),
     };
+    let mut flushed = 0;
     for id in &ids {
-        let entry = show(spool, id)?;
-        let mut state = entry.state;
+        let recipients = match spool.load_envelope(id) {
+            Ok(envelope) => envelope.recipients.len(),
+            Err(SpoolError::NotFound(_)) if all => continue,
+            Err(e) => return Err(e),
+        };
+        let mut state = spool.state(id, recipients)?;
         state.next_try = 0;
         spool.save_state(id, &state)?;
+        flushed += 1;
     }
-    Ok(ids.len())
+    Ok(flushed)
 }
 
 /// Deletes a message without delivering or bouncing it.

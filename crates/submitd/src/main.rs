@@ -10,6 +10,7 @@
 mod check;
 mod demo;
 mod import;
+mod sendmail;
 mod sockets;
 
 use std::path::PathBuf;
@@ -60,6 +61,31 @@ enum Command {
     },
     /// Print the argon2id hash of a password read from the terminal.
     HashPassword,
+    /// Send a message read on standard input, as sendmail does, through
+    /// the running daemon's local socket (`[local] socket`); also what
+    /// `submitd` does when run as `sendmail`.
+    Sendmail {
+        /// Take the recipients from To:, Cc: and Bcc: too.
+        #[arg(short = 't')]
+        from_headers: bool,
+        /// The envelope sender (default: you@[local] domain).
+        #[arg(short = 'f', value_name = "SENDER")]
+        sender: Option<String>,
+        /// A line with a single dot is content, not the end.
+        #[arg(short = 'i')]
+        ignore_dots: bool,
+        /// sendmail options (`-oi` is `-i`; others are ignored).
+        #[arg(short = 'o', value_name = "OPTION")]
+        options: Vec<String>,
+        /// The sender's full name (ignored).
+        #[arg(short = 'F', value_name = "NAME")]
+        full_name: Option<String>,
+        /// Body type (ignored: 8-bit is passed as it is).
+        #[arg(short = 'B', value_name = "TYPE")]
+        body: Option<String>,
+        /// Recipients.
+        recipients: Vec<String>,
+    },
     /// Write a submitd config from a Postfix setup (main.cf, master.cf and
     /// the maps they name), and list what could not be carried over.
     ImportPostfix {
@@ -138,7 +164,19 @@ enum QueueCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Run as `sendmail` (a symlink), behave as `submitd sendmail`.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let invoked = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .is_some_and(|n| n == "sendmail");
+    if invoked {
+        args.insert(1, "sendmail".into());
+    }
+    let cli = Cli::parse_from(args);
+    if let Command::Sendmail { .. } = &cli.command {
+        return run_sendmail(&cli);
+    }
     let result = match &cli.command {
         Command::HashPassword => hash_password(),
         Command::ImportPostfix {
@@ -153,7 +191,7 @@ fn main() -> ExitCode {
                 Command::User(user) => user_command(&settings, user),
                 Command::Queue(q) => queue_command(&settings, q),
                 Command::HashPassword => hash_password(),
-                Command::ImportPostfix { .. } => Ok(()),
+                Command::ImportPostfix { .. } | Command::Sendmail { .. } => Ok(()),
             },
             Err(e) => Err(e.to_string()),
         },
@@ -163,6 +201,56 @@ fn main() -> ExitCode {
         Err(message) => {
             eprintln!("submitd: {message}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn run_sendmail(cli: &Cli) -> ExitCode {
+    let Command::Sendmail {
+        from_headers,
+        sender,
+        ignore_dots,
+        options,
+        recipients,
+        ..
+    } = &cli.command
+    else {
+        return ExitCode::from(64);
+    };
+    let settings = match Settings::load(&cli.config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("submitd sendmail: {e} (the config must be readable by whoever sends: chmod 644 it)");
+            return ExitCode::from(75);
+        }
+    };
+    let Some(local) = &settings.local else {
+        eprintln!(
+            "submitd sendmail: {}: no [local] socket; add [local] socket = \"/run/submitd/submit.sock\" and restart submitd",
+            settings.path.display()
+        );
+        return ExitCode::from(75);
+    };
+    let request = sendmail::Request {
+        from_headers: *from_headers,
+        sender: sender.clone(),
+        ignore_dots: *ignore_dots || options.iter().any(|o| o == "i"),
+        recipients: recipients.clone(),
+    };
+    let result = sendmail::read_stdin().and_then(|input| {
+        sendmail::send(
+            &request,
+            &input,
+            &local.socket,
+            &local.domain,
+            &sendmail::caller(),
+        )
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("submitd sendmail: {}", failure.message);
+            ExitCode::from(failure.status)
         }
     }
 }
@@ -508,6 +596,36 @@ async fn run(settings: Settings) -> Result<(), String> {
             shutdown.clone(),
         )));
     }
+    let mut local_socket = None;
+    if let Some(local) = &settings.local {
+        let socket = &local.socket;
+        // A socket file left by an earlier run that no one serves now.
+        if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
+            let _ = std::fs::remove_file(socket);
+        }
+        let listener = tokio::net::UnixListener::bind(socket).map_err(|e| {
+            format!(
+                "{}: key `local.socket`: cannot listen on {}: {e}",
+                settings.path.display(),
+                socket.display()
+            )
+        })?;
+        // Any local user may connect: the peer's uid says who they are.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+            .map_err(|e| format!("{}: {e}", socket.display()))?;
+        let mut smtp = ServerConfig::new(settings.hostname.clone(), Transport::Local);
+        smtp.limits = settings.limits.clone();
+        tracing::info!(socket = %socket.display(), domain = %local.domain, "listening for local submission");
+        listeners.push(tokio::spawn(submitd_listener::serve_local(
+            listener,
+            local.domain.clone(),
+            Arc::new(smtp),
+            Arc::clone(&services),
+            shutdown.clone(),
+        )));
+        local_socket = Some(socket.clone());
+    }
     let relay_task = tokio::spawn(relay.clone().run());
     notify(&[sd_notify::NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
@@ -568,6 +686,9 @@ async fn run(settings: Settings) -> Result<(), String> {
         }
     }
     relay_task.abort();
+    if let Some(socket) = local_socket {
+        let _ = std::fs::remove_file(socket);
+    }
     tracing::info!("stopped");
     Ok(())
 }

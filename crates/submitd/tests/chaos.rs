@@ -144,7 +144,11 @@ connections_per_client = 100
         .arg(&config)
         .output()
         .unwrap();
-    assert!(flush.status.success());
+    assert!(
+        flush.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flush.stderr)
+    );
     // A restart picks the flushed queue up at once.
     let mut d_ = daemon.take().unwrap();
     d_.child.kill().unwrap();

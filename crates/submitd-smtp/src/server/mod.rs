@@ -35,6 +35,11 @@ pub enum Transport {
     /// Plain TCP with no way to TLS. Only EHLO, HELO, NOOP, RSET and QUIT
     /// work; nothing can be submitted.
     Plaintext,
+    /// A local socket of this machine whose peer the caller has identified
+    /// (a unix socket and the peer's uid): no TLS is needed or offered, nor
+    /// AUTH; the caller names the user with
+    /// [`ServerSession::authenticate_local`] before feeding input.
+    Local,
 }
 
 /// What every session of one listener shares.
@@ -545,6 +550,17 @@ impl ServerSession {
     /// Whether the session is inside TLS.
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Names the user of a [`Transport::Local`] session, whom the caller
+    /// identified by the socket's peer credentials. Refused on any other
+    /// transport: there only AUTH logs in.
+    pub fn authenticate_local(&mut self, user: impl Into<String>) -> Result<(), AnswerError> {
+        if self.config.transport != Transport::Local {
+            return Err(AnswerError::NotAsked);
+        }
+        self.auth_user = Some(user.into());
+        Ok(())
     }
 
     /// Who authenticated in this session, if anyone.

@@ -103,7 +103,7 @@ impl ServerSession {
 
     /// Outside TLS nothing but EHLO, HELO, STARTTLS, NOOP, RSET and QUIT.
     fn tls_refusal(&self) -> Option<Reply> {
-        if self.tls {
+        if self.tls || self.config.transport == Transport::Local {
             return None;
         }
         let text = match self.config.transport {
@@ -146,7 +146,8 @@ impl ServerSession {
         // EHLO response lines are keywords: no enhanced codes (RFC 2034 §3).
         let mut response = Reply::bare(250, host);
         if extended {
-            if self.tls {
+            let local = self.config.transport == Transport::Local;
+            if self.tls || local {
                 let size = self.config.limits.message_size;
                 for keyword in [
                     "PIPELINING",
@@ -159,7 +160,7 @@ impl ServerSession {
                 ] {
                     response = response.with_line(keyword);
                 }
-                if !self.config.auth_mechanisms.is_empty() {
+                if !local && !self.config.auth_mechanisms.is_empty() {
                     let mechanisms = self.config.auth_mechanisms.join(" ");
                     response = response.with_line(format!("AUTH {mechanisms}"));
                 }
@@ -215,6 +216,14 @@ impl ServerSession {
     }
 
     fn auth(&mut self, arg: &str) {
+        if self.config.transport == Transport::Local {
+            // The socket's peer credentials say who this is.
+            return self.error(reply(
+                503,
+                (5, 5, 1),
+                "Already authenticated by the local socket",
+            ));
+        }
         if self.client_name.is_none() || !self.extended {
             return self.error(reply(503, (5, 5, 1), "Send EHLO first"));
         }

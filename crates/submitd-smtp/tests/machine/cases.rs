@@ -371,3 +371,67 @@ fn shutdown_lets_a_message_in_flight_finish() {
     assert_eq!(items[3], Item::Event(Event::Close(CloseReason::Shutdown)));
     assert_eq!(items.len(), 4, "the pipelined MAIL is not taken");
 }
+
+/// Drains a session's replies, answering every question "yes".
+fn replies(session: &mut ServerSession) -> String {
+    let mut said = String::new();
+    while let Some(output) = session.poll_output() {
+        match output {
+            Output::Send(bytes) => said.push_str(&String::from_utf8_lossy(&bytes)),
+            Output::CheckSender(_) => session.answer_sender(Verdict::Accept).unwrap(),
+            Output::CheckRecipient(_) => session.answer_recipient(Verdict::Accept).unwrap(),
+            Output::StoreMessage(m) => {
+                assert_eq!(m.auth_user.as_deref(), Some("cron"));
+                assert_eq!(m.protocol(), "ESMTPA", "local: authenticated, not TLS");
+                session.answer_store(Ok("id1".into())).unwrap();
+            }
+            _ => {}
+        }
+    }
+    said
+}
+
+/// A local socket's session: the caller names the user from the peer's
+/// credentials; no TLS, no AUTH offered or taken; mail works. Only a Local
+/// session can be named so.
+#[test]
+fn local_sessions_are_named_by_the_caller_not_by_auth() {
+    let now = Instant::now();
+    let mut local = ServerSession::new(
+        Arc::new(ServerConfig::new("mx.test", Transport::Local)),
+        now,
+    );
+    local.authenticate_local("cron").unwrap();
+    local.handle_input(now, b"EHLO localhost\r\n");
+    let ehlo = replies(&mut local);
+    assert!(
+        ehlo.contains("250-PIPELINING") && !ehlo.contains("AUTH") && !ehlo.contains("STARTTLS"),
+        "{ehlo}"
+    );
+    local.handle_input(now, b"AUTH PLAIN AGFsaWNlAHNlY3JldA==\r\n");
+    assert!(replies(&mut local).starts_with("503 5.5.1"));
+    local.handle_input(now, ENVELOPE);
+    local.handle_input(now, b"Subject: cron\r\n\r\nout\r\n.\r\n");
+    let said = replies(&mut local);
+    assert!(
+        said.ends_with("250 2.0.0 Ok: queued as id1\r\n") || said.contains("250 2.0.0"),
+        "{said}"
+    );
+
+    // Not on the network transports; and a Local session no one named
+    // cannot send.
+    for transport in [
+        Transport::ImplicitTls,
+        Transport::StartTls,
+        Transport::Plaintext,
+    ] {
+        let mut s = ServerSession::new(Arc::new(ServerConfig::new("mx.test", transport)), now);
+        assert_eq!(s.authenticate_local("cron"), Err(AnswerError::NotAsked));
+    }
+    let mut anonymous = ServerSession::new(
+        Arc::new(ServerConfig::new("mx.test", Transport::Local)),
+        now,
+    );
+    anonymous.handle_input(now, b"EHLO localhost\r\nMAIL FROM:<a@example.org>\r\n");
+    assert!(replies(&mut anonymous).contains("530 5.7.0 Authentication required"));
+}

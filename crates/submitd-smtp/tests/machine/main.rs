@@ -24,6 +24,7 @@ fn write_fuzz_seeds() {
             Transport::ImplicitTls => 0u8,
             Transport::StartTls => 1,
             Transport::Plaintext => 2,
+            Transport::Local => 3,
         };
         for split in [0u8, 7] {
             let mut seed = vec![transport_byte, split];
