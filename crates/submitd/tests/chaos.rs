@@ -13,7 +13,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,13 +40,7 @@ fn kill_9_under_load_and_a_dead_upstream_lose_nothing() {
     let interval = Duration::from_millis(env_or("CHAOS_INTERVAL_MS", 700));
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = submitd_testkit::TestCa::new();
-    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    for stem in ["submitd", "upstream"] {
-        let (cert, key) = ca.issue_pem(&["localhost"]);
-        std::fs::write(d.join(format!("{stem}.crt")), cert).unwrap();
-        std::fs::write(d.join(format!("{stem}.key")), key).unwrap();
-    }
+    common::certificates(d, &["submitd", "upstream"]);
     let (up_cert, up_key) = (d.join("upstream.crt"), d.join("upstream.key"));
     let mut upstream = Some(start_upstream_on(d, &up_cert, &up_key, 0));
     let up_port = upstream.as_ref().unwrap().port;
@@ -57,12 +50,7 @@ fn kill_9_under_load_and_a_dead_upstream_lose_nothing() {
         format!("alice {hash} send-as=alice@example.org max-messages=1000000/h,1000000/d max-recipients=1000000/h,1000000/d\n"),
     )
     .unwrap();
-    std::fs::write(d.join("upstream.pass"), "secret\n").unwrap();
-    std::fs::set_permissions(
-        d.join("upstream.pass"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    common::password_file(&d.join("upstream.pass"), "secret");
     let port = free_port();
     let config = d.join("submitd.toml");
     std::fs::write(

@@ -12,7 +12,6 @@
 mod common;
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -271,14 +270,8 @@ fn tls_checks(ca: &Path, implicit: u16, starttls: u16) {
 fn third_party_clients_submit_and_a_third_party_upstream_receives_byte_exact() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = submitd_testkit::TestCa::new();
+    common::certificates(d, &["submitd", "upstream"]);
     let ca_file = d.join("ca.pem");
-    std::fs::write(&ca_file, ca.pem()).unwrap();
-    for stem in ["submitd", "upstream"] {
-        let (cert, key) = ca.issue_pem(&["localhost"]);
-        std::fs::write(d.join(format!("{stem}.crt")), cert).unwrap();
-        std::fs::write(d.join(format!("{stem}.key")), key).unwrap();
-    }
     let upstream = start_upstream(d, &d.join("upstream.crt"), &d.join("upstream.key"));
     let hash = submitd_auth::hash_password(PASSWORD.as_bytes()).unwrap();
     std::fs::write(
@@ -286,9 +279,7 @@ fn third_party_clients_submit_and_a_third_party_upstream_receives_byte_exact() {
         format!("{USER} {hash} send-as=alice@example.org\n"),
     )
     .unwrap();
-    let password_file = d.join("upstream.pass");
-    std::fs::write(&password_file, "secret\n").unwrap();
-    std::fs::set_permissions(&password_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    common::password_file(&d.join("upstream.pass"), "secret");
     let config = d.join("submitd.toml");
     std::fs::write(
         &config,

@@ -130,13 +130,7 @@ fn a_self_hosters_setup_imports_and_runs() {
     assert_eq!(mode & 0o777, 0o600);
 
     // This machine's side: certificates, Dovecot, the two smarthosts.
-    let ca = submitd_testkit::TestCa::new();
-    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    for stem in ["submitd", "up"] {
-        let (cert, key) = ca.issue_pem(&["localhost"]);
-        std::fs::write(d.join(format!("{stem}.crt")), cert).unwrap();
-        std::fs::write(d.join(format!("{stem}.key")), key).unwrap();
-    }
+    common::certificates(d, &["submitd", "up"]);
     std::fs::write(
         d.join("passwd"),
         format!(

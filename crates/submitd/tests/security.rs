@@ -36,13 +36,7 @@ struct World {
 fn world() -> World {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ca = submitd_testkit::TestCa::new();
-    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
-    for stem in ["submitd", "upstream"] {
-        let (cert, key) = ca.issue_pem(&["localhost"]);
-        std::fs::write(d.join(format!("{stem}.crt")), cert).unwrap();
-        std::fs::write(d.join(format!("{stem}.key")), key).unwrap();
-    }
+    common::certificates(d, &["submitd", "upstream"]);
     let upstream = start_upstream(d, &d.join("upstream.crt"), &d.join("upstream.key"));
     let hash = submitd_auth::hash_password(PASSWORD.as_bytes()).unwrap();
     let mut users = format!("alice {hash} send-as=alice@example.org\n");
@@ -50,13 +44,7 @@ fn world() -> World {
         users.push_str(&format!("u{i} {hash} send-as=u{i}@example.org\n"));
     }
     std::fs::write(d.join("users"), users).unwrap();
-    std::fs::write(d.join("upstream.pass"), "secret\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(
-        d.join("upstream.pass"),
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .unwrap();
+    common::password_file(&d.join("upstream.pass"), "secret");
     let config = d.join("submitd.toml");
     std::fs::write(
         &config,

@@ -310,3 +310,23 @@ pub(crate) fn doveadm_hash(scheme: &str, password: &str) -> String {
     );
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
+
+/// A test CA in `dir/ca.pem` and, for each stem, a certificate for
+/// `localhost` signed by it in `dir/STEM.crt` with its key in `STEM.key`.
+pub(crate) fn certificates(dir: &Path, stems: &[&str]) -> submitd_testkit::TestCa {
+    let ca = submitd_testkit::TestCa::new();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    for stem in stems {
+        let (cert, key) = ca.issue_pem(&["localhost"]);
+        std::fs::write(dir.join(format!("{stem}.crt")), cert).unwrap();
+        std::fs::write(dir.join(format!("{stem}.key")), key).unwrap();
+    }
+    ca
+}
+
+/// An upstream password file (mode 0600, as submitd insists).
+pub(crate) fn password_file(path: &Path, password: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
