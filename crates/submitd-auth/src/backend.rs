@@ -50,14 +50,7 @@ impl Authenticator {
         }
         match self {
             Self::Local(_) => None,
-            Self::Dovecot(_) => Some(Cow::Owned(User {
-                name: name.to_owned(),
-                password_hash: None,
-                send_as: SendAs::parse(name).unwrap_or_default(),
-                app_passwords: Vec::new(),
-                limits: SendingLimits::default(),
-                relax: Relax::default(),
-            })),
+            Self::Dovecot(_) => Some(Cow::Owned(sending_as(name, name))),
         }
     }
 }
@@ -68,14 +61,20 @@ impl Authenticator {
 pub fn local_policy_user<'a>(users: &'a Users, name: &str, domain: &str) -> Cow<'a, User> {
     match users.get(name) {
         Some(user) => Cow::Borrowed(user),
-        None => Cow::Owned(User {
-            name: name.to_owned(),
-            password_hash: None,
-            send_as: SendAs::parse(&format!("{name}@{domain}")).unwrap_or_default(),
-            app_passwords: Vec::new(),
-            limits: SendingLimits::default(),
-            relax: Relax::default(),
-        }),
+        None => Cow::Owned(sending_as(name, &format!("{name}@{domain}"))),
+    }
+}
+
+/// A user without a line in the file who may send as `address` only (as
+/// nothing when it is not an address), with the default limits.
+fn sending_as(name: &str, address: &str) -> User {
+    User {
+        name: name.to_owned(),
+        password_hash: None,
+        send_as: SendAs::parse(address).unwrap_or_default(),
+        app_passwords: Vec::new(),
+        limits: SendingLimits::default(),
+        relax: Relax::default(),
     }
 }
 
@@ -102,5 +101,12 @@ mod tests {
         let local = Authenticator::Local(PasswordChecker::new(1).unwrap());
         assert!(local.policy_user(&users, "carol@example.org").is_none());
         assert!(local.policy_user(&users, "dave").is_some());
+        // Local (unix) users: their line, else name@domain only.
+        let root = local_policy_user(&users, "root", "example.org");
+        assert!(root.send_as.allows("root", "example.org"));
+        assert!(!root.send_as.allows("ceo", "example.org"));
+        assert!(local_policy_user(&users, "dave", "example.org")
+            .send_as
+            .allows("x", "example.net"));
     }
 }

@@ -113,6 +113,36 @@ impl Drop for Unauthenticated {
     }
 }
 
+/// The next accepted connection with its place among `permits`; `None`
+/// once `shutdown` is cancelled. Accept errors (out of file descriptors
+/// and the like) are logged and retried after a pause.
+async fn next_connection<T, Fut>(
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    mut accept: impl FnMut() -> Fut,
+) -> Option<(T, tokio::sync::OwnedSemaphorePermit)>
+where
+    Fut: std::future::Future<Output = std::io::Result<T>>,
+{
+    let permit = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
+    };
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return None,
+            accepted = accept() => accepted,
+        };
+        match accepted {
+            Ok(connection) => return Some((connection, permit)),
+            Err(e) => {
+                tracing::warn!(target: "submitd::listener", error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 /// Accepts connections until `shutdown` is cancelled, within `limits`. On cancellation every session ends with 421 at its next
 /// command boundary, after finishing a message in flight. Returns the
 /// tracker of running sessions, to wait on.
@@ -129,54 +159,37 @@ pub async fn serve(
     let per_client = Arc::new(PerClient::default());
     let unauthenticated = Arc::new(UnauthenticatedCount::default());
     let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                if !per_client.enter(peer.ip(), limits.per_client.max(1)) {
-                    tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.per_client, "too many connections from one client; closed");
-                    drop(tcp);
-                    continue;
-                }
-                let Some(slot) = unauthenticated.enter(limits.unauthenticated.max(1)) else {
-                    per_client.leave(peer.ip());
-                    tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.unauthenticated, "too many unauthenticated connections; closed");
-                    drop(tcp);
-                    continue;
-                };
-                let per_client = Arc::clone(&per_client);
-                let (smtp, acceptor, services) =
-                    (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    connection::handle(tcp, peer, smtp, acceptor, services, slot, shutdown).await;
-                    per_client.leave(peer.ip());
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off, go on.
-                tracing::warn!(target: "submitd::listener", error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+    while let Some(((tcp, peer), permit)) =
+        next_connection(&permits, &shutdown, || listener.accept()).await
+    {
+        if !per_client.enter(peer.ip(), limits.per_client.max(1)) {
+            tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.per_client, "too many connections from one client; closed");
+            drop(tcp);
+            continue;
         }
+        let Some(slot) = unauthenticated.enter(limits.unauthenticated.max(1)) else {
+            per_client.leave(peer.ip());
+            tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.unauthenticated, "too many unauthenticated connections; closed");
+            drop(tcp);
+            continue;
+        };
+        let per_client = Arc::clone(&per_client);
+        let (smtp, acceptor, services) =
+            (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            connection::handle(tcp, peer, smtp, acceptor, services, slot, shutdown).await;
+            per_client.leave(peer.ip());
+            drop(permit);
+        });
     }
     tracker.close();
     tracker
 }
 
-/// The login name of `uid`, from /etc/passwd.
-fn user_name(uid: u32) -> Option<String> {
+/// The login name of `uid`, from /etc/passwd (also `submitd sendmail`'s
+/// own name for its caller).
+pub fn user_name(uid: u32) -> Option<String> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
@@ -202,26 +215,9 @@ pub async fn serve_local(
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(LOCAL_SESSIONS));
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&permits).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let unix = match accepted {
-            Ok((unix, _)) => unix,
-            Err(e) => {
-                tracing::warn!(target: "submitd::listener", error = %e, "local accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    while let Some(((unix, _), permit)) =
+        next_connection(&permits, &shutdown, || listener.accept()).await
+    {
         let uid = match unix.peer_cred() {
             Ok(cred) => cred.uid(),
             Err(e) => {

@@ -378,9 +378,11 @@ impl Relay {
         figures: &mut PassFigures,
     ) -> Result<Option<u64>, SpoolError> {
         let now = unix_now();
-        // The state first: a message that is not due is not read.
-        let recipients = self.spool.load_envelope(id)?.recipients.len();
-        let mut state = self.spool.state(id, recipients)?;
+        // The schedule hands out due messages only (it is built from the
+        // state files and headers, never content), so the file is read
+        // once, whole; the checks below only guard against a stale entry.
+        let (stored, data) = self.spool.load(id)?;
+        let mut state = self.spool.state(id, stored.recipients.len())?;
         if state.is_finished() {
             self.spool.remove(id)?;
             figures.removed += 1;
@@ -389,7 +391,6 @@ impl Relay {
         if state.next_try > now {
             return Ok(Some(state.next_try));
         }
-        let (stored, data) = self.spool.load(id)?;
         figures.attempted += 1;
         let pending: Vec<usize> = state
             .recipients

@@ -75,7 +75,7 @@ fn date(unix: i64) -> String {
 
 /// The user this process runs as, read without unsafe code: the owner of
 /// `/proc/self` is the process's effective uid.
-fn effective_uid() -> Option<u32> {
+pub(crate) fn effective_uid() -> Option<u32> {
     std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 

@@ -308,18 +308,11 @@ pub(crate) fn read_stdin() -> Result<Vec<u8>, Failure> {
     Ok(input)
 }
 
-/// The calling user's login name (the owner of /proc/self, in /etc/passwd).
+/// The calling user's login name.
 pub(crate) fn caller() -> String {
-    use std::os::unix::fs::MetadataExt;
-    let uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    uid.and_then(|uid| {
-        passwd.lines().find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_owned())
-        })
-    })
-    .unwrap_or_else(|| "nobody".into())
+    crate::check::effective_uid()
+        .and_then(submitd_listener::user_name)
+        .unwrap_or_else(|| "nobody".into())
 }
 
 #[cfg(test)]
