@@ -1,7 +1,8 @@
 //! Fuzzes the SMTP client machine with arbitrary upstream byte streams.
 //!
-//! Input: one byte of options (TLS mode, whether to send a message when
-//! ready), then what the "upstream" says, fed in reads of varying size. The
+//! Input: one byte of options (bits 0-1 the transport: implicit TLS,
+//! STARTTLS, the local socket, plaintext; bit 2 credentials; the rest the
+//! first read's size), then what the "upstream" says, fed in reads of varying size. The
 //! machine must never panic, never send a line without CRLF, and say
 //! nothing after Close.
 #![no_main]
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use submitd_smtp::{
-    ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, ClientTls,
+    ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, Transport,
     Envelope, ForwardPath, MailFrom, MailParams, Mailbox, RcptParams, RcptTo, Secret,
 };
 
@@ -42,12 +43,13 @@ fuzz_target!(|data: &[u8]| {
     };
     let config = ClientConfig {
         hostname: "fuzz.test".into(),
-        tls: if options & 1 == 0 {
-            ClientTls::Implicit
-        } else {
-            ClientTls::StartTls
+        transport: match options & 3 {
+            0 => Transport::ImplicitTls,
+            1 => Transport::StartTls,
+            2 => Transport::Local,
+            _ => Transport::Plaintext,
         },
-        credentials: (options & 2 != 0).then(|| ClientCredentials {
+        credentials: (options & 4 != 0).then(|| ClientCredentials {
             username: "u".into(),
             password: Secret::new(b"p".to_vec()),
         }),
@@ -58,7 +60,7 @@ fuzz_target!(|data: &[u8]| {
     let mut closed = false;
     let mut messages = 0;
     let mut rest = stream;
-    let mut step = usize::from(*options >> 2) + 1;
+    let mut step = usize::from(*options >> 3) + 1;
     while !rest.is_empty() {
         let n = step.min(rest.len());
         client.handle_input(now, &rest[..n]);

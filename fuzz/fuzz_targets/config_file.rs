@@ -12,15 +12,20 @@ use submitd_config::Settings;
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     match Settings::parse(Path::new("/etc/submitd/submitd.toml"), &text) {
-        Err(e) => assert!(e.0.starts_with("/etc/submitd/submitd.toml"), "{}", e.0),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.starts_with("/etc/submitd/submitd.toml"), "{text}");
+            assert_eq!(e.file, Path::new("/etc/submitd/submitd.toml"));
+        }
         Ok(s) => {
             assert!(!s.listen.is_empty());
-            assert!(s.queue.is_absolute() && s.users.is_absolute());
+            assert!(s.queue.directory.is_absolute() && s.auth.users.is_absolute());
             assert!(s
+                .tls
                 .certificates
                 .iter()
                 .all(|c| c.certificate.is_absolute() && c.key.is_absolute()));
-            assert!(s.relay_connections >= 1 && s.relay_connections <= 100);
+            assert!(s.relay.connections >= 1 && s.relay.connections <= 100);
         }
     }
 });

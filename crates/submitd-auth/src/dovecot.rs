@@ -31,8 +31,15 @@ pub struct DovecotAuth {
     pub socket: PathBuf,
     /// Bound on the whole exchange. Dovecot's own failure delay (2 s by
     /// default) and its per-address penalty (up to 15 s more) are inside
-    /// it, so it should be 20 s or more; the config's default is 30 s.
+    /// it, so it should be 20 s or more; the default is
+    /// [`DovecotAuth::DEFAULT_TIMEOUT`].
     pub timeout: Duration,
+}
+
+impl DovecotAuth {
+    /// The bound on one exchange when the config file sets none: Dovecot's
+    /// failure delay and its per-address penalty both fit.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 }
 
 /// Why a check could not be made.

@@ -9,16 +9,20 @@
 //! ```text
 //!  AUTH exchange ──▶ sasl::SaslExchange ──▶ Credentials
 //!                                              │
-//!  throttle::Throttle::admit(ip) ──────────────┤ blocked? → temporary failure
+//!  gate::LoginGate::login(credentials, client address):
+//!      throttle::Throttle::admit(ip) ──────────┤ blocked? → try later
 //!                                              ▼
-//!  store::CredentialStore::users() ─▶ backend::Authenticator::check
+//!      store::CredentialStore::users() ─▶ backend::Authenticator::check
 //!        Local: password::PasswordChecker (one argon2id run on its own
 //!               threads, bounded; unknown users = dummy hash)
 //!        Dovecot: dovecot::DovecotAuth (the auth socket Postfix uses)
 //!                                              │ failure → throttle::failure → delay, log line
 //!                                              ▼
-//!  MAIL FROM ─▶ policy::check_envelope_sender, limits::RateLimiter::check
-//!  From:/Sender: ─▶ policy::check_header_senders
+//!  sender_policy::SenderPolicy (per session's Account):
+//!      MAIL FROM ─▶ policy::check_envelope_sender, limits::RateLimiter::check
+//!      From:/Sender: ─▶ policy::check_header_senders
+//!      stored ─▶ limits::RateLimiter::record
+//!  os_user ─▶ who a local uid is (the local socket, `submitd sendmail`)
 //!  edit::* ─▶ the `user` commands, rewriting the file atomically
 //! ```
 //!
@@ -31,18 +35,23 @@
 pub mod backend;
 pub mod dovecot;
 pub mod edit;
+pub mod gate;
 pub mod limits;
+pub mod os_user;
 pub mod password;
 pub mod policy;
 pub mod sasl;
+pub mod sender_policy;
 pub mod store;
 pub mod throttle;
 
 pub use backend::{local_policy_user, Authenticator};
 pub use dovecot::DovecotAuth;
+pub use gate::{LoginGate, LoginOutcome};
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
 pub use password::{hash_password, CheckOutcome, PasswordChecker};
-pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs};
+pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs, SendAsError};
 pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep};
+pub use sender_policy::{Account, SenderPolicy, SenderRefusal};
 pub use store::{CredentialStore, LineError, StoreError, User, Users};
 pub use throttle::{client_network, failure_line, Admission, Throttle, ThrottleConfig};

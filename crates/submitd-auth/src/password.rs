@@ -240,6 +240,12 @@ impl std::fmt::Debug for PasswordChecker {
 }
 
 impl PasswordChecker {
+    /// Verifications at once when the config file does not say: one per
+    /// core, since each is pure CPU.
+    pub fn default_concurrency() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    }
+
     /// A checker running at most `max_concurrent` verifications at once.
     /// Makes the dummy hash (one argon2 run).
     pub fn new(max_concurrent: usize) -> Result<Self, PasswordError> {

@@ -48,9 +48,17 @@ pub enum PolicyError {
     },
 }
 
+/// A `send-as=` entry that is neither an address nor a domain.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{item:?} is neither an address (user@example.org) nor a domain (@example.org)")]
+pub struct SendAsError {
+    /// The entry as written.
+    pub item: String,
+}
+
 impl SendAs {
     /// Parses `addr,@domain,...`.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, SendAsError> {
         let mut entries = Vec::new();
         for item in value.split(',') {
             let entry = match item.rsplit_once('@') {
@@ -64,9 +72,9 @@ impl SendAs {
                     }
                 }
                 _ => {
-                    return Err(format!(
-                    "{item:?} is neither an address (user@example.org) nor a domain (@example.org)"
-                ))
+                    return Err(SendAsError {
+                        item: item.to_owned(),
+                    })
                 }
             };
             entries.push(entry);

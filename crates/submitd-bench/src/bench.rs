@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use submitd_smtp::{ClientTls, Transport};
+use submitd_smtp::Transport;
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
 use crate::load::{self, Report, Spec, Target};
@@ -193,7 +193,7 @@ unauthenticated_connections = {many}
     let base = Target {
         host: "localhost".into(),
         port: 0,
-        tls: ClientTls::Implicit,
+        tls: Transport::ImplicitTls,
         ca_file: Some(d.join("ca.pem")),
         user: String::new(),
         password: String::new(),
@@ -253,47 +253,80 @@ fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)
 }
 
+/// The runs after the concurrency sweep: half load, fresh connections,
+/// handshakes, argon2 and idle sessions.
+struct Extras {
+    half_rate: f64,
+    half: Report,
+    fresh: Report,
+    handshakes: f64,
+    argon2: f64,
+    idle_line: String,
+}
+
+/// The best points of the sweep.
+struct Best<'a> {
+    whole: &'a Point,
+    direct: f64,
+    memory: f64,
+}
+
 /// Runs the plan; returns the markdown it also writes to `out`.
 pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
     std::fs::create_dir_all(&plan.out).map_err(|e| format!("{}: {e}", plan.out.display()))?;
     let w = world(plan).await?;
     let pid = w.daemon.child.id();
     let rss_start = idle::rss_kib(pid);
-    let spec = |concurrency: usize| Spec {
+    warm(&w, plan).await?;
+    let points = sweep(&w, plan).await?;
+    let best = best(&points)?;
+    let extras = extras(&w, plan, pid, &best).await?;
+    let mut md = markdown(plan, &points, &best, &extras);
+    if let (Some(start), Some(now)) = (rss_start, idle::rss_kib(pid)) {
+        md.push_str(&format!(
+            "| daemon RSS | {start} KiB at start, {now} KiB at the end | /proc/PID/status VmRSS |\n"
+        ));
+    }
+    std::fs::write(plan.out.join("results.md"), &md).map_err(|e| e.to_string())?;
+    std::fs::write(plan.out.join("throughput.svg"), plot::svg(&points))
+        .map_err(|e| e.to_string())?;
+    Ok(md)
+}
+
+/// The load of one run at `concurrency`.
+fn spec(plan: &Plan, concurrency: usize) -> Spec {
+    Spec {
         concurrency,
         messages: plan.messages,
         size: plan.size,
         fresh: false,
         rate: None,
         time_limit: plan.time_limit,
-    };
-    // Warm both paths (TLS session caches, page cache, the relay's
-    // connection) so the first point is not a cold start.
-    load::run(
-        &w.direct,
-        Spec {
-            messages: 50,
-            ..spec(2)
-        },
-    )
-    .await?;
-    through(
-        &w,
-        Spec {
-            messages: 50,
-            ..spec(2)
-        },
-        plan.time_limit,
-    )
-    .await?;
+    }
+}
 
+/// Warms both paths (TLS session caches, page cache, the relay's
+/// connection) so the first point is not a cold start.
+async fn warm(w: &World, plan: &Plan) -> Result<(), String> {
+    let few = Spec {
+        messages: 50,
+        ..spec(plan, 2)
+    };
+    load::run(&w.direct, few).await?;
+    through(w, few, plan.time_limit).await?;
+    Ok(())
+}
+
+/// Direct (memory and durable sink) and whole path at each concurrency.
+async fn sweep(w: &World, plan: &Plan) -> Result<Vec<Point>, String> {
+    let spec = |c| spec(plan, c);
     let mut points = Vec::new();
     for &c in &plan.concurrency {
         let direct_memory = load::run(&w.direct_memory, spec(c)).await?;
         w.memory_sink.clear_messages();
         let direct = load::run(&w.direct, spec(c)).await?;
         w.sink.clear_messages();
-        let whole = through(&w, spec(c), plan.time_limit * 2).await?;
+        let whole = through(w, spec(c), plan.time_limit * 2).await?;
         eprintln!(
             "c={c}: direct to memory {:.0}/s; direct to durable {:.0}/s p99 {} ms; whole path {:.0}/s p99 {} ms",
             direct_memory.rate(),
@@ -314,23 +347,29 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
             whole,
         });
     }
-    let best = points
+    Ok(points)
+}
+
+fn best(points: &[Point]) -> Result<Best<'_>, String> {
+    let whole = points
         .iter()
         .max_by(|a, b| a.whole.rate().total_cmp(&b.whole.rate()))
         .ok_or("no concurrency given")?;
-    let best_direct = points
-        .iter()
-        .map(|p| p.direct.rate())
-        .fold(0.0f64, f64::max);
-    let best_memory = points
-        .iter()
-        .map(|p| p.direct_memory.rate())
-        .fold(0.0f64, f64::max);
+    let fold = |rate: fn(&Point) -> f64| points.iter().map(rate).fold(0.0f64, f64::max);
+    Ok(Best {
+        whole,
+        direct: fold(|p| p.direct.rate()),
+        memory: fold(|p| p.direct_memory.rate()),
+    })
+}
 
+async fn extras(w: &World, plan: &Plan, pid: u32, best: &Best<'_>) -> Result<Extras, String> {
+    let spec = |c| spec(plan, c);
+    let best = best.whole;
     // Half load: paced at half the best whole-path rate.
     let half_rate = best.whole.rate() / 2.0;
     let half = through(
-        &w,
+        w,
         Spec {
             rate: Some(half_rate),
             messages: ((half_rate * 10.0) as usize).clamp(100, plan.messages * 2),
@@ -342,7 +381,7 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
 
     // Fresh connections: TLS and AUTH (argon2) for every message.
     let fresh = through(
-        &w,
+        w,
         Spec {
             fresh: true,
             messages: 200.min(plan.messages),
@@ -375,6 +414,26 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
         String::new()
     };
 
+    Ok(Extras {
+        half_rate,
+        half,
+        fresh,
+        handshakes,
+        argon2,
+        idle_line,
+    })
+}
+
+fn markdown(plan: &Plan, points: &[Point], best: &Best<'_>, extras: &Extras) -> String {
+    let Extras {
+        half_rate,
+        half,
+        fresh,
+        handshakes,
+        argon2,
+        idle_line,
+    } = extras;
+    let (best_direct, best_memory, best) = (best.direct, best.memory, best.whole);
     let mut md = String::new();
     md.push_str(&format!(
         "Messages of {} octets, {} per run, one recipient; loopback TLS 1.3 both ways; submitd relays over {} connections.\n\n",
@@ -382,7 +441,7 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
     ));
     md.push_str("| concurrency | direct, memory sink msg/s | direct, durable sink msg/s | whole path msg/s | of which submitted msg/s | whole / durable direct | whole MB/s | submit p50 ms | submit p99 ms | durable direct p99 ms |\n");
     md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
-    for p in &points {
+    for p in points {
         md.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {} | {} |\n",
             p.concurrency,
@@ -428,16 +487,8 @@ pub(crate) async fn run(plan: &Plan) -> Result<String, String> {
     md.push_str(&format!(
         "| argon2id checks alone | {argon2:.1} /s | the daemon's parameters, 2 at once |\n"
     ));
-    md.push_str(&idle_line);
-    if let (Some(start), Some(now)) = (rss_start, idle::rss_kib(pid)) {
-        md.push_str(&format!(
-            "| daemon RSS | {start} KiB at start, {now} KiB at the end | /proc/PID/status VmRSS |\n"
-        ));
-    }
-    std::fs::write(plan.out.join("results.md"), &md).map_err(|e| e.to_string())?;
-    std::fs::write(plan.out.join("throughput.svg"), plot::svg(&points))
-        .map_err(|e| e.to_string())?;
-    Ok(md)
+    md.push_str(idle_line);
+    md
 }
 
 /// argon2id verifications per second with the daemon's checker and

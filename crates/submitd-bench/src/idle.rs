@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::ServerName;
-use submitd_smtp::ClientTls;
+use submitd_smtp::Transport;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
@@ -55,7 +55,7 @@ pub(crate) async fn greeted(
             .map_err(|e| format!("bind {ip}: {e}"))?;
     }
     let mut tcp = socket.connect(address).await.map_err(|e| e.to_string())?;
-    if target.tls == ClientTls::StartTls {
+    if target.tls == Transport::StartTls {
         read_reply(&mut tcp).await?;
         tcp.write_all(b"EHLO idle.submitd.test\r\n")
             .await
@@ -74,7 +74,7 @@ pub(crate) async fn greeted(
         .connect(name, tcp)
         .await
         .map_err(|e| e.to_string())?;
-    if target.tls == ClientTls::Implicit {
+    if target.tls == Transport::ImplicitTls {
         let greeting = read_reply(&mut tls).await?;
         if !greeting.starts_with("220") {
             return Err(format!("greeting: {greeting}"));
@@ -97,7 +97,8 @@ pub(crate) async fn open(
     sources: usize,
     time_limit: Duration,
 ) -> Result<(Vec<Session>, Option<String>), String> {
-    let config = submitd_relay::client_tls_config(target.ca_file.as_deref())?;
+    let config =
+        submitd_relay::client_tls_config(target.ca_file.as_deref()).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + time_limit;
     let mut sessions = Vec::with_capacity(count);
     let mut first_error = None;

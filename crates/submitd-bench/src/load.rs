@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use submitd_relay::{client_tls_config, Connection, Upstream};
-use submitd_smtp::{ClientTls, Envelope, MailFrom, RcptTo};
+use submitd_smtp::{Envelope, MailFrom, RcptTo, Transport};
 
 /// Where the load goes and who it logs in as.
 #[derive(Clone, Debug)]
@@ -19,7 +19,7 @@ pub(crate) struct Target {
     /// Port.
     pub(crate) port: u16,
     /// Implicit TLS or STARTTLS.
-    pub(crate) tls: ClientTls,
+    pub(crate) tls: Transport,
     /// The CA that signed the server's certificate.
     pub(crate) ca_file: Option<PathBuf>,
     /// Login.
@@ -129,15 +129,15 @@ impl Target {
                 self.user.clone(),
                 Arc::new(self.password.as_bytes().to_vec()),
             )),
-            tls_config: client_tls_config(self.ca_file.as_deref())?,
+            tls_config: client_tls_config(self.ca_file.as_deref()).map_err(|e| e.to_string())?,
             connect_timeout: Duration::from_secs(30),
         })
     }
 
     fn envelope(&self) -> Result<Envelope, String> {
         Ok(Envelope {
-            mail_from: MailFrom::parse(&format!("<{}>", self.from))?,
-            recipients: vec![RcptTo::parse(&format!("<{}>", self.to))?],
+            mail_from: MailFrom::parse(&format!("<{}>", self.from)).map_err(|e| e.to_string())?,
+            recipients: vec![RcptTo::parse(&format!("<{}>", self.to)).map_err(|e| e.to_string())?],
         })
     }
 }
@@ -253,7 +253,7 @@ pub(crate) async fn handshakes(
     concurrency: usize,
     count: usize,
 ) -> Result<f64, String> {
-    let config = client_tls_config(target.ca_file.as_deref())?;
+    let config = client_tls_config(target.ca_file.as_deref()).map_err(|e| e.to_string())?;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();

@@ -33,7 +33,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use submitd_smtp::ClientTls;
+use submitd_smtp::Transport;
 
 #[derive(Parser)]
 #[command(
@@ -179,8 +179,8 @@ impl TargetArgs {
             host: self.host.clone(),
             port: self.port,
             tls: match self.tls {
-                Tls::Implicit => ClientTls::Implicit,
-                Tls::Starttls => ClientTls::StartTls,
+                Tls::Implicit => Transport::ImplicitTls,
+                Tls::Starttls => Transport::StartTls,
             },
             ca_file: self.ca.clone(),
             user: self.user.clone(),

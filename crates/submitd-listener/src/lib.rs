@@ -1,22 +1,27 @@
-//! Listening sockets: TCP accept, implicit TLS or STARTTLS with rustls, and
-//! one task per connection driving the SMTP server machine, whose questions
-//! are answered by `submitd-auth` (SASL, passwords, throttle, sender policy,
-//! limits) and `submitd-relay` (prepare, spool, wake the relay). Thin over
-//! the machine: it moves bytes and answers; it decides nothing about SMTP.
+//! Listening sockets: TCP accept, implicit TLS or STARTTLS with rustls,
+//! and one task per connection that pumps bytes between the socket and the
+//! SMTP server machine. The listener owns no policy and no queue: each of
+//! the machine's questions goes to its owner, the login gate and sender
+//! policy of `submitd-auth` and the intake of `submitd-relay`.
 //!
 //! ```text
-//! TcpListener ─accept─▶ (connection limit) ─▶ connection::handle
-//!     TLS (implicit) ─▶ ServerSession ◀─▶ socket
-//!         AuthStart/Response ─▶ SaslExchange ─▶ Throttle ─▶ PasswordChecker
-//!         CheckSender ─▶ sender policy, sending limits
-//!         StoreMessage ─▶ prepare ─▶ header sender policy ─▶ Spool::store ─▶ Relay::wake ─▶ 250
+//! TcpListener ─accept─▶ limits (total, per client, unauthenticated) ─▶ driver::serve_connection
+//!     [implicit TLS] ─▶ ServerSession ◀─bytes─▶ stream (TCP, TLS, unix socket, duplex pipe)
+//!         AuthStart/Response ─▶ answers ─▶ SaslExchange ─▶ LoginGate::login
+//!         CheckSender        ─▶ answers ─▶ SenderPolicy::check_envelope
+//!         StoreMessage       ─▶ answers ─▶ Intake: begin ─▶ prepare
+//!                                   ─▶ SenderPolicy::check_header ─▶ commit ─▶ 250
+//! UnixListener ─accept─▶ peer uid ─▶ os_user::name_of ─▶ driver::serve_local_connection
 //! ```
 //!
 //! Dependencies: `rustls`/`tokio-rustls` for TLS, `rustls-pki-types` for
-//! PEM files, `tokio` and `tokio-util` (cancellation, task tracking) for
-//! the accept loop, `tracing` for the log lines.
+//! PEM files, `x509-parser` for what a certificate says (SNI, `check`),
+//! `tokio` and `tokio-util` (cancellation, task tracking) for the accept
+//! loops, `tracing` for the log lines, `thiserror` for typed errors.
 
-pub mod connection;
+mod answers;
+mod driver;
+mod limits;
 pub mod tls;
 
 use std::sync::Arc;
@@ -28,90 +33,23 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use connection::Services;
+pub use answers::Services;
+pub use driver::{serve_connection, serve_local_connection, Io};
+pub use limits::{ConnectionLimits, Unauthenticated};
 pub use tls::{
-    server_tls_config, single_certificate, CertificateFacts, CertificatePaths, Certificates,
-    TlsError,
+    server_tls_config, single_certificate, CertificateError, CertificateFacts, CertificatePaths,
+    Certificates, TlsError,
 };
 
-/// Connection bounds of one listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// Connections at once in all (further clients wait in the backlog).
-    pub total: usize,
-    /// Connections at once from one client address (IPv6: one /64);
-    /// further ones are closed at once and logged.
-    pub per_client: usize,
-    /// Connections at once that have not (yet) authenticated. A client
-    /// that never logs in holds one of these, so a flood of idle or
-    /// password-guessing connections cannot take every slot from users
-    /// who do log in; further ones are closed at once and logged.
-    pub unauthenticated: usize,
-}
+use limits::{PerClient, UnauthenticatedCount};
 
-impl Default for ConnectionLimits {
-    fn default() -> Self {
-        Self {
-            total: 200,
-            per_client: 20,
-            unauthenticated: 100,
-        }
-    }
-}
+/// How long a TLS handshake may take when the config file does not say.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Counts open connections per client network.
-#[derive(Debug, Default)]
-struct PerClient(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
-
-impl PerClient {
-    fn enter(&self, ip: std::net::IpAddr, max: usize) -> bool {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let count = map.entry(submitd_auth::client_network(ip)).or_insert(0);
-        if *count >= max {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn leave(&self, ip: std::net::IpAddr) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let key = submitd_auth::client_network(ip);
-        if let Some(count) = map.get_mut(&key) {
-            *count -= 1;
-            if *count == 0 {
-                map.remove(&key);
-            }
-        }
-    }
-}
-
-/// Counts connections that have not authenticated; a [`Unauthenticated`]
-/// slot gives its place back when the session logs in or ends.
-#[derive(Debug, Default)]
-struct UnauthenticatedCount(std::sync::atomic::AtomicUsize);
-
-/// One connection's place among the unauthenticated ones.
-#[derive(Debug)]
-pub struct Unauthenticated(Arc<UnauthenticatedCount>);
-
-impl UnauthenticatedCount {
-    fn enter(self: &Arc<Self>, max: usize) -> Option<Unauthenticated> {
-        use std::sync::atomic::Ordering;
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Unauthenticated(Arc::clone(self)))
-    }
-}
-
-impl Drop for Unauthenticated {
-    fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
-}
+/// How long sessions get to finish after shutdown is asked for (SIGTERM)
+/// when the config file does not say: a message in flight is finished and
+/// answered, then the session gets 421.
+pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The next accepted connection with its place among `permits`; `None`
 /// once `shutdown` is cancelled. Accept errors (out of file descriptors
@@ -178,25 +116,16 @@ pub async fn serve(
             (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            connection::handle(tcp, peer, smtp, acceptor, services, slot, shutdown).await;
+            // Replies are written whole (see the driver's `unsent`);
+            // Nagle would only hold them back.
+            let _ = tcp.set_nodelay(true);
+            serve_connection(tcp, peer, smtp, acceptor, services, Some(slot), shutdown).await;
             per_client.leave(peer.ip());
             drop(permit);
         });
     }
     tracker.close();
     tracker
-}
-
-/// The login name of `uid`, from /etc/passwd (also `submitd sendmail`'s
-/// own name for its caller).
-pub fn user_name(uid: u32) -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let mut fields = line.split(':');
-        let name = fields.next()?;
-        let _password = fields.next()?;
-        (fields.next()?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
-    })
 }
 
 /// Local sessions at once.
@@ -225,7 +154,7 @@ pub async fn serve_local(
                 continue;
             }
         };
-        let Some(user) = user_name(uid) else {
+        let Some(user) = submitd_auth::os_user::name_of(uid) else {
             tracing::warn!(target: "submitd::listener", uid, "local socket: a uid /etc/passwd does not name; closed");
             continue;
         };
@@ -236,19 +165,10 @@ pub async fn serve_local(
             domain.clone(),
         );
         tracker.spawn(async move {
-            connection::handle_local(unix, user, domain, smtp, services, shutdown).await;
+            serve_local_connection(unix, user, domain, smtp, services, shutdown).await;
             drop(permit);
         });
     }
     tracker.close();
     tracker
-}
-
-#[cfg(test)]
-mod local_tests {
-    #[test]
-    fn root_is_uid_0() {
-        assert_eq!(super::user_name(0).as_deref(), Some("root"));
-        assert_eq!(super::user_name(4_000_000_000), None);
-    }
 }

@@ -36,6 +36,11 @@ pub enum TlsError {
     Config(String),
 }
 
+/// A DER blob that is not an X.509 certificate.
+#[derive(Debug, thiserror::Error)]
+#[error("not an X.509 certificate: {0}")]
+pub struct CertificateError(String);
+
 /// Where one certificate chain and its key live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertificatePaths {
@@ -59,9 +64,9 @@ pub struct CertificateFacts {
 
 impl CertificateFacts {
     /// Reads the facts from a DER certificate.
-    pub fn read(der: &[u8]) -> Result<Self, String> {
+    pub fn read(der: &[u8]) -> Result<Self, CertificateError> {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
-            .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+            .map_err(|e| CertificateError(e.to_string()))?;
         let mut names = Vec::new();
         if let Ok(Some(san)) = cert.subject_alternative_name() {
             for name in &san.value.general_names {
@@ -119,7 +124,7 @@ fn load(
     let Some(end_entity) = chain.first() else {
         return Err(cert_error("no PEM certificate in the file".into()));
     };
-    let facts = CertificateFacts::read(end_entity).map_err(cert_error)?;
+    let facts = CertificateFacts::read(end_entity).map_err(|e| cert_error(e.to_string()))?;
     let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
         path: key.display().to_string(),
         reason: format!("{e} (expected a PEM private key)"),

@@ -5,16 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use submitd_auth::{
-    hash_password, Authenticator, CredentialStore, PasswordChecker, RateLimiter, SendingLimits,
-    Throttle, ThrottleConfig,
-};
+use submitd_auth::hash_password;
 use submitd_listener::{serve, server_tls_config, CertificatePaths, ConnectionLimits, Services};
-use submitd_relay::{Maildir, Relay, RelayConfig, RetryPolicy, Route, Spool};
+use submitd_relay::{Maildir, Relay, Spool};
 use submitd_smtp::{ServerConfig, Transport};
 use submitd_testkit::TestCa;
 use tokio::io::AsyncReadExt;
@@ -104,33 +103,9 @@ fn world(dir: &std::path::Path) -> World {
     )
     .unwrap();
 
-    let (credentials, errors) = CredentialStore::open(&users).unwrap();
-    assert!(errors.is_empty());
     let (spool, _) = Spool::open(&dir.join("spool")).unwrap();
     let maildir = Maildir::open(dir.join("Maildir")).unwrap();
-    let relay = Relay::new(
-        spool.clone(),
-        RelayConfig::new(
-            "mx.test",
-            Route::Maildir(maildir.clone()),
-            RetryPolicy::default(),
-        ),
-    );
-    let services = Arc::new(Services {
-        hostname: "mx.test".into(),
-        credentials: Arc::new(credentials),
-        authenticator: Arc::new(Authenticator::Local(PasswordChecker::new(2).unwrap())),
-        throttle: Arc::new(Mutex::new(Throttle::new(ThrottleConfig {
-            base_delay: Duration::from_millis(10),
-            ..ThrottleConfig::default()
-        }))),
-        rate: Arc::new(RateLimiter::new()),
-        default_limits: SendingLimits::defaults(),
-        spool,
-        relay: relay.clone(),
-        privacy: false,
-        handshake_timeout: Duration::from_secs(5),
-    });
+    let (services, relay) = support::services(&users, spool, maildir.clone(), 10);
     let (tls, _certs) = server_tls_config(&pairs).unwrap();
     World {
         ca,
@@ -148,17 +123,9 @@ async fn tls_connect(
     port: u16,
     name: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.cert()).unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let client = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     let name = rustls_pki_types::ServerName::try_from(name.to_owned()).unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(client))
+    tokio_rustls::TlsConnector::from(ca.client_config())
         .connect(name, tcp)
         .await
 }

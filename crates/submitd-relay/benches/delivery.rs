@@ -10,7 +10,7 @@ use submitd_relay::{
     client_tls_config, QueueId, Relay, RelayConfig, RetryPolicy, Route, Spool, StoredEnvelope,
     Upstream,
 };
-use submitd_smtp::{ClientTls, MailFrom, RcptTo, Transport};
+use submitd_smtp::{MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
 const BATCH: u64 = 50;
@@ -35,7 +35,7 @@ fn bench(c: &mut Criterion) {
     let upstream = Upstream {
         host: "localhost".into(),
         port: fake.addr.port(),
-        tls: ClientTls::Implicit,
+        tls: Transport::ImplicitTls,
         credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
         tls_config: client_tls_config(Some(&ca_file)).unwrap_or_else(|e| panic!("{e}")),
         connect_timeout: Duration::from_secs(5),

@@ -1,5 +1,4 @@
-//! Spool accepts per second with fsync, with and without group commit, at
-//! several concurrencies: the cost of the durability rule (250 only after
+//! Spool accepts per second with fsync at several concurrencies: the cost of the durability rule (250 only after
 //! the file and its directory entry are on disk). The spool lives under
 //! cargo's target folder, on the same file system as real use would be
 //! (not tmpfs, where fsync costs nothing).
@@ -33,24 +32,12 @@ fn bench(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(6));
-    for grouped in [false, true] {
-        for concurrency in [1usize, 16] {
+    {
+        for concurrency in [1usize, 16, 64] {
             let dir =
                 tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
             let (spool, _) = Spool::open(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-            let spool = if grouped {
-                runtime.block_on(async { spool.with_group_commit() })
-            } else {
-                spool
-            };
-            let name = format!(
-                "{}_concurrency_{concurrency}",
-                if grouped {
-                    "group_commit"
-                } else {
-                    "fsync_each"
-                }
-            );
+            let name = format!("fsync_each_concurrency_{concurrency}");
             group.bench_function(name, |b| {
                 b.iter_custom(|iters| {
                     runtime.block_on(async {

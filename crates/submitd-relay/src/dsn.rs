@@ -10,7 +10,7 @@
 
 use std::time::SystemTime;
 
-use submitd_smtp::{MailFrom, MailParams, Notify, RcptTo, Ret};
+use submitd_smtp::{MailFrom, MailParams, Mailbox, Notify, RcptTo, Ret};
 
 use crate::prepare::rfc5322_date;
 use crate::spool::{QueueId, RecipientState, StoredEnvelope};
@@ -58,6 +58,38 @@ pub fn bounce(
     }
 
     let boundary = format!("{id}/{hostname}");
+    let mut data = notice(hostname, id, sender, &boundary, &listed, now).into_bytes();
+    data.extend_from_slice(report(hostname, id, original, &boundary, &listed).as_bytes());
+    returned(original, original_data, &boundary, &mut data);
+    let to = RcptTo::parse(&format!("<{sender}>")).ok()?;
+    let envelope = StoredEnvelope {
+        mail_from: MailFrom {
+            reverse_path: None,
+            params: MailParams {
+                smtputf8: original.mail_from.params.smtputf8,
+                ..MailParams::default()
+            },
+        },
+        recipients: vec![to],
+        user: None,
+        received: now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    Some(Bounce { envelope, data })
+}
+
+/// The text for people: who the mail system is, and each failed
+/// recipient with the reason (the bounce's header and first part).
+fn notice(
+    hostname: &str,
+    id: &QueueId,
+    sender: &Mailbox,
+    boundary: &str,
+    listed: &[(&RcptTo, &str)],
+    now: SystemTime,
+) -> String {
     let date = rfc5322_date(now);
     let mut text = format!(
         "From: Mail Delivery System <MAILER-DAEMON@{hostname}>\r\n\
@@ -79,9 +111,21 @@ pub fn bounce(
          Your message could not be delivered to the following recipients.\r\n\
          The mail system's reason is given for each.\r\n\r\n"
     );
-    for (rcpt, reason) in &listed {
+    for (rcpt, reason) in listed {
         text.push_str(&format!("<{}>: {}\r\n", rcpt.forward_path, reason));
     }
+    text
+}
+
+/// The machine-readable part (RFC 3464 message/delivery-status).
+fn report(
+    hostname: &str,
+    id: &QueueId,
+    original: &StoredEnvelope,
+    boundary: &str,
+    listed: &[(&RcptTo, &str)],
+) -> String {
+    let mut text = String::new();
     text.push_str(&format!(
         "\r\n--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {hostname}\r\nX-Submitd-Queue-ID: {id}\r\n"
     ));
@@ -92,7 +136,7 @@ pub fn bounce(
         "Arrival-Date: {}\r\n",
         rfc5322_date(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(original.received))
     ));
-    for (rcpt, reason) in &listed {
+    for (rcpt, reason) in listed {
         text.push_str(&format!(
             "\r\nFinal-Recipient: rfc822; {}\r\n",
             rcpt.forward_path
@@ -111,9 +155,14 @@ pub fn bounce(
             text.push_str(&format!("Diagnostic-Code: smtp; {reason}\r\n"));
         }
     }
+    text
+}
+
+/// The original message, whole or its header only (RET=HDRS, or too big),
+/// and the closing boundary.
+fn returned(original: &StoredEnvelope, original_data: &[u8], boundary: &str, data: &mut Vec<u8>) {
     let headers_only =
         original.mail_from.params.ret == Some(Ret::Hdrs) || original_data.len() > MAX_RETURNED;
-    let mut data = text.into_bytes();
     if headers_only {
         let end = original_data
             .windows(4)
@@ -133,24 +182,6 @@ pub fn bounce(
         data.extend_from_slice(b"\r\n");
     }
     data.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-
-    let to = RcptTo::parse(&format!("<{sender}>")).ok()?;
-    let envelope = StoredEnvelope {
-        mail_from: MailFrom {
-            reverse_path: None,
-            params: MailParams {
-                smtputf8: original.mail_from.params.smtputf8,
-                ..MailParams::default()
-            },
-        },
-        recipients: vec![to],
-        user: None,
-        received: now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    };
-    Some(Bounce { envelope, data })
 }
 
 /// The RFC 3463 status of a failure reason: the enhanced code in the

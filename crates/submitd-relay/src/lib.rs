@@ -1,41 +1,53 @@
-//! Never lose a message: preparing a message for transfer (RFC 6409 §8),
-//! the durable spool, delivery to the upstream over verified TLS (or into a
-//! Maildir), the retry schedule and bounces (RFC 3464), the upstream client over
-//! TLS and bounces.
+//! Never lose a message: taking an accepted message into the queue (RFC
+//! 6409 §8 preparation, the durable spool), delivering it to the upstream
+//! over verified TLS (or into a Maildir), retrying and bouncing (RFC 3464).
 //!
 //! ```text
-//! accepted message ─▶ prepare::prepare (strict header read, Received, Message-ID, Date)
-//!                  ─▶ spool::Spool::store ─▶ tmp/ → fsync → msg/ → fsync dir ─▶ queue id (250)
-//!                                                   │
-//!   relay::Relay ◀──────────────────────────────────┘ state/ rewritten per attempt
-//!     ─▶ deliver::Connection (TLS, client machine) or maildir::Maildir
-//!     ─▶ retry::apply ─▶ dsn::bounce (queued like any message) ─▶ remove when finished
+//! listener ─▶ intake::Intake::begin ─▶ Draft::prepare (prepare.rs: strict header
+//!             read, Received, Message-ID, Date) ─▶ [listener: header senders]
+//!             ─▶ PreparedMessage::commit ─▶ spool::Spool::store
+//!                   tmp/ → fsync → msg/ → fsync dir ─▶ runner::Relay::enqueue ─▶ 250
+//!
+//! runner::Relay: schedule.rs (due times) ─▶ workers ─▶ attempt.rs:
+//!     route.rs (sender routes, routes down) ─▶ upstream::Connection (TLS,
+//!     the client machine) or maildir::Maildir ─▶ error::DeliveryError
+//!     ─▶ retry::apply ─▶ dsn::bounce (queued like any message) ─▶ state
+//!     saved, or the message removed when finished
 //! ```
 //!
-//! Dependencies: `submitd-smtp` for envelopes in wire form and the client
-//! machine, `rustls`/`tokio-rustls` for TLS to the upstream,
+//! Dependencies: `submitd-smtp` for envelopes in wire form, replies and the
+//! client machine, `rustls`/`tokio-rustls` for TLS to the upstream,
 //! `rustls-native-certs` for the system's CA roots, `rustls-pki-types` for
-//! PEM CA files, `mail-parser`
-//! for From:/Sender: address lists (only of fields this crate found itself), `crc32fast` to
-//! detect damaged queue files, `getrandom` for queue ids, `tokio` for the
-//! blocking pool and group commit, `tracing` for recovery log lines,
+//! PEM CA files, `mail-parser` for From:/Sender: address lists (only of
+//! fields this crate found itself), `crc32fast` to detect damaged queue
+//! files, `getrandom` for queue ids and retry jitter, `tokio` for the
+//! blocking pool, the workers and group commit, `tokio-util` for the
+//! shutdown token and the workers' tracker, `tracing` for log lines,
 //! `thiserror` for typed errors.
 
-pub mod deliver;
+mod attempt;
 pub mod dsn;
+pub mod error;
+pub mod intake;
 pub mod maildir;
 pub mod prepare;
 pub mod queue;
-pub mod relay;
 pub mod retry;
+pub mod route;
+mod runner;
+mod schedule;
 pub mod spool;
+pub mod upstream;
 
-pub use deliver::{client_tls_config, read_password_file, Connection, ConnectionError, Upstream};
 pub use dsn::{bounce, Bounce};
+pub use error::{DeliveryError, TlsFailure};
+pub use intake::{Accepted, Draft, Intake, IntakeError, Origin, PreparedMessage};
 pub use maildir::Maildir;
 pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
-pub use relay::{PassFigures, Relay, RelayConfig, Route, SenderRoute};
 pub use retry::{apply, AttemptResult, RetryPolicy};
+pub use route::{Route, RouteId, SenderRoute, DOWN_FOR};
+pub use runner::{PassFigures, Relay, RelayConfig};
 pub use spool::{
     unix_now, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,
 };
+pub use upstream::{client_tls_config, read_password_file, Connection, SetupError, Upstream};

@@ -1,13 +1,23 @@
-//! What an attempt's outcome does to a message's delivery state: 2xx
-//! delivered, 5xx failed for good, 4xx and connection or TLS failures tried
-//! again later with exponential backoff and jitter, until the message's
-//! lifetime runs out (then failed, with the last reason). Time and
-//! randomness are passed in, so the schedule is tested exactly.
+//! What an attempt's outcome does to a message's delivery state, decided
+//! here and nowhere else: a 2xx reply delivers a recipient, a 5xx reply
+//! fails it for good (it goes into a bounce), and a 4xx reply or any
+//! [`DeliveryError`] leaves it pending, tried again later with exponential
+//! backoff and jitter until the message's lifetime runs out (then failed,
+//! with the last reason). Time and randomness are passed in, so the
+//! schedule is tested exactly.
+//!
+//! No [`DeliveryError`] fails a recipient by itself, not even one that
+//! needs a person (refused credentials, a certificate that does not
+//! verify, no STARTTLS): like Postfix's `smtp_sasl_auth_soft_bounce`, a
+//! typo in the relay password must not bounce everyone's mail while the
+//! admin fixes it. Such errors are logged as errors instead
+//! ([`DeliveryError::needs_attention`]); the lifetime still bounds them.
 
 use std::time::Duration;
 
 use submitd_smtp::{MessageOutcome, Reply};
 
+use crate::error::DeliveryError;
 use crate::spool::{DeliveryState, RecipientState};
 
 /// When to try again and when to give up.
@@ -63,18 +73,9 @@ pub enum AttemptResult<'a> {
         outcome: &'a MessageOutcome,
     },
     /// The attempt failed before any per-recipient answer (connection,
-    /// TLS, greeting, AUTH): every pending recipient stays pending, or fails
-    /// for good when `permanent`.
-    SessionFailed {
-        /// Why, for the log and the bounce.
-        reason: String,
-        /// A failure no retry will mend. Configuration faults (refused
-        /// credentials, a certificate that does not verify, no STARTTLS)
-        /// are *not* permanent: like Postfix's `smtp_sasl_auth_soft_bounce`,
-        /// they are retried, so a typo in a password does not bounce
-        /// everyone's mail while the admin fixes it.
-        permanent: bool,
-    },
+    /// TLS, greeting, AUTH, the Maildir): every pending recipient stays
+    /// pending with this reason.
+    Failed(&'a DeliveryError),
 }
 
 fn reply_text(reply: &Reply) -> String {
@@ -112,15 +113,11 @@ pub fn apply(
                 };
             }
         }
-        AttemptResult::SessionFailed { reason, permanent } => {
-            for (index, slot) in state.recipients.iter_mut().enumerate() {
+        AttemptResult::Failed(error) => {
+            let reason = error.to_string();
+            for slot in &mut state.recipients {
                 if matches!(slot, RecipientState::Pending(_)) {
-                    *slot = if *permanent {
-                        failed_now.push(index);
-                        RecipientState::Failed(reason.clone())
-                    } else {
-                        RecipientState::Pending(Some(reason.clone()))
-                    };
+                    *slot = RecipientState::Pending(Some(reason.clone()));
                 }
             }
         }
@@ -219,10 +216,14 @@ mod tests {
     fn session_failures_retry_then_expire_exactly_once() {
         let policy = RetryPolicy::default();
         let mut state = DeliveryState::new(2, 0);
-        let tls = AttemptResult::SessionFailed {
-            reason: "certificate not valid for smtp.example".into(),
-            permanent: false,
+        let error = DeliveryError::Tls {
+            upstream: "smtp.example:465".into(),
+            failure: crate::error::TlsFailure::Handshake(std::io::Error::other(
+                "certificate not valid for smtp.example",
+            )),
         };
+        assert!(error.needs_attention());
+        let tls = AttemptResult::Failed(&error);
         assert!(apply(&mut state, &tls, &policy, 0, 10, 0.5).is_empty());
         assert!(
             matches!(&state.recipients[0], RecipientState::Pending(Some(t)) if t.contains("certificate"))
@@ -234,16 +235,28 @@ mod tests {
             vec![0, 1]
         );
         assert!(
-            matches!(&state.recipients[1], RecipientState::Failed(t) if t.starts_with("gave up after 5 days; last error: certificate"))
+            matches!(&state.recipients[1], RecipientState::Failed(t) if t.starts_with("gave up after 5 days; last error: smtp.example:465: TLS handshake failed: certificate"))
         );
         // Nothing is left to fail a second time.
         assert!(apply(&mut state, &tls, &policy, 0, lifetime + 100, 0.5).is_empty());
 
+        // A refusal that needs a person still waits for the person.
         let mut state = DeliveryState::new(1, 0);
-        let refused = AttemptResult::SessionFailed {
-            reason: "554 5.7.1 relaying denied".into(),
-            permanent: true,
+        let refused = DeliveryError::Session {
+            upstream: "smtp.example:465".into(),
+            error: submitd_smtp::SessionError::Ehlo(reply(554, "relaying denied")),
         };
-        assert_eq!(apply(&mut state, &refused, &policy, 0, 5, 0.5), vec![0]);
+        assert!(apply(
+            &mut state,
+            &AttemptResult::Failed(&refused),
+            &policy,
+            0,
+            5,
+            0.5
+        )
+        .is_empty());
+        assert!(
+            matches!(&state.recipients[0], RecipientState::Pending(Some(t)) if t.contains("554"))
+        );
     }
 }

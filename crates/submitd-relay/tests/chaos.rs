@@ -22,7 +22,7 @@ use submitd_relay::{
     client_tls_config, QueueId, Relay, RelayConfig, RetryPolicy, Route, Spool, StoredEnvelope,
     Upstream,
 };
-use submitd_smtp::{ClientTls, MailFrom, RcptTo, Transport};
+use submitd_smtp::{MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
 const CHILD: &str = "SUBMITD_CHAOS_CHILD";
@@ -213,7 +213,7 @@ fn chaos_child() {
                 let upstream = Upstream {
                     host: "localhost".into(),
                     port,
-                    tls: ClientTls::Implicit,
+                    tls: Transport::ImplicitTls,
                     credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
                     tls_config: client_tls_config(Some(Path::new(&ca))).unwrap(),
                     connect_timeout: Duration::from_secs(5),

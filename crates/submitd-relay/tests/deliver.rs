@@ -5,11 +5,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use submitd_relay::{client_tls_config, Connection, Upstream};
-use submitd_smtp::{ClientTls, Envelope, MailFrom, RcptTo, Transport};
+use submitd_relay::{
+    apply, client_tls_config, AttemptResult, Connection, DeliveryError, DeliveryState,
+    RecipientState, RetryPolicy, Upstream,
+};
+use submitd_smtp::{Envelope, MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
-fn upstream(ca: &TestCa, smarthost: &FakeSmarthost, tls: ClientTls, password: &str) -> Upstream {
+/// Whether the retry policy keeps a recipient pending after `error` (the
+/// one place that decides).
+fn retried(error: &DeliveryError) -> bool {
+    let mut state = DeliveryState::new(1, 0);
+    let failed = apply(
+        &mut state,
+        &AttemptResult::Failed(error),
+        &RetryPolicy::default(),
+        0,
+        10,
+        0.5,
+    );
+    failed.is_empty() && matches!(state.recipients[0], RecipientState::Pending(Some(_)))
+}
+
+fn upstream(ca: &TestCa, smarthost: &FakeSmarthost, tls: Transport, password: &str) -> Upstream {
     let dir = tempfile::tempdir().unwrap();
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
@@ -41,7 +59,7 @@ async fn byte_exact_over_implicit_tls_with_reuse_and_partial_failure() {
     let ca = TestCa::new();
     let smarthost =
         FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
-    let upstream = upstream(&ca, &smarthost, ClientTls::Implicit, "secret");
+    let upstream = upstream(&ca, &smarthost, Transport::ImplicitTls, "secret");
     let mut connection = Connection::open(&upstream, "relay.test").await.unwrap();
     let outcome = connection
         .send(
@@ -90,7 +108,7 @@ async fn required_starttls() {
     let ca = TestCa::new();
     let smarthost =
         FakeSmarthost::start(&ca, &["localhost"], Transport::StartTls, Fault::None).await;
-    let upstream = upstream(&ca, &smarthost, ClientTls::StartTls, "secret");
+    let upstream = upstream(&ca, &smarthost, Transport::StartTls, "secret");
     let mut connection = Connection::open(&upstream, "relay.test").await.unwrap();
     assert!(connection
         .send(&envelope(&["bob@example.net"]), MESSAGE)
@@ -111,12 +129,16 @@ async fn a_certificate_for_another_name_is_refused_and_nothing_is_sent() {
         Fault::None,
     )
     .await;
-    let upstream = upstream(&ca, &smarthost, ClientTls::Implicit, "secret");
+    let upstream = upstream(&ca, &smarthost, Transport::ImplicitTls, "secret");
     let error = Connection::open(&upstream, "relay.test").await.unwrap_err();
-    assert!(error.transient, "retried, not bounced");
-    assert!(error.reason.contains("TLS handshake failed"), "{error}");
+    assert!(retried(&error), "retried, not bounced");
     assert!(
-        error.reason.contains("NotValidForName") || error.reason.contains("not valid for"),
+        error.to_string().contains("TLS handshake failed"),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("NotValidForName")
+            || error.to_string().contains("not valid for"),
         "{error}"
     );
     assert!(smarthost.messages().is_empty());
@@ -133,9 +155,12 @@ async fn an_unknown_ca_is_refused() {
         Fault::None,
     )
     .await;
-    let upstream = upstream(&ca, &smarthost, ClientTls::Implicit, "secret");
+    let upstream = upstream(&ca, &smarthost, Transport::ImplicitTls, "secret");
     let error = Connection::open(&upstream, "relay.test").await.unwrap_err();
-    assert!(error.reason.contains("invalid peer certificate"), "{error}");
+    assert!(
+        error.to_string().contains("invalid peer certificate"),
+        "{error}"
+    );
     assert!(smarthost.messages().is_empty());
 }
 
@@ -145,13 +170,13 @@ async fn refused_credentials_and_dropped_connections_are_errors_to_retry() {
     let smarthost =
         FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
     let error = Connection::open(
-        &upstream(&ca, &smarthost, ClientTls::Implicit, "wrong"),
+        &upstream(&ca, &smarthost, Transport::ImplicitTls, "wrong"),
         "relay.test",
     )
     .await
     .unwrap_err();
-    assert!(error.reason.contains("535"), "{error}");
-    assert!(error.transient);
+    assert!(error.to_string().contains("535"), "{error}");
+    assert!(retried(&error));
 
     let dropping = FakeSmarthost::start(
         &ca,
@@ -161,7 +186,7 @@ async fn refused_credentials_and_dropped_connections_are_errors_to_retry() {
     )
     .await;
     let mut connection = Connection::open(
-        &upstream(&ca, &dropping, ClientTls::Implicit, "secret"),
+        &upstream(&ca, &dropping, Transport::ImplicitTls, "secret"),
         "relay.test",
     )
     .await
@@ -171,7 +196,7 @@ async fn refused_credentials_and_dropped_connections_are_errors_to_retry() {
         .send(&envelope(&["bob@example.net"]), &big)
         .await
         .unwrap_err();
-    assert!(error.transient, "{error}");
+    assert!(retried(&error), "{error}");
     assert!(dropping.messages().is_empty());
 }
 
@@ -180,8 +205,8 @@ async fn a_stalled_upstream_times_out() {
     let ca = TestCa::new();
     let smarthost =
         FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::Stall).await;
-    let mut upstream = upstream(&ca, &smarthost, ClientTls::Implicit, "secret");
+    let mut upstream = upstream(&ca, &smarthost, Transport::ImplicitTls, "secret");
     upstream.connect_timeout = Duration::from_millis(300);
     let error = Connection::open(&upstream, "relay.test").await.unwrap_err();
-    assert!(error.reason.contains("timed out"), "{error}");
+    assert!(error.to_string().contains("timed out"), "{error}");
 }

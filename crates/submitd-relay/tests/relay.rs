@@ -10,7 +10,7 @@ use submitd_relay::{
     client_tls_config, queue, Maildir, QueueId, Relay, RelayConfig, RetryPolicy, Route,
     SenderRoute, Spool, StoredEnvelope, Upstream,
 };
-use submitd_smtp::{ClientTls, MailFrom, RcptTo, Transport};
+use submitd_smtp::{MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
 struct Setup {
@@ -35,7 +35,7 @@ fn upstream(setup: &Setup, ca: &TestCa, port: u16) -> Upstream {
     Upstream {
         host: "localhost".into(),
         port,
-        tls: ClientTls::Implicit,
+        tls: Transport::ImplicitTls,
         credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
         tls_config: client_tls_config(Some(&setup.ca_file)).unwrap(),
         connect_timeout: Duration::from_secs(5),

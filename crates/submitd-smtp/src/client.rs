@@ -9,6 +9,14 @@
 //!        ─▶ Outcome(per-recipient replies) ─▶ Ready … quit(now) ─▶ QUIT ─▶ Close
 //! ```
 //!
+//! The caller's loop, as with the server machine: after creating the
+//! session and after every input, timeout or call, drain
+//! [`ClientSession::poll_output`] and act on each output in order (write
+//! `Send` bytes, run the handshake on `StartTls`, hand over a message on
+//! `Ready`); read from the upstream until [`ClientSession::poll_timeout`]
+//! and feed what arrives to [`ClientSession::handle_input`], or call
+//! [`ClientSession::handle_timeout`] when the deadline passes.
+//!
 //! TLS is never optional: a `StartTls` upstream that does not offer
 //! STARTTLS fails the session, and whatever the server sent after its 220
 //! to STARTTLS is dropped unread. ESMTP parameters (SIZE, BODY, SMTPUTF8,
@@ -21,20 +29,13 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::data::dot_stuff;
+use crate::body::dot_stuff;
+use crate::envelope::{Envelope, ForwardPath, RcptTo};
 use crate::params::{BodyType, Ret};
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::Reply;
 use crate::reply_parser::{ReplyError, ReplyParser};
-use crate::server::{ForwardPath, MailFrom, RcptTo, Secret};
-
-/// How the connection to the upstream is protected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ClientTls {
-    /// TLS from the first byte (port 465).
-    Implicit,
-    /// STARTTLS, required (port 587 or 25).
-    StartTls,
-}
+use crate::secret::Secret;
+use crate::transport::Transport;
 
 /// Credentials for the upstream.
 #[derive(Debug)]
@@ -72,8 +73,11 @@ impl Default for ClientTimeouts {
 pub struct ClientConfig {
     /// The name to give in EHLO.
     pub hostname: String,
-    /// Implicit TLS or required STARTTLS.
-    pub tls: ClientTls,
+    /// Implicit TLS or required STARTTLS to an upstream; `Local` for the
+    /// daemon's own unix socket (`submitd sendmail`: no TLS, no AUTH).
+    /// `Plaintext` fails the session at once: an upstream is never spoken
+    /// to in the clear.
+    pub transport: Transport,
     /// Credentials, if the upstream needs them.
     pub credentials: Option<ClientCredentials>,
     /// Reply timeouts.
@@ -144,6 +148,9 @@ pub enum SessionError {
     /// STARTTLS was refused.
     #[error("upstream refused STARTTLS: {0}")]
     StartTls(Reply),
+    /// The transport is `Plaintext`: the client does not talk without TLS.
+    #[error("refusing to talk SMTP to an upstream without TLS")]
+    PlaintextRefused,
     /// Credentials are set but the upstream offers neither PLAIN nor LOGIN.
     #[error("upstream offers no AUTH mechanism submitd can use (PLAIN, LOGIN)")]
     AuthNotOffered,
@@ -172,19 +179,10 @@ impl SessionError {
             | Self::StartTls(r)
             | Self::Auth(r)
             | Self::Unexpected(r) => !r.is_permanent(),
-            Self::StartTlsNotOffered | Self::AuthNotOffered => false,
+            Self::StartTlsNotOffered | Self::AuthNotOffered | Self::PlaintextRefused => false,
             Self::Protocol(_) | Self::Timeout(_) => true,
         }
     }
-}
-
-/// A message to relay.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Envelope {
-    /// Sender and MAIL parameters.
-    pub mail_from: MailFrom,
-    /// Recipients and their parameters.
-    pub recipients: Vec<RcptTo>,
 }
 
 /// What happened to one message: the final reply for each recipient, in
@@ -282,21 +280,15 @@ fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-fn local_failure(code: u16, enhanced: (u8, u16, u16), text: &str) -> Reply {
-    Reply::new(
-        code,
-        EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2),
-        text,
-    )
-}
-
 impl ClientSession {
     /// A session on a connection opened at `now` (inside TLS already for
-    /// [`ClientTls::Implicit`]). It waits for the greeting.
+    /// [`Transport::ImplicitTls`]). Call once the connection is open; it
+    /// waits for the greeting, so the first output comes after input.
     pub fn new(config: ClientConfig, now: Instant) -> Self {
-        let tls = config.tls == ClientTls::Implicit;
+        let tls = config.transport == Transport::ImplicitTls;
+        let plaintext = config.transport == Transport::Plaintext;
         let deadline = Some((now + config.timeouts.command, "greeting"));
-        Self {
+        let mut session = Self {
             config,
             state: State::Greeting,
             tls,
@@ -305,7 +297,17 @@ impl ClientSession {
             parser: ReplyParser::default(),
             outputs: VecDeque::new(),
             deadline,
+        };
+        if plaintext {
+            // Nothing is sent, not even QUIT.
+            session.state = State::Closed;
+            session.deadline = None;
+            session
+                .outputs
+                .push_back(ClientOutput::Failed(SessionError::PlaintextRefused));
+            session.outputs.push_back(ClientOutput::Close);
         }
+        session
     }
 
     /// What the upstream offered (after EHLO; inside TLS once TLS is up).
@@ -313,7 +315,9 @@ impl ClientSession {
         &self.extensions
     }
 
-    /// Feeds octets read from the upstream at `now`.
+    /// Feeds octets read from the upstream at `now`. Call whenever a read
+    /// returns data, then drain [`Self::poll_output`]. Octets that arrive
+    /// during a STARTTLS handshake or after the end are ignored.
     pub fn handle_input(&mut self, now: Instant, bytes: &[u8]) {
         if matches!(self.state, State::Closed | State::TlsPending) {
             // During the handshake nothing may be read as SMTP: a reply
@@ -342,7 +346,9 @@ impl ClientSession {
         self.input.drain(..used);
     }
 
-    /// Tells the machine the time; fails the session if a reply is late.
+    /// Tells the machine the time is `now`. Call when
+    /// [`Self::poll_timeout`] has passed without input; it fails the
+    /// session if the reply it waits for is late.
     pub fn handle_timeout(&mut self, now: Instant) {
         if let Some((deadline, what)) = self.deadline {
             if now >= deadline && !matches!(self.state, State::Closed) {
@@ -351,17 +357,19 @@ impl ClientSession {
         }
     }
 
-    /// When [`Self::handle_timeout`] should next be called.
+    /// When [`Self::handle_timeout`] should next be called: the deadline of
+    /// the reply waited for; `None` while nothing is (ready, or closed).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.deadline.map(|(at, _)| at)
     }
 
-    /// The next output.
+    /// The next output, in order; `None` when there is nothing to do until
+    /// the next input, timeout or call. Drain it after each of those.
     pub fn poll_output(&mut self) -> Option<ClientOutput> {
         self.outputs.pop_front()
     }
 
-    /// Whether the session has ended.
+    /// Whether the session has ended (after [`ClientOutput::Close`]).
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
@@ -383,7 +391,8 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Relays one message. Only after [`ClientOutput::Ready`].
+    /// Relays one message. Call only after [`ClientOutput::Ready`]; the
+    /// answer is one [`ClientOutput::Outcome`], then `Ready` again.
     pub fn send_message(
         &mut self,
         now: Instant,
@@ -408,15 +417,15 @@ impl ClientSession {
         let eight_bit =
             !data.is_ascii() || envelope.mail_from.params.body == Some(BodyType::EightBitMime);
         let refusal = if recipients == 0 {
-            Some(local_failure(554, (5, 5, 1), "no recipients"))
+            Some(Reply::new(554, (5, 5, 1), "no recipients"))
         } else if needs_utf8 && !ext.smtputf8 {
-            Some(local_failure(
+            Some(Reply::new(
                 554,
                 (5, 6, 7),
                 "the message needs SMTPUTF8 and the upstream does not offer it",
             ))
         } else if eight_bit && !ext.eight_bit_mime && !ext.smtputf8 {
-            Some(local_failure(
+            Some(Reply::new(
                 554,
                 (5, 6, 3),
                 "the message has 8-bit content and the upstream does not offer 8BITMIME",
@@ -425,7 +434,7 @@ impl ClientSession {
             .size
             .is_some_and(|max| max > 0 && data.len() as u64 > max)
         {
-            Some(local_failure(
+            Some(Reply::new(
                 552,
                 (5, 3, 4),
                 "the message is larger than the upstream accepts (its SIZE limit)",
@@ -467,7 +476,8 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Ends the session politely. Only when ready.
+    /// Ends the session politely. Call only when ready (after
+    /// [`ClientOutput::Ready`]); `Close` follows the server's reply.
     pub fn quit(&mut self, now: Instant) -> Result<(), ClientError> {
         if !matches!(self.state, State::Ready) {
             return Err(ClientError::NotReady);
@@ -593,7 +603,10 @@ impl ClientSession {
             State::Greeting => self.fail(SessionError::Greeting(reply)),
             State::Ehlo if reply.code() == 250 => {
                 self.extensions = Extensions::parse(&reply);
-                if !self.tls {
+                if self.config.transport == Transport::Local {
+                    // The daemon's own socket: the peer's uid is the login.
+                    self.ready();
+                } else if !self.tls {
                     if self.extensions.starttls {
                         self.send_command(now, b"STARTTLS\r\n".to_vec(), State::StartTls);
                     } else {
@@ -740,7 +753,7 @@ impl ClientSession {
     }
 
     fn finish(&mut self, now: Instant, tx: Transaction) {
-        let not_completed = || local_failure(451, (4, 4, 0), "the transaction was not completed");
+        let not_completed = || Reply::new(451, (4, 4, 0), "the transaction was not completed");
         let mail_ok = tx.mail.as_ref().is_some_and(Reply::is_positive);
         let recipients = tx
             .rcpt

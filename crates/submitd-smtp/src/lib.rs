@@ -63,27 +63,32 @@
 //! do not linger in memory.
 
 mod address;
+mod body;
 mod client;
-mod data;
+mod envelope;
 mod limits;
 mod params;
 mod reply;
 mod reply_parser;
+mod secret;
 mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod transport;
 
 pub use address::{AddressError, AddressLiteral, ClientName, Mailbox};
+pub use body::dot_stuff;
 pub use client::{
     ClientConfig, ClientCredentials, ClientError, ClientOutput, ClientSession, ClientTimeouts,
-    ClientTls, Envelope, Extensions, MessageOutcome, SessionError,
+    Extensions, MessageOutcome, SessionError,
 };
-pub use data::dot_stuff;
+pub use envelope::{Envelope, ForwardPath, MailFrom, Message, PathError, RcptTo};
 pub use limits::Limits;
 pub use params::{decode_xtext, BodyType, MailParams, Notify, Orcpt, ParamError, RcptParams, Ret};
 pub use reply::{EnhancedCode, Reply};
 pub use reply_parser::ReplyError;
+pub use secret::Secret;
 pub use server::{
-    AnswerError, AuthAnswer, CloseReason, ForwardPath, MailFrom, Message, Output, RcptTo, Secret,
-    ServerConfig, ServerSession, Transport, Verdict,
+    AnswerError, AuthAnswer, CloseReason, Output, ServerConfig, ServerSession, Verdict,
 };
+pub use transport::Transport;

@@ -48,6 +48,13 @@ impl EnhancedCode {
     }
 }
 
+/// `(class, subject, detail)`, so replies read as `Reply::new(550, (5, 7, 1), "...")`.
+impl From<(u8, u16, u16)> for EnhancedCode {
+    fn from((class, subject, detail): (u8, u16, u16)) -> Self {
+        Self::new(class, subject, detail)
+    }
+}
+
 impl fmt::Display for EnhancedCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.class, self.subject, self.detail)
@@ -67,12 +74,15 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// A reply with an enhanced status code.
+    /// A reply with an enhanced status code, given as an [`EnhancedCode`]
+    /// or as `(class, subject, detail)`: `Reply::new(550, (5, 7, 1), "...")`.
+    /// This is the one way the crate and its callers spell a reply.
     ///
     /// A code outside 200..=599 becomes 451 4.3.0 (a local fault, retried by
     /// the client) rather than an invalid reply on the wire; the enhanced
     /// code's class is set to the reply code's class.
-    pub fn new(code: u16, enhanced: EnhancedCode, text: impl AsRef<str>) -> Self {
+    pub fn new(code: u16, enhanced: impl Into<EnhancedCode>, text: impl AsRef<str>) -> Self {
+        let enhanced = enhanced.into();
         let (code, enhanced) = if (200..=599).contains(&code) {
             (code, enhanced)
         } else {

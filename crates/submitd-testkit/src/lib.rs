@@ -70,6 +70,20 @@ impl TestCa {
         (cert.pem(), key.serialize_pem())
     }
 
+    /// A TLS client configuration that trusts this CA only (TLS 1.2 and
+    /// 1.3, rustls' safe defaults).
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert()).unwrap_or_else(|e| panic!("CA: {e}"));
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
     /// A certificate for `names` signed by this CA, with its key.
     pub fn issue(&self, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let (cert, key) = self.sign(names);
@@ -362,20 +376,13 @@ mod tests {
         let ca = TestCa::new();
         let fake =
             FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(ca.cert()).unwrap_or_else(|e| panic!("{e}"));
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap_or_else(|e| panic!("{e}"))
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let config = ca.client_config();
         let tcp = TcpStream::connect(fake.addr)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let name =
             rustls_pki_types::ServerName::try_from("localhost").unwrap_or_else(|e| panic!("{e}"));
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -73,20 +73,13 @@ fn date(unix: i64) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
-/// The user this process runs as, read without unsafe code: the owner of
-/// `/proc/self` is the process's effective uid.
-pub(crate) fn effective_uid() -> Option<u32> {
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
-}
-
 /// Runs every check; with `connect`, also logs in to each upstream.
 pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
     let mut found = Findings::default();
     found.ok(format!("config {}", settings.path.display()));
     certificates(settings, &mut found);
-    credentials(&settings.users, &mut found);
-    if let submitd_config::PasswordBackend::Dovecot { socket, timeout } = &settings.password_backend
-    {
+    credentials(&settings.auth.users, &mut found);
+    if let submitd_config::PasswordBackend::Dovecot { socket, timeout } = &settings.auth.backend {
         let dovecot = submitd_auth::DovecotAuth {
             socket: socket.clone(),
             timeout: *timeout,
@@ -99,9 +92,9 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
             Err(e) => found.problem(format!("auth: {e}")),
         }
     }
-    queue(&settings.queue, &mut found);
-    let routes = crate::build_route(settings).and_then(|route| {
-        let senders = crate::build_sender_routes(settings)?;
+    queue(&settings.queue.directory, &mut found);
+    let routes = crate::wiring::route(settings).and_then(|route| {
+        let senders = crate::wiring::sender_routes(settings)?;
         Ok((route, senders))
     });
     let (route, senders) = match routes {
@@ -144,14 +137,14 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
                     "relay: {who} {name}: connected, certificate verified, {auth}"
                 ));
             }
-            Err(e) => found.problem(format!("relay: {who} {name}: {}", e.reason)),
+            Err(e) => found.problem(format!("relay: {who}: {e}")),
         }
     }
     found
 }
 
 fn certificates(settings: &Settings, found: &mut Findings) {
-    let (_, certs) = match server_tls_config(&crate::certificate_paths(settings)) {
+    let (_, certs) = match server_tls_config(&settings.tls.certificates) {
         Ok(loaded) => loaded,
         Err(e) => {
             found.problem(format!("tls: {e}"));
@@ -246,7 +239,7 @@ fn queue(root: &Path, found: &mut Findings) {
             root.display()
         ));
     }
-    if let Some(uid) = effective_uid() {
+    if let Some(uid) = submitd_auth::os_user::effective_uid() {
         if meta.uid() != uid {
             found.warning(format!(
                 "queue: {}: owned by uid {}, but this runs as uid {uid}; the server must own its queue (`chown -R submitd: {}`)",

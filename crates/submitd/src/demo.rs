@@ -9,7 +9,7 @@ use submitd_config::Settings;
 /// Creates what the demo needs; returns lines to show the person.
 pub(crate) fn prepare(settings: &Settings) -> Result<Vec<String>, String> {
     let mut said = Vec::new();
-    let Some(pair) = settings.certificates.first() else {
+    let Some(pair) = settings.tls.certificates.first() else {
         return Err("demo: no [tls] certificate configured".into());
     };
     let (certificate, key) = (&pair.certificate, &pair.key);
@@ -34,11 +34,11 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Vec<String>, String> {
             certificate.display()
         ));
     }
-    if !settings.users.exists() {
+    if !settings.auth.users.exists() {
         let (_, password) =
             submitd_auth::password::generate_app_password().map_err(|e| e.to_string())?;
         submitd_auth::edit::add_user(
-            &settings.users,
+            &settings.auth.users,
             "demo",
             password.as_bytes(),
             &["demo@example.org".to_owned()],
@@ -47,12 +47,12 @@ pub(crate) fn prepare(settings: &Settings) -> Result<Vec<String>, String> {
         said.push(format!(
             "demo: created user \"demo\" with password \"{}\" (may send as demo@example.org), in {}",
             password.as_str(),
-            settings.users.display()
+            settings.auth.users.display()
         ));
         if let Some(implicit) = settings
             .listen
             .iter()
-            .find(|l| l.mode == submitd_config::Mode::Implicit)
+            .find(|l| l.transport == submitd_smtp::Transport::ImplicitTls)
         {
             said.push(format!(
                 "demo: send a test message: swaks --server {} --tls-on-connect --auth-user demo --auth-password '{}' \

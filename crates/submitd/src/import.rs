@@ -309,269 +309,500 @@ pub(crate) fn import(postfix_dir: &Path) -> Result<Imported, String> {
     };
     let main = parse_main(&read("main.cf")?);
     let master = parse_master(&read("master.cf")?);
-    let mut out = Imported::default();
-    let get = |params: &BTreeMap<String, String>, key: &str| -> Option<String> {
-        params
-            .get(key)
-            .map(|v| expand(v, params, 0))
-            .filter(|v| !v.is_empty())
+    let mut importer = Importer {
+        config_directory: get(&main, "config_directory").unwrap_or_else(|| "/etc/postfix".into()),
+        queue_directory: get(&main, "queue_directory")
+            .unwrap_or_else(|| "/var/spool/postfix".into()),
+        params: main.clone(),
+        main,
+        postfix_dir,
+        out: Imported::default(),
     };
-    let config_directory = get(&main, "config_directory").unwrap_or_else(|| "/etc/postfix".into());
-    let queue_directory =
-        get(&main, "queue_directory").unwrap_or_else(|| "/var/spool/postfix".into());
+    let listens = importer.listeners(&master);
+    let hostname = importer.hostname();
+    let (cert, key) = importer.tls();
+    let dovecot_socket = importer.password_backend();
+    importer.send_as(dovecot_socket.is_some());
+    let relay = importer.relay();
+    let (limits, lifetime) = importer.limits();
+    importer.not_needed();
+    let config = Written {
+        postfix_dir,
+        hostname: &hostname,
+        listens: &listens,
+        cert: &cert,
+        key: &key,
+        dovecot_socket: dovecot_socket.as_deref(),
+        lifetime: lifetime.as_deref(),
+        relay: &relay,
+        limits: &limits,
+    }
+    .config();
+    importer.out.config = config;
+    Ok(importer.out)
+}
 
-    // Listeners: submission (587) and submissions/smtps (465) services.
-    let mut listens: Vec<(String, &'static str)> = Vec::new();
-    let mut service_params = Vec::new();
-    for s in master
-        .iter()
-        .filter(|s| s.kind == "inet" && s.command == "smtpd")
-    {
-        let (host, port) = match s.name.rsplit_once(':') {
-            Some((h, p)) => (Some(h.trim_matches(['[', ']'])), p),
-            None => (None, s.name.as_str()),
-        };
-        let port_number: Option<u16> = match port {
-            "submission" => Some(587),
-            "submissions" | "smtps" => Some(465),
-            "smtp" => Some(25),
-            p => p.parse().ok(),
-        };
-        let mut params = main.clone();
-        for (k, v) in &s.overrides {
-            params.insert(k.clone(), v.clone());
-        }
-        let wrapper = get(&params, "smtpd_tls_wrappermode").is_some_and(|v| v == "yes");
-        let Some(port_number) = port_number else {
-            out.not_carried
-                .push((format!("master.cf {}", s.name), "unknown port".into()));
-            continue;
-        };
-        if port_number == 25 && !wrapper {
-            out.not_carried.push((
+/// A parameter after `$name` expansion; empty counts as unset.
+fn get(params: &BTreeMap<String, String>, key: &str) -> Option<String> {
+    params
+        .get(key)
+        .map(|v| expand(v, params, 0))
+        .filter(|v| !v.is_empty())
+}
+
+/// One import under way: main.cf's parameters, the first submission
+/// service's (its `-o` overrides on top), and what was found so far.
+struct Importer<'a> {
+    main: BTreeMap<String, String>,
+    /// Per-service settings win where the first submission service has them.
+    params: BTreeMap<String, String>,
+    postfix_dir: &'a Path,
+    config_directory: String,
+    queue_directory: String,
+    out: Imported,
+}
+
+impl Importer<'_> {
+    /// Listeners: the submission (587) and submissions/smtps (465)
+    /// services of master.cf, as (address, mode).
+    fn listeners(&mut self, master: &[Service]) -> Vec<(String, &'static str)> {
+        let mut listens: Vec<(String, &'static str)> = Vec::new();
+        let mut service_params = Vec::new();
+        for s in master
+            .iter()
+            .filter(|s| s.kind == "inet" && s.command == "smtpd")
+        {
+            let (host, port) = match s.name.rsplit_once(':') {
+                Some((h, p)) => (Some(h.trim_matches(['[', ']'])), p),
+                None => (None, s.name.as_str()),
+            };
+            let port_number: Option<u16> = match port {
+                "submission" => Some(587),
+                "submissions" | "smtps" => Some(465),
+                "smtp" => Some(25),
+                p => p.parse().ok(),
+            };
+            let mut params = self.main.clone();
+            for (k, v) in &s.overrides {
+                params.insert(k.clone(), v.clone());
+            }
+            let wrapper = get(&self.params, "smtpd_tls_wrappermode").is_some_and(|v| v == "yes");
+            let Some(port_number) = port_number else {
+                self.out
+                    .not_carried
+                    .push((format!("master.cf {}", s.name), "unknown port".into()));
+                continue;
+            };
+            if port_number == 25 && !wrapper {
+                self.out.not_carried.push((
                 format!("master.cf {}", s.name),
                 "port 25 is the MX service: submitd does not receive mail from the internet; keep Postfix (or another MTA) for that".into(),
             ));
-            continue;
-        }
-        let mode = if wrapper || port_number == 465 {
-            "implicit"
-        } else {
-            "starttls"
-        };
-        let interfaces = get(&main, "inet_interfaces").unwrap_or_else(|| "all".into());
-        let address = match host {
-            Some(h) if h.contains(':') => format!("[{h}]:{port_number}"),
-            Some(h) => format!("{h}:{port_number}"),
-            None if interfaces == "all" => format!("[::]:{port_number}"),
-            None if interfaces.contains("loopback-only") => format!("127.0.0.1:{port_number}"),
-            None => {
-                out.not_carried.push((
-                    "inet_interfaces".into(),
-                    format!(
+                continue;
+            }
+            let mode = if wrapper || port_number == 465 {
+                "implicit"
+            } else {
+                "starttls"
+            };
+            let interfaces = get(&self.main, "inet_interfaces").unwrap_or_else(|| "all".into());
+            let address = match host {
+                Some(h) if h.contains(':') => format!("[{h}]:{port_number}"),
+                Some(h) => format!("{h}:{port_number}"),
+                None if interfaces == "all" => format!("[::]:{port_number}"),
+                None if interfaces.contains("loopback-only") => format!("127.0.0.1:{port_number}"),
+                None => {
+                    self.out.not_carried.push((
+                        "inet_interfaces".into(),
+                        format!(
                         "{interfaces:?}: submitd listens on [::] for {}; list addresses by hand",
                         s.name
                     ),
-                ));
-                format!("[::]:{port_number}")
+                    ));
+                    format!("[::]:{port_number}")
+                }
+            };
+            self.out.carried.push((
+                format!("master.cf {} ({})", s.name, s.command),
+                format!("[[listen]] address = {address:?}, mode = {mode:?}"),
+            ));
+            for (k, v) in &s.overrides {
+                if let Some((_, why)) = NOT_NEEDED.iter().find(|(n, _)| n == k) {
+                    self.out
+                        .not_carried
+                        .push((format!("master.cf {} -o {k}={v}", s.name), (*why).into()));
+                }
             }
-        };
-        out.carried.push((
-            format!("master.cf {} ({})", s.name, s.command),
-            format!("[[listen]] address = {address:?}, mode = {mode:?}"),
-        ));
-        for (k, v) in &s.overrides {
-            if let Some((_, why)) = NOT_NEEDED.iter().find(|(n, _)| n == k) {
-                out.not_carried
-                    .push((format!("master.cf {} -o {k}={v}", s.name), (*why).into()));
-            }
+            listens.push((address, mode));
+            service_params.push(params);
         }
-        listens.push((address, mode));
-        service_params.push(params);
-    }
-    if listens.is_empty() {
-        out.not_carried.push((
+        if listens.is_empty() {
+            self.out.not_carried.push((
             "master.cf".into(),
             "no submission or submissions service is enabled: submitd listens on [::]:465 (implicit TLS)".into(),
         ));
-        listens.push(("[::]:465".into(), "implicit"));
+            listens.push(("[::]:465".into(), "implicit"));
+        }
+        if let Some(first) = service_params.into_iter().next() {
+            self.params = first;
+        }
+        listens
     }
-    // Per-service settings win where the first submission service has them.
-    let params = service_params
-        .first()
-        .cloned()
-        .unwrap_or_else(|| main.clone());
 
-    let hostname = get(&params, "myhostname").unwrap_or_else(|| {
-        out.not_carried.push((
-            "myhostname".into(),
-            "not set: hostname = \"localhost\" written; set this server's name".into(),
-        ));
-        "localhost".into()
-    });
-    out.carried
-        .push(("myhostname".into(), format!("hostname = {hostname:?}")));
+    /// `myhostname`.
+    fn hostname(&mut self) -> String {
+        let hostname = get(&self.params, "myhostname").unwrap_or_else(|| {
+            self.out.not_carried.push((
+                "myhostname".into(),
+                "not set: hostname = \"localhost\" written; set this server's name".into(),
+            ));
+            "localhost".into()
+        });
+        self.out
+            .carried
+            .push(("myhostname".into(), format!("hostname = {hostname:?}")));
+        hostname
+    }
 
-    // TLS.
-    let (cert, key) = match get(&params, "smtpd_tls_chain_files") {
-        Some(chain) => {
-            let files: Vec<&str> = chain.split([',', ' ']).filter(|s| !s.is_empty()).collect();
-            match files.as_slice() {
-                [key, cert, ..] => (cert.to_string(), key.to_string()),
-                [both] => (both.to_string(), both.to_string()),
-                [] => (String::new(), String::new()),
+    /// The certificate and key files.
+    fn tls(&mut self) -> (String, String) {
+        let (cert, key) = match get(&self.params, "smtpd_tls_chain_files") {
+            Some(chain) => {
+                let files: Vec<&str> = chain.split([',', ' ']).filter(|s| !s.is_empty()).collect();
+                match files.as_slice() {
+                    [key, cert, ..] => (cert.to_string(), key.to_string()),
+                    [both] => (both.to_string(), both.to_string()),
+                    [] => (String::new(), String::new()),
+                }
             }
-        }
-        None => {
-            let cert = get(&params, "smtpd_tls_cert_file").unwrap_or_default();
-            let key = get(&params, "smtpd_tls_key_file").unwrap_or_else(|| cert.clone());
-            (cert, key)
-        }
-    };
-    if cert.is_empty() {
-        out.not_carried.push((
-            "smtpd_tls_cert_file".into(),
-            "not set: point [tls] at your certificate and key".into(),
-        ));
-    } else {
-        out.carried.push((
-            "smtpd_tls_cert_file, smtpd_tls_key_file".into(),
-            "[tls] certificate, key".into(),
-        ));
-        if cert.contains("snakeoil") {
-            out.not_carried.push((
+            None => {
+                let cert = get(&self.params, "smtpd_tls_cert_file").unwrap_or_default();
+                let key = get(&self.params, "smtpd_tls_key_file").unwrap_or_else(|| cert.clone());
+                (cert, key)
+            }
+        };
+        if cert.is_empty() {
+            self.out.not_carried.push((
+                "smtpd_tls_cert_file".into(),
+                "not set: point [tls] at your certificate and key".into(),
+            ));
+        } else {
+            self.out.carried.push((
+                "smtpd_tls_cert_file, smtpd_tls_key_file".into(),
+                "[tls] certificate, key".into(),
+            ));
+            if cert.contains("snakeoil") {
+                self.out.not_carried.push((
                 "smtpd_tls_cert_file".into(),
                 format!("{cert} is Debian's self-signed snakeoil certificate: mail clients will warn; use one from a CA"),
             ));
+            }
         }
+        (cert, key)
     }
 
-    // Who checks passwords.
-    let sasl_type = get(&params, "smtpd_sasl_type").unwrap_or_else(|| "cyrus".into());
-    let mut dovecot_socket = None;
-    if sasl_type == "dovecot" {
-        let path = get(&params, "smtpd_sasl_path").unwrap_or_else(|| "private/auth".into());
-        if path.starts_with("inet:") {
-            out.not_carried.push((
-                "smtpd_sasl_path".into(),
-                format!("{path}: Dovecot over TCP is not supported; give Dovecot a unix_listener"),
-            ));
-        } else {
-            let socket = if path.starts_with('/') {
-                path.clone()
+    /// Who checks passwords: the Dovecot socket, if Dovecot does.
+    fn password_backend(&mut self) -> Option<String> {
+        let sasl_type = get(&self.params, "smtpd_sasl_type").unwrap_or_else(|| "cyrus".into());
+        let mut dovecot_socket = None;
+        if sasl_type == "dovecot" {
+            let path =
+                get(&self.params, "smtpd_sasl_path").unwrap_or_else(|| "private/auth".into());
+            if path.starts_with("inet:") {
+                self.out.not_carried.push((
+                    "smtpd_sasl_path".into(),
+                    format!(
+                        "{path}: Dovecot over TCP is not supported; give Dovecot a unix_listener"
+                    ),
+                ));
             } else {
-                format!("{queue_directory}/{path}")
-            };
-            out.carried.push((
-                "smtpd_sasl_type = dovecot, smtpd_sasl_path".into(),
-                format!("[auth] backend = \"dovecot\", dovecot_socket = {socket:?}"),
-            ));
-            dovecot_socket = Some(socket);
-        }
-    } else {
-        out.not_carried.push((
+                let socket = if path.starts_with('/') {
+                    path.clone()
+                } else {
+                    format!("{}/{path}", self.queue_directory)
+                };
+                self.out.carried.push((
+                    "smtpd_sasl_type = dovecot, smtpd_sasl_path".into(),
+                    format!("[auth] backend = \"dovecot\", dovecot_socket = {socket:?}"),
+                ));
+                dovecot_socket = Some(socket);
+            }
+        } else {
+            self.out.not_carried.push((
             "smtpd_sasl_type".into(),
             format!("{sasl_type}: passwords cannot be read out of Cyrus SASL; set each user's with `submitd user passwd NAME`"),
         ));
+        }
+        dovecot_socket
     }
 
-    // Who may send as whom.
-    let mut send_as: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    if let Some(spec) = get(&params, "smtpd_sender_login_maps") {
-        for map in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
-            for (sender, logins) in read_map(
-                map,
-                "smtpd_sender_login_maps",
-                postfix_dir,
-                &config_directory,
-                &mut out,
-            ) {
-                for login in logins.split([',', ' ']).filter(|s| !s.is_empty()) {
-                    send_as
-                        .entry(login.to_owned())
-                        .or_default()
-                        .insert(sender.clone());
+    /// Who may send as whom: the credential file's send-as lines.
+    fn send_as(&mut self, dovecot: bool) {
+        let mut send_as: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        if let Some(spec) = get(&self.params, "smtpd_sender_login_maps") {
+            for map in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
+                for (sender, logins) in read_map(
+                    map,
+                    "smtpd_sender_login_maps",
+                    self.postfix_dir,
+                    &self.config_directory,
+                    &mut self.out,
+                ) {
+                    for login in logins.split([',', ' ']).filter(|s| !s.is_empty()) {
+                        send_as
+                            .entry(login.to_owned())
+                            .or_default()
+                            .insert(sender.clone());
+                    }
                 }
             }
-        }
-        out.carried.push((
-            "smtpd_sender_login_maps".into(),
-            format!(
-                "send-as= for {} user(s) in the credential file",
-                send_as.len()
-            ),
-        ));
-    } else {
-        out.not_carried.push((
+            self.out.carried.push((
+                "smtpd_sender_login_maps".into(),
+                format!(
+                    "send-as= for {} user(s) in the credential file",
+                    send_as.len()
+                ),
+            ));
+        } else {
+            self.out.not_carried.push((
             "smtpd_sender_login_maps".into(),
             "not set: Postfix let every user send as anyone; submitd lets a Dovecot user send as their login address only: add send-as lines for more".into(),
         ));
+        }
+        let mut users =
+            String::from("# Written by `submitd import-postfix`. Format: docs/credentials.md.\n");
+        if dovecot {
+            users.push_str(
+                "# Passwords are checked by Dovecot; lines here give sender policy only.\n",
+            );
+        } else {
+            users.push_str(
+                "# No passwords were imported: set each with `submitd user passwd NAME`.\n",
+            );
+        }
+        for (login, senders) in &send_as {
+            let list: Vec<&str> = senders.iter().map(String::as_str).collect();
+            let _ = writeln!(users, "{login} - send-as={}", list.join(","));
+        }
+        self.out.users = users;
     }
-    let mut users =
-        String::from("# Written by `submitd import-postfix`. Format: docs/credentials.md.\n");
-    if dovecot_socket.is_some() {
-        users.push_str("# Passwords are checked by Dovecot; lines here give sender policy only.\n");
-    } else {
-        users.push_str("# No passwords were imported: set each with `submitd user passwd NAME`.\n");
-    }
-    for (login, senders) in &send_as {
-        let list: Vec<&str> = senders.iter().map(String::as_str).collect();
-        let _ = writeln!(users, "{login} - send-as={}", list.join(","));
-    }
-    out.users = users;
 
-    // Upstream credentials by relay host (and by sender).
-    let mut sasl: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let sasl_enabled = get(&main, "smtp_sasl_auth_enable").is_some_and(|v| v == "yes");
-    if let Some(spec) = get(&main, "smtp_sasl_password_maps").filter(|_| sasl_enabled) {
-        for map in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
-            for (k, v) in read_map(
-                map,
-                "smtp_sasl_password_maps",
-                postfix_dir,
-                &config_directory,
-                &mut out,
-            ) {
-                if let Some((user, password)) = v.split_once(':') {
-                    sasl.insert(
-                        k.to_ascii_lowercase(),
-                        (user.to_owned(), password.to_owned()),
-                    );
+    /// The `[relay]` section: the relayhost and the sender-dependent ones,
+    /// with their credentials.
+    fn relay(&mut self) -> String {
+        let mut sasl: BTreeMap<String, (String, String)> = BTreeMap::new();
+        let sasl_enabled = get(&self.main, "smtp_sasl_auth_enable").is_some_and(|v| v == "yes");
+        if let Some(spec) = get(&self.main, "smtp_sasl_password_maps").filter(|_| sasl_enabled) {
+            for map in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
+                for (k, v) in read_map(
+                    map,
+                    "smtp_sasl_password_maps",
+                    self.postfix_dir,
+                    &self.config_directory,
+                    &mut self.out,
+                ) {
+                    if let Some((user, password)) = v.split_once(':') {
+                        sasl.insert(
+                            k.to_ascii_lowercase(),
+                            (user.to_owned(), password.to_owned()),
+                        );
+                    }
                 }
             }
+            self.out.carried.push((
+                "smtp_sasl_password_maps".into(),
+                "username and password_file of each upstream".into(),
+            ));
         }
-        out.carried.push((
-            "smtp_sasl_password_maps".into(),
-            "username and password_file of each upstream".into(),
-        ));
+        let by_sender_auth =
+            get(&self.main, "smtp_sender_dependent_authentication").is_some_and(|v| v == "yes");
+        let style = UpstreamStyle {
+            wrapper: get(&self.main, "smtp_tls_wrappermode").is_some_and(|v| v == "yes"),
+            level: get(&self.main, "smtp_tls_security_level").unwrap_or_else(|| "none".into()),
+            ca_file: get(&self.main, "smtp_tls_CAfile"),
+        };
+        let lookup = |sasl: &BTreeMap<String, (String, String)>, relay: &str| {
+            sasl.get(&relay.to_ascii_lowercase()).cloned().or_else(|| {
+                parse_relay(relay).and_then(|(host, port, _)| {
+                    sasl.get(&format!("[{host}]:{port}").to_ascii_lowercase())
+                        .or_else(|| sasl.get(&format!("{host}:{port}").to_ascii_lowercase()))
+                        .or_else(|| sasl.get(&host.to_ascii_lowercase()))
+                        .cloned()
+                })
+            })
+        };
+        let relayhost = get(&self.main, "relayhost").unwrap_or_default();
+        let mut relay_section = String::from("[relay]\n");
+        match style.toml(
+            "relay.upstream",
+            None,
+            &relayhost,
+            lookup(&sasl, &relayhost).as_ref(),
+            &mut self.out,
+        ) {
+            Some(t) => {
+                self.out.carried.push((
+                    "relayhost, smtp_tls_wrappermode".into(),
+                    format!("[[relay.upstream]] for {relayhost}"),
+                ));
+                relay_section.push_str(&t);
+            }
+            None => {
+                self.out.not_carried.push((
+                "relayhost".into(),
+                "empty: Postfix delivered to MX hosts itself; submitd relays to one smarthost only: a placeholder upstream smtp.example.invalid is written, replace it".into(),
+            ));
+                relay_section.push_str(
+                "[[relay.upstream]]\n# REPLACE: your provider's submission server\nhost = \"smtp.example.invalid\"\nport = 465\ntls = \"implicit\"\n",
+            );
+            }
+        }
+        if let Some(spec) = get(&self.main, "sender_dependent_relayhost_maps") {
+            let mut by_relay: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for map in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
+                for (sender, relay) in read_map(
+                    map,
+                    "sender_dependent_relayhost_maps",
+                    self.postfix_dir,
+                    &self.config_directory,
+                    &mut self.out,
+                ) {
+                    by_relay.entry(relay).or_default().push(sender);
+                }
+            }
+            for (relay, senders) in &by_relay {
+                // With sender-dependent authentication each sender may have its
+                // own account: one entry per sender then.
+                let groups: Vec<Vec<String>> = if by_sender_auth {
+                    senders.iter().map(|s| vec![s.clone()]).collect()
+                } else {
+                    vec![senders.clone()]
+                };
+                for group in groups {
+                    let credentials = group
+                        .first()
+                        .filter(|_| by_sender_auth)
+                        .and_then(|s| sasl.get(&s.to_ascii_lowercase()).cloned())
+                        .or_else(|| lookup(&sasl, relay));
+                    if let Some(t) = style.toml(
+                        "relay.sender_upstream",
+                        Some(&group),
+                        relay,
+                        credentials.as_ref(),
+                        &mut self.out,
+                    ) {
+                        relay_section.push_str(&t);
+                    }
+                }
+            }
+            self.out.carried.push((
+                "sender_dependent_relayhost_maps, smtp_sender_dependent_authentication".into(),
+                format!(
+                    "[[relay.sender_upstream]] for {} relay host(s)",
+                    by_relay.len()
+                ),
+            ));
+        }
+        relay_section
     }
-    let by_sender_auth =
-        get(&main, "smtp_sender_dependent_authentication").is_some_and(|v| v == "yes");
-    let wrapper = get(&main, "smtp_tls_wrappermode").is_some_and(|v| v == "yes");
-    let level = get(&main, "smtp_tls_security_level").unwrap_or_else(|| "none".into());
-    let ca_file = get(&main, "smtp_tls_CAfile");
 
-    let upstream_toml = |table: &str,
-                         senders: Option<&[String]>,
-                         relay: &str,
-                         credentials: Option<&(String, String)>,
-                         out: &mut Imported|
-     -> Option<String> {
+    /// The `[limits]` section, and the queue lifetime.
+    fn limits(&mut self) -> (String, Option<String>) {
+        let mut limits = String::from("[limits]\n");
+        let size = get(&self.main, "message_size_limit").unwrap_or_else(|| "10240000".into());
+        match size.parse::<u64>() {
+            Ok(0) => self.out.not_carried.push((
+                "message_size_limit".into(),
+                "0 (unlimited): submitd's limits are finite; its default 25M is kept".into(),
+            )),
+            Ok(n) => {
+                let _ = writeln!(limits, "message_size = \"{n}\"");
+                self.out.carried.push((
+                    "message_size_limit".into(),
+                    format!("[limits] message_size = \"{n}\""),
+                ));
+            }
+            Err(_) => self.out.not_carried.push((
+                "message_size_limit".into(),
+                format!("{size:?} is not a number"),
+            )),
+        }
+
+        if let Some(n) = get(&self.params, "smtpd_client_connection_count_limit") {
+            match n.parse::<usize>() {
+                Ok(n) if n > 0 => {
+                    let _ = writeln!(limits, "connections_per_client = {n}");
+                    self.out.carried.push((
+                        "smtpd_client_connection_count_limit".into(),
+                        format!("[limits] connections_per_client = {n}"),
+                    ));
+                }
+                _ => self.out.not_carried.push((
+                    "smtpd_client_connection_count_limit".into(),
+                    format!("{n:?}: not a positive number; submitd's default 20 is kept"),
+                )),
+            }
+        }
+        let lifetime = get(&self.main, "maximal_queue_lifetime")
+            .filter(|v| humantime::parse_duration(v).is_ok());
+        if let Some(v) = &lifetime {
+            self.out.carried.push((
+                "maximal_queue_lifetime".into(),
+                format!("[queue] lifetime = {v:?}"),
+            ));
+        }
+        (limits, lifetime)
+    }
+
+    /// Everything else submission-related that is set, with why it is not needed.
+    fn not_needed(&mut self) {
+        for (key, why) in NOT_NEEDED {
+            if let Some(v) = get(&self.main, key) {
+                self.out
+                    .not_carried
+                    .push((format!("{key} = {v}"), (*why).into()));
+            }
+        }
+    }
+}
+
+/// How main.cf says upstreams are reached: what each `[[relay.*]]`
+/// entry the import writes has in common.
+struct UpstreamStyle {
+    /// `smtp_tls_wrappermode = yes`: implicit TLS.
+    wrapper: bool,
+    /// `smtp_tls_security_level`.
+    level: String,
+    /// `smtp_tls_CAfile`.
+    ca_file: Option<String>,
+}
+
+impl UpstreamStyle {
+    /// One `[[table]]` entry for `relay`, its password file recorded in
+    /// `out`; `None` when `relay` is not a host.
+    fn toml(
+        &self,
+        table: &str,
+        senders: Option<&[String]>,
+        relay: &str,
+        credentials: Option<&(String, String)>,
+        out: &mut Imported,
+    ) -> Option<String> {
         let (host, port, _) = parse_relay(relay)?;
-        let tls = if wrapper || port == 465 {
+        let tls = if self.wrapper || port == 465 {
             "implicit"
         } else {
             "starttls"
         };
         if tls == "starttls"
             && !matches!(
-                level.as_str(),
+                self.level.as_str(),
                 "encrypt" | "verify" | "secure" | "dane-only"
             )
         {
             out.not_carried.push((
                 "smtp_tls_security_level".into(),
-                format!("{level:?} for {relay}: submitd always requires TLS with a verified certificate to the upstream"),
+                format!("{:?} for {relay}: submitd always requires TLS with a verified certificate to the upstream", self.level),
             ));
         }
         let mut t = String::new();
@@ -595,193 +826,85 @@ pub(crate) fn import(postfix_dir: &Path) -> Result<Imported, String> {
             );
             out.passwords.push((file, password.clone()));
         }
-        if let Some(ca) = &ca_file {
+        if let Some(ca) = &self.ca_file {
             let _ = writeln!(t, "ca_file = {}", toml_string(ca));
         }
         Some(t)
-    };
-    let lookup = |sasl: &BTreeMap<String, (String, String)>, relay: &str| {
-        sasl.get(&relay.to_ascii_lowercase()).cloned().or_else(|| {
-            parse_relay(relay).and_then(|(host, port, _)| {
-                sasl.get(&format!("[{host}]:{port}").to_ascii_lowercase())
-                    .or_else(|| sasl.get(&format!("{host}:{port}").to_ascii_lowercase()))
-                    .or_else(|| sasl.get(&host.to_ascii_lowercase()))
-                    .cloned()
-            })
-        })
-    };
-    let relayhost = get(&main, "relayhost").unwrap_or_default();
-    let mut relay_section = String::from("[relay]\n");
-    match upstream_toml(
-        "relay.upstream",
-        None,
-        &relayhost,
-        lookup(&sasl, &relayhost).as_ref(),
-        &mut out,
-    ) {
-        Some(t) => {
-            out.carried.push((
-                "relayhost, smtp_tls_wrappermode".into(),
-                format!("[[relay.upstream]] for {relayhost}"),
-            ));
-            relay_section.push_str(&t);
-        }
-        None => {
-            out.not_carried.push((
-                "relayhost".into(),
-                "empty: Postfix delivered to MX hosts itself; submitd relays to one smarthost only: a placeholder upstream smtp.example.invalid is written, replace it".into(),
-            ));
-            relay_section.push_str(
-                "[[relay.upstream]]\n# REPLACE: your provider's submission server\nhost = \"smtp.example.invalid\"\nport = 465\ntls = \"implicit\"\n",
-            );
-        }
     }
-    if let Some(spec) = get(&main, "sender_dependent_relayhost_maps") {
-        let mut by_relay: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for map in spec.split([',', ' ']).filter(|s| !s.is_empty()) {
-            for (sender, relay) in read_map(
-                map,
-                "sender_dependent_relayhost_maps",
-                postfix_dir,
-                &config_directory,
-                &mut out,
-            ) {
-                by_relay.entry(relay).or_default().push(sender);
-            }
-        }
-        for (relay, senders) in &by_relay {
-            // With sender-dependent authentication each sender may have its
-            // own account: one entry per sender then.
-            let groups: Vec<Vec<String>> = if by_sender_auth {
-                senders.iter().map(|s| vec![s.clone()]).collect()
-            } else {
-                vec![senders.clone()]
-            };
-            for group in groups {
-                let credentials = group
-                    .first()
-                    .filter(|_| by_sender_auth)
-                    .and_then(|s| sasl.get(&s.to_ascii_lowercase()).cloned())
-                    .or_else(|| lookup(&sasl, relay));
-                if let Some(t) = upstream_toml(
-                    "relay.sender_upstream",
-                    Some(&group),
-                    relay,
-                    credentials.as_ref(),
-                    &mut out,
-                ) {
-                    relay_section.push_str(&t);
-                }
-            }
-        }
-        out.carried.push((
-            "sender_dependent_relayhost_maps, smtp_sender_dependent_authentication".into(),
-            format!(
-                "[[relay.sender_upstream]] for {} relay host(s)",
-                by_relay.len()
-            ),
-        ));
-    }
+}
 
-    // Limits.
-    let mut limits = String::from("[limits]\n");
-    let size = get(&main, "message_size_limit").unwrap_or_else(|| "10240000".into());
-    match size.parse::<u64>() {
-        Ok(0) => out.not_carried.push((
-            "message_size_limit".into(),
-            "0 (unlimited): submitd's limits are finite; its default 25M is kept".into(),
-        )),
-        Ok(n) => {
-            let _ = writeln!(limits, "message_size = \"{n}\"");
-            out.carried.push((
-                "message_size_limit".into(),
-                format!("[limits] message_size = \"{n}\""),
-            ));
-        }
-        Err(_) => out.not_carried.push((
-            "message_size_limit".into(),
-            format!("{size:?} is not a number"),
-        )),
-    }
+/// What the written submitd.toml holds.
+struct Written<'a> {
+    postfix_dir: &'a Path,
+    hostname: &'a str,
+    listens: &'a [(String, &'static str)],
+    cert: &'a str,
+    key: &'a str,
+    dovecot_socket: Option<&'a str>,
+    lifetime: Option<&'a str>,
+    relay: &'a str,
+    limits: &'a str,
+}
 
-    if let Some(n) = get(&params, "smtpd_client_connection_count_limit") {
-        match n.parse::<usize>() {
-            Ok(n) if n > 0 => {
-                let _ = writeln!(limits, "connections_per_client = {n}");
-                out.carried.push((
-                    "smtpd_client_connection_count_limit".into(),
-                    format!("[limits] connections_per_client = {n}"),
-                ));
-            }
-            _ => out.not_carried.push((
-                "smtpd_client_connection_count_limit".into(),
-                format!("{n:?}: not a positive number; submitd's default 20 is kept"),
-            )),
-        }
-    }
-    let lifetime =
-        get(&main, "maximal_queue_lifetime").filter(|v| humantime::parse_duration(v).is_ok());
-    if let Some(v) = &lifetime {
-        out.carried.push((
-            "maximal_queue_lifetime".into(),
-            format!("[queue] lifetime = {v:?}"),
-        ));
-    }
-
-    // Everything else submission-related that is set.
-    for (key, why) in NOT_NEEDED {
-        if let Some(v) = get(&main, key) {
-            out.not_carried
-                .push((format!("{key} = {v}"), (*why).into()));
-        }
-    }
-
-    let mut config = String::new();
-    let _ = writeln!(
+impl Written<'_> {
+    fn config(&self) -> String {
+        let Self {
+            postfix_dir,
+            hostname,
+            listens,
+            cert,
+            key,
+            dovecot_socket,
+            lifetime,
+            relay,
+            limits,
+        } = self;
+        let mut config = String::new();
+        let _ = writeln!(
         config,
         "# Written by `submitd import-postfix` from {}.\n# Check it with `submitd check --connect --config FILE`.\n\nhostname = {}\n",
         postfix_dir.display(),
-        toml_string(&hostname)
+        toml_string(hostname)
     );
-    for (address, mode) in &listens {
+        for (address, mode) in listens.iter() {
+            let _ = writeln!(
+                config,
+                "[[listen]]\naddress = {}\nmode = \"{mode}\"\n",
+                toml_string(address)
+            );
+        }
         let _ = writeln!(
             config,
-            "[[listen]]\naddress = {}\nmode = \"{mode}\"\n",
-            toml_string(address)
+            "[tls]\ncertificate = {}\nkey = {}\n",
+            toml_string(if cert.is_empty() {
+                "/etc/submitd/cert.pem"
+            } else {
+                cert
+            }),
+            toml_string(if key.is_empty() {
+                "/etc/submitd/key.pem"
+            } else {
+                key
+            })
         );
+        let _ = writeln!(config, "[auth]\nusers = \"users\"");
+        if let Some(socket) = &dovecot_socket {
+            let _ = writeln!(
+                config,
+                "backend = \"dovecot\"\ndovecot_socket = {}",
+                toml_string(socket)
+            );
+        }
+        let _ = writeln!(config, "\n[queue]\ndirectory = \"/var/lib/submitd/queue\"");
+        if let Some(v) = &lifetime {
+            let _ = writeln!(config, "lifetime = {}", toml_string(v));
+        }
+        config.push('\n');
+        config.push_str(relay);
+        config.push('\n');
+        config.push_str(limits);
+        config
     }
-    let _ = writeln!(
-        config,
-        "[tls]\ncertificate = {}\nkey = {}\n",
-        toml_string(if cert.is_empty() {
-            "/etc/submitd/cert.pem"
-        } else {
-            &cert
-        }),
-        toml_string(if key.is_empty() {
-            "/etc/submitd/key.pem"
-        } else {
-            &key
-        })
-    );
-    let _ = writeln!(config, "[auth]\nusers = \"users\"");
-    if let Some(socket) = &dovecot_socket {
-        let _ = writeln!(
-            config,
-            "backend = \"dovecot\"\ndovecot_socket = {}",
-            toml_string(socket)
-        );
-    }
-    let _ = writeln!(config, "\n[queue]\ndirectory = \"/var/lib/submitd/queue\"");
-    if let Some(v) = &lifetime {
-        let _ = writeln!(config, "lifetime = {}", toml_string(v));
-    }
-    config.push('\n');
-    config.push_str(&relay_section);
-    config.push('\n');
-    config.push_str(&limits);
-    out.config = config;
-    Ok(out)
 }
 
 /// Writes what `import` produced into `out_dir` (refusing to overwrite

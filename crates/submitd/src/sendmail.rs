@@ -14,13 +14,22 @@
 //! domain, in the envelope and in From:, To: and Cc:, as Postfix does with
 //! `myorigin`.
 //!
+//! The conversation with the daemon is the project's own client machine
+//! (`submitd_smtp::ClientSession`, the one the relay uses) over the unix
+//! socket, in its `Local` mode: no TLS, no AUTH.
+//!
 //! Exit status: 0 queued, 75 (EX_TEMPFAIL) for a temporary refusal or no
 //! daemon, 69 (EX_UNAVAILABLE) for a permanent refusal, 64 (EX_USAGE) for
 //! no recipients.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use submitd_smtp::{
+    ClientConfig, ClientOutput, ClientSession, ClientTimeouts, Envelope, MailFrom, MessageOutcome,
+    PathError, RcptTo, Transport,
+};
 
 /// What the command line asked for.
 #[derive(Debug, Default)]
@@ -188,53 +197,6 @@ pub(crate) fn prepare(
     (out.into_bytes(), recipients)
 }
 
-struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Client {
-    fn reply(&mut self) -> Result<(u16, String), Failure> {
-        let mut all = String::new();
-        loop {
-            let mut line = String::new();
-            let n = self
-                .reader
-                .read_line(&mut line)
-                .map_err(|e| temp(format!("reading from submitd: {e}")))?;
-            if n == 0 {
-                return Err(temp("submitd closed the connection"));
-            }
-            all.push_str(&line);
-            let bytes = line.as_bytes();
-            if bytes.len() >= 4 && bytes[3] == b' ' {
-                let code = line[..3]
-                    .parse()
-                    .map_err(|_| temp(format!("not SMTP: {line:?}")))?;
-                return Ok((code, all.trim_end().to_owned()));
-            }
-        }
-    }
-
-    fn command(&mut self, line: &str, expect: u16) -> Result<(), Failure> {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .map_err(|e| temp(format!("writing to submitd: {e}")))?;
-        self.expect(expect)
-    }
-
-    fn expect(&mut self, expect: u16) -> Result<(), Failure> {
-        let (code, text) = self.reply()?;
-        if code / 100 == expect / 100 {
-            return Ok(());
-        }
-        Err(Failure {
-            status: if code >= 500 { 69 } else { 75 },
-            message: text,
-        })
-    }
-}
-
 /// Sends as the calling user through `socket`; `user` is the caller's
 /// login name (for the default sender).
 pub(crate) fn send(
@@ -263,40 +225,102 @@ pub(crate) fn send(
         .as_deref()
         .map(|s| qualify(s, domain))
         .unwrap_or_else(|| format!("{user}@{domain}"));
+    let envelope = envelope(&sender, &recipients)?;
     let stream = UnixStream::connect(socket).map_err(|e| {
         temp(format!(
             "cannot reach submitd at {}: {e} (is it running, with [local] socket set?)",
             socket.display()
         ))
     })?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(300)));
-    let writer = stream.try_clone().map_err(|e| temp(e.to_string()))?;
-    let mut client = Client {
-        reader: BufReader::new(stream),
-        writer,
+    let outcome = exchange(stream, &envelope, &data)?;
+    // The first refusal decides the exit status, as sendmail's does.
+    match outcome.recipients.iter().find(|reply| !reply.is_positive()) {
+        None => Ok(()),
+        Some(reply) => Err(Failure {
+            status: if reply.is_permanent() { 69 } else { 75 },
+            message: reply.to_string().trim_end().to_owned(),
+        }),
+    }
+}
+
+/// The envelope in wire form; an address the parser refuses is a usage
+/// error the person can fix.
+fn envelope(sender: &str, recipients: &[String]) -> Result<Envelope, Failure> {
+    let bad = |what: &str, address: &str, e: PathError| Failure {
+        status: 64,
+        message: format!("{what} <{address}>: {e}"),
     };
-    client.expect(220)?;
-    client.command("EHLO localhost", 250)?;
-    client.command(&format!("MAIL FROM:<{sender}>"), 250)?;
-    for rcpt in &recipients {
-        client.command(&format!("RCPT TO:<{rcpt}>"), 250)?;
-    }
-    client.command("DATA", 354)?;
-    let mut stuffed = Vec::with_capacity(data.len() + 64);
-    for line in data.split_inclusive(|&b| b == b'\n') {
-        if line.first() == Some(&b'.') {
-            stuffed.push(b'.');
+    Ok(Envelope {
+        mail_from: MailFrom::parse(&format!("<{sender}>")).map_err(|e| bad("sender", sender, e))?,
+        recipients: recipients
+            .iter()
+            .map(|r| RcptTo::parse(&format!("<{r}>")).map_err(|e| bad("recipient", r, e)))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// One message over the local socket, driven by the project's client
+/// machine (the same that relays to the upstream): EHLO, MAIL, RCPT,
+/// DATA (pipelined), QUIT. Returns the reply for each recipient.
+fn exchange(
+    mut stream: UnixStream,
+    envelope: &Envelope,
+    data: &[u8],
+) -> Result<MessageOutcome, Failure> {
+    let config = ClientConfig {
+        hostname: "localhost".into(),
+        transport: Transport::Local,
+        credentials: None,
+        timeouts: ClientTimeouts::default(),
+    };
+    let mut session = ClientSession::new(config, Instant::now());
+    let mut outcome = None;
+    let mut sent = false;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while let Some(output) = session.poll_output() {
+            match output {
+                ClientOutput::Send(bytes) => stream
+                    .write_all(&bytes)
+                    .map_err(|e| temp(format!("writing to submitd: {e}")))?,
+                ClientOutput::Ready if !sent => {
+                    sent = true;
+                    session
+                        .send_message(Instant::now(), envelope, data)
+                        .map_err(|e| temp(e.to_string()))?;
+                }
+                ClientOutput::Ready => {
+                    session
+                        .quit(Instant::now())
+                        .map_err(|e| temp(e.to_string()))?;
+                }
+                ClientOutput::Outcome(o) => outcome = Some(o),
+                ClientOutput::Failed(e) => {
+                    return Err(Failure {
+                        status: if e.is_transient() { 75 } else { 69 },
+                        message: e.to_string().trim_end().to_owned(),
+                    })
+                }
+                ClientOutput::StartTls | ClientOutput::Close => {
+                    return outcome.ok_or_else(|| temp("submitd closed the connection"));
+                }
+            }
         }
-        stuffed.extend_from_slice(line);
+        let wait = session
+            .poll_timeout()
+            .map(|at| at.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(300))
+            .max(Duration::from_millis(1));
+        let _ = stream.set_read_timeout(Some(wait));
+        match stream.read(&mut buf) {
+            Ok(0) => return outcome.ok_or_else(|| temp("submitd closed the connection")),
+            Ok(n) => session.handle_input(Instant::now(), &buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                session.handle_timeout(Instant::now());
+            }
+            Err(e) => return Err(temp(format!("reading from submitd: {e}"))),
+        }
     }
-    stuffed.extend_from_slice(b".\r\n");
-    client
-        .writer
-        .write_all(&stuffed)
-        .map_err(|e| temp(format!("writing to submitd: {e}")))?;
-    client.expect(250)?;
-    let _ = client.command("QUIT", 221);
-    Ok(())
 }
 
 /// Reads all of standard input.
@@ -310,9 +334,7 @@ pub(crate) fn read_stdin() -> Result<Vec<u8>, Failure> {
 
 /// The calling user's login name.
 pub(crate) fn caller() -> String {
-    crate::check::effective_uid()
-        .and_then(submitd_listener::user_name)
-        .unwrap_or_else(|| "nobody".into())
+    submitd_auth::os_user::current_name().unwrap_or_else(|| "nobody".into())
 }
 
 #[cfg(test)]

@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use submitd_smtp::testing::{Driver, Item};
 use submitd_smtp::{
-    ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, ClientTls,
-    Envelope, ForwardPath, MailFrom, MailParams, MessageOutcome, Notify, Orcpt, RcptParams, RcptTo,
-    Ret, Secret, ServerConfig, SessionError, Transport,
+    ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, Envelope,
+    ForwardPath, MailFrom, MailParams, MessageOutcome, Notify, Orcpt, RcptParams, RcptTo, Ret,
+    Secret, ServerConfig, SessionError, Transport,
 };
 
-fn config(tls: ClientTls, user: &str, password: &str) -> ClientConfig {
+fn config(tls: Transport, user: &str, password: &str) -> ClientConfig {
     ClientConfig {
         hostname: "relay.test".into(),
-        tls,
+        transport: tls,
         credentials: Some(ClientCredentials {
             username: user.into(),
             password: Secret::new(password.as_bytes().to_vec()),
@@ -130,7 +130,7 @@ const MESSAGE: &[u8] = "From: alice@example.org\r\nSubject: caf\u{e9}\r\n\r\n.le
 fn relays_byte_exact_with_per_recipient_outcomes_and_reuses_the_connection() {
     let mut pair = Pair::new(
         implicit_server(),
-        config(ClientTls::Implicit, "alice", "secret"),
+        config(Transport::ImplicitTls, "alice", "secret"),
     );
     assert_eq!(pair.readies, 1, "{:?}", pair.failures);
     assert!(pair.client.extensions().pipelining);
@@ -176,7 +176,7 @@ fn relays_byte_exact_with_per_recipient_outcomes_and_reuses_the_connection() {
 fn dsn_parameters_pass_through_when_offered() {
     let mut pair = Pair::new(
         implicit_server(),
-        config(ClientTls::Implicit, "alice", "secret"),
+        config(Transport::ImplicitTls, "alice", "secret"),
     );
     let mut env = envelope("alice@example.org", &["bob@example.net"]);
     env.mail_from.params.ret = Some(Ret::Hdrs);
@@ -202,7 +202,7 @@ fn dsn_parameters_pass_through_when_offered() {
 #[test]
 fn required_starttls_is_done_before_auth() {
     let server = ServerConfig::new("upstream.test", Transport::StartTls);
-    let mut pair = Pair::new(server, config(ClientTls::StartTls, "alice", "secret"));
+    let mut pair = Pair::new(server, config(Transport::StartTls, "alice", "secret"));
     assert_eq!(pair.starttls, 1);
     assert_eq!(pair.readies, 1, "{:?}", pair.failures);
     let sent = String::from_utf8_lossy(&pair.sent).into_owned();
@@ -218,7 +218,7 @@ fn required_starttls_is_done_before_auth() {
 #[test]
 fn no_starttls_means_no_auth_and_no_mail() {
     let server = ServerConfig::new("upstream.test", Transport::Plaintext);
-    let pair = Pair::new(server, config(ClientTls::StartTls, "alice", "secret"));
+    let pair = Pair::new(server, config(Transport::StartTls, "alice", "secret"));
     assert_eq!(pair.failures, vec![SessionError::StartTlsNotOffered]);
     assert!(!pair.failures[0].is_transient());
     assert!(pair.closed);
@@ -230,7 +230,7 @@ fn no_starttls_means_no_auth_and_no_mail() {
 fn login_is_used_when_plain_is_not_offered() {
     let mut server = implicit_server();
     server.auth_mechanisms = vec!["LOGIN".into()];
-    let pair = Pair::new(server, config(ClientTls::Implicit, "alice", "secret"));
+    let pair = Pair::new(server, config(Transport::ImplicitTls, "alice", "secret"));
     assert_eq!(pair.readies, 1, "{:?}", pair.failures);
     assert!(String::from_utf8_lossy(&pair.sent).contains("AUTH LOGIN\r\nYWxpY2U=\r\nc2VjcmV0\r\n"));
 }
@@ -239,13 +239,13 @@ fn login_is_used_when_plain_is_not_offered() {
 fn refused_credentials_fail_the_session() {
     let pair = Pair::new(
         implicit_server(),
-        config(ClientTls::Implicit, "alice", "wrong"),
+        config(Transport::ImplicitTls, "alice", "wrong"),
     );
     assert!(matches!(&pair.failures[..], [SessionError::Auth(r)] if r.code() == 535));
     assert!(!pair.failures[0].is_transient());
     let pair = Pair::new(
         implicit_server(),
-        config(ClientTls::Implicit, "tempfail", "x"),
+        config(Transport::ImplicitTls, "tempfail", "x"),
     );
     assert!(pair.failures[0].is_transient());
 }
@@ -254,7 +254,7 @@ fn refused_credentials_fail_the_session() {
 fn refused_sender_or_all_recipients() {
     let mut pair = Pair::new(
         implicit_server(),
-        config(ClientTls::Implicit, "alice", "secret"),
+        config(Transport::ImplicitTls, "alice", "secret"),
     );
     pair.send(
         &envelope(
@@ -295,7 +295,7 @@ struct Scripted {
 }
 
 impl Scripted {
-    fn new(tls: ClientTls) -> Self {
+    fn new(tls: Transport) -> Self {
         let now = Instant::now();
         let mut config = config(tls, "u", "p");
         config.timeouts = ClientTimeouts::default();
@@ -330,7 +330,7 @@ const EHLO_MINIMAL: &str = "250-up.test\r\n250 AUTH PLAIN\r\n";
 
 #[test]
 fn without_pipelining_commands_go_one_at_a_time() {
-    let mut s = Scripted::new(ClientTls::Implicit);
+    let mut s = Scripted::new(Transport::ImplicitTls);
     s.server("220 up.test\r\n");
     assert_eq!(s.take_sent(), "EHLO relay.test\r\n");
     s.server(EHLO_MINIMAL);
@@ -384,7 +384,7 @@ fn what_the_upstream_lacks_fails_permanently_and_nothing_is_altered() {
             "552 5.3.4",
         ),
     ] {
-        let mut s = Scripted::new(ClientTls::Implicit);
+        let mut s = Scripted::new(Transport::ImplicitTls);
         s.server("220 up\r\n");
         s.server(ehlo);
         s.server("235 ok\r\n");
@@ -403,7 +403,7 @@ fn what_the_upstream_lacks_fails_permanently_and_nothing_is_altered() {
 
 #[test]
 fn replies_sent_with_the_starttls_220_are_discarded() {
-    let mut s = Scripted::new(ClientTls::StartTls);
+    let mut s = Scripted::new(Transport::StartTls);
     s.server("220 up\r\n");
     s.server("250-up\r\n250 STARTTLS\r\n");
     assert_eq!(s.take_sent(), "EHLO relay.test\r\nSTARTTLS\r\n");
@@ -432,7 +432,7 @@ fn broken_or_late_upstreams_end_the_session() {
         ("220 up\r\n250-up\r\n250 SIZE 5\r\n", "AuthNotOffered"),
         ("220 up\r\n250 up\n", "Protocol"),
     ] {
-        let mut s = Scripted::new(ClientTls::Implicit);
+        let mut s = Scripted::new(Transport::ImplicitTls);
         s.server(script);
         assert!(
             s.outputs.iter().any(|o| o.contains(error)),
@@ -442,7 +442,7 @@ fn broken_or_late_upstreams_end_the_session() {
         assert_eq!(s.outputs.last().map(String::as_str), Some("Close"));
         assert!(s.client.is_closed());
     }
-    let mut s = Scripted::new(ClientTls::Implicit);
+    let mut s = Scripted::new(Transport::ImplicitTls);
     s.server("220 up\r\n");
     s.server(EHLO_MINIMAL);
     s.server("235 ok\r\n");
@@ -463,7 +463,7 @@ fn broken_or_late_upstreams_end_the_session() {
         s.outputs
     );
     // While idle, a 421 from the upstream ends the session.
-    let mut s = Scripted::new(ClientTls::Implicit);
+    let mut s = Scripted::new(Transport::ImplicitTls);
     s.server("220 up\r\n");
     s.server(EHLO_MINIMAL);
     s.server("235 ok\r\n421 4.4.2 bye\r\n");
@@ -478,7 +478,7 @@ fn broken_or_late_upstreams_end_the_session() {
 fn postmaster_and_null_sender() {
     let mut pair = Pair::new(
         implicit_server(),
-        config(ClientTls::Implicit, "alice", "secret"),
+        config(Transport::ImplicitTls, "alice", "secret"),
     );
     let env = Envelope {
         mail_from: MailFrom {

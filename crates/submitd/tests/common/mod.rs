@@ -77,9 +77,9 @@ fn wait_ready(daemon: &mut Daemon, rx: &Receiver<String>) {
             daemon.said.push(line.clone());
         }
         if line.contains("listening") {
-            if line.contains("mode=Implicit") {
+            if line.contains("transport=ImplicitTls") {
                 daemon.implicit = port_of(&line);
-            } else if line.contains("mode=Starttls") {
+            } else if line.contains("transport=StartTls") {
                 daemon.starttls = port_of(&line);
             }
         }

@@ -3,22 +3,25 @@
 //! upstream's name checked, and the project's client machine driving SMTP.
 //! One [`Connection`] carries several messages.
 //!
-//! TLS is never optional. With [`ClientTls::StartTls`] the upgrade is
+//! TLS is never optional. With [`Transport::StartTls`] the upgrade is
 //! required; the client machine drops whatever the server sent after its
 //! 220, and this module starts the handshake on the bare TCP stream.
+//! Every failure is a [`DeliveryError`] naming the upstream.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use submitd_smtp::{
-    ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, ClientTls,
-    Envelope, MessageOutcome, Secret,
+    ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, Envelope,
+    MessageOutcome, Secret, Transport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+use crate::error::{DeliveryError, TlsFailure};
 
 /// One upstream smarthost.
 #[derive(Clone)]
@@ -27,8 +30,8 @@ pub struct Upstream {
     pub host: String,
     /// Port (465 for implicit TLS, 587 for STARTTLS).
     pub port: u16,
-    /// Implicit TLS or required STARTTLS.
-    pub tls: ClientTls,
+    /// [`Transport::ImplicitTls`] or (required) [`Transport::StartTls`].
+    pub tls: Transport,
     /// User name and password, if the upstream wants AUTH.
     pub credentials: Option<(String, Arc<Vec<u8>>)>,
     /// The TLS client configuration (roots, versions).
@@ -48,24 +51,76 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
+/// Why an upstream's TLS settings or password file cannot be used. The
+/// text names the file and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// A file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// A CA file that is not PEM certificates.
+    #[error("{}: {reason}", path.display())]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What the PEM reader or rustls said.
+        reason: String,
+    },
+    /// A CA file with no certificate in it.
+    #[error("{}: no certificate in the file", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// No CA file configured and no system roots found.
+    #[error("no system CA certificates found; install ca-certificates or set a CA file")]
+    NoSystemRoots,
+    /// A password file others may read.
+    #[error("{}: readable by others (mode {mode:o}); run `chmod 600 {}` and make the service user its owner", path.display(), path.display())]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A password file whose first line is empty.
+    #[error("{}: the first line is empty; write the upstream password on it", path.display())]
+    EmptyPassword {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS client configuration: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
 /// TLS settings for upstream connections: TLS 1.2 and 1.3 with rustls'
 /// safe defaults, trusting `ca_file` (PEM) if given, else the system roots.
-pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, SetupError> {
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
             use rustls_pki_types::pem::PemObject;
+            let pem = |reason: String| SetupError::Pem {
+                path: path.to_path_buf(),
+                reason,
+            };
             let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
+                .map_err(|e| pem(e.to_string()))?
                 .collect::<Result<_, _>>()
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| pem(e.to_string()))?;
             if certs.is_empty() {
-                return Err(format!("{}: no certificate in the file", path.display()));
+                return Err(SetupError::NoCertificate {
+                    path: path.to_path_buf(),
+                });
             }
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| pem(e.to_string()))?;
             }
         }
         None => {
@@ -74,17 +129,13 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientCon
                 let _ = roots.add(cert);
             }
             if roots.is_empty() {
-                return Err(
-                    "no system CA certificates found; install ca-certificates or set a CA file"
-                        .into(),
-                );
+                return Err(SetupError::NoSystemRoots);
             }
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
@@ -93,25 +144,27 @@ pub fn client_tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientCon
 /// Reads an upstream password from `path`: the first line, without its
 /// line end. The file must be readable by its owner only (mode 0600 or
 /// stricter): a password others can read is refused, with the fix named.
-pub fn read_password_file(path: &Path) -> Result<Arc<Vec<u8>>, String> {
+pub fn read_password_file(path: &Path) -> Result<Arc<Vec<u8>>, SetupError> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let read = |source| SetupError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "{}: readable by others (mode {mode:o}); run `chmod 600 {}` and make the service user its owner",
-            path.display(),
-            path.display()
-        ));
+        return Err(SetupError::Exposed {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read(path).map_err(read)?;
     let first = text.split(|&b| b == b'\n').next().unwrap_or_default();
     let password = first.strip_suffix(b"\r").unwrap_or(first).to_vec();
     if password.is_empty() {
-        return Err(format!(
-            "{}: the first line is empty; write the upstream password on it",
-            path.display()
-        ));
+        return Err(SetupError::EmptyPassword {
+            path: path.to_path_buf(),
+        });
     }
     Ok(Arc::new(password))
 }
@@ -127,6 +180,8 @@ pub struct Connection {
     session: ClientSession,
     stream: Stream,
     upstream: Upstream,
+    /// `host:port`, for every error.
+    name: String,
 }
 
 impl std::fmt::Debug for Connection {
@@ -137,38 +192,34 @@ impl std::fmt::Debug for Connection {
     }
 }
 
-/// Why a connection failed. `transient` says whether trying later may help.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{upstream}: {reason}")]
-pub struct ConnectionError {
-    /// `host:port`.
-    pub upstream: String,
-    /// What happened, for the log and the bounce.
-    pub reason: String,
-    /// Retrying later may help.
-    pub transient: bool,
+impl Upstream {
+    /// `host:port`, as errors and log lines name it.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
 }
 
 impl Connection {
     /// Connects, runs TLS and EHLO/AUTH until the upstream is ready.
-    pub async fn open(upstream: &Upstream, helo_name: &str) -> Result<Self, ConnectionError> {
-        let fail = |reason: String| ConnectionError {
-            upstream: format!("{}:{}", upstream.host, upstream.port),
-            reason,
-            transient: true,
-        };
+    pub async fn open(upstream: &Upstream, helo_name: &str) -> Result<Self, DeliveryError> {
+        let name = upstream.name();
         let tcp = tokio::time::timeout(
             upstream.connect_timeout,
             TcpStream::connect((upstream.host.as_str(), upstream.port)),
         )
         .await
-        .map_err(|_| fail("connection timed out".into()))?
-        .map_err(|e| fail(format!("cannot connect: {e}")))?;
+        .map_err(|_| DeliveryError::ConnectTimeout {
+            upstream: name.clone(),
+        })?
+        .map_err(|source| DeliveryError::Connect {
+            upstream: name.clone(),
+            source,
+        })?;
         // Commands are written whole (see `run`); Nagle would only delay them.
         let _ = tcp.set_nodelay(true);
         let config = ClientConfig {
             hostname: helo_name.to_owned(),
-            tls: upstream.tls,
+            transport: upstream.tls,
             credentials: upstream
                 .credentials
                 .as_ref()
@@ -182,20 +233,15 @@ impl Connection {
             session: ClientSession::new(config, Instant::now()),
             stream: Stream::Plain(tcp),
             upstream: upstream.clone(),
+            name,
         };
-        if upstream.tls == ClientTls::Implicit {
-            connection.start_tls().await.map_err(fail)?;
+        if upstream.tls == Transport::ImplicitTls {
+            connection.start_tls().await?;
         }
-        let step = connection
-            .run()
-            .await
-            .map_err(|(reason, transient)| ConnectionError {
-                transient,
-                ..fail(reason)
-            })?;
-        match step {
+        match connection.run().await? {
             Step::Ready => Ok(connection),
-            Step::Outcome(_) => Err(fail("unexpected outcome before a message".into())),
+            // The machine reports outcomes only for a message it was given.
+            Step::Outcome(_) => Err(connection.closed()),
         }
     }
 
@@ -204,38 +250,31 @@ impl Connection {
         &mut self,
         envelope: &Envelope,
         data: &[u8],
-    ) -> Result<MessageOutcome, ConnectionError> {
-        let upstream = format!("{}:{}", self.upstream.host, self.upstream.port);
-        self.session
+    ) -> Result<MessageOutcome, DeliveryError> {
+        if self
+            .session
             .send_message(Instant::now(), envelope, data)
-            .map_err(|e| ConnectionError {
-                upstream: upstream.clone(),
-                reason: e.to_string(),
-                transient: true,
-            })?;
+            .is_err()
+        {
+            // Not ready: the session ended after the last message.
+            return Err(self.closed());
+        }
         loop {
-            match self.run().await {
-                Ok(Step::Outcome(outcome)) => {
+            match self.run().await? {
+                Step::Outcome(outcome) => {
                     // Wait for Ready (after RSET if one was needed).
                     match self.run().await {
                         Ok(Step::Ready) => return Ok(outcome),
                         Ok(Step::Outcome(_)) => continue,
-                        Err((reason, _)) => {
+                        Err(error) => {
                             // The outcome stands; the connection is done.
-                            tracing::debug!(target: "submitd::relay", %reason, "upstream session ended after a message");
+                            tracing::debug!(target: "submitd::relay", %error, "upstream session ended after a message");
                             self.stream = Stream::Gone;
                             return Ok(outcome);
                         }
                     }
                 }
-                Ok(Step::Ready) => continue,
-                Err((reason, transient)) => {
-                    return Err(ConnectionError {
-                        upstream,
-                        reason,
-                        transient,
-                    })
-                }
+                Step::Ready => continue,
             }
         }
     }
@@ -252,46 +291,73 @@ impl Connection {
         }
     }
 
-    async fn start_tls(&mut self) -> Result<(), String> {
+    fn closed(&mut self) -> DeliveryError {
+        self.stream = Stream::Gone;
+        DeliveryError::Closed {
+            upstream: self.name.clone(),
+        }
+    }
+
+    fn tls_error(&self, failure: TlsFailure) -> DeliveryError {
+        DeliveryError::Tls {
+            upstream: self.name.clone(),
+            failure,
+        }
+    }
+
+    async fn start_tls(&mut self) -> Result<(), DeliveryError> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err("TLS asked for twice".into());
+            // The machine asks once; a second request is a closed session.
+            return Err(self.closed());
         };
-        let name = ServerName::try_from(self.upstream.host.clone())
-            .map_err(|e| format!("{} is not a valid TLS server name: {e}", self.upstream.host))?;
+        let name = ServerName::try_from(self.upstream.host.clone()).map_err(|e| {
+            self.tls_error(TlsFailure::InvalidName {
+                host: self.upstream.host.clone(),
+                reason: e.to_string(),
+            })
+        })?;
         let connector = tokio_rustls::TlsConnector::from(Arc::clone(&self.upstream.tls_config));
         let tls = tokio::time::timeout(self.upstream.connect_timeout, connector.connect(name, tcp))
             .await
-            .map_err(|_| "TLS handshake timed out".to_owned())?
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+            .map_err(|_| self.tls_error(TlsFailure::Timeout))?
+            .map_err(|e| self.tls_error(TlsFailure::Handshake(e)))?;
         self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        match &mut self.stream {
-            Stream::Plain(s) => {
-                s.write_all(bytes).await?;
-                s.flush().await
-            }
-            Stream::Tls(s) => {
-                s.write_all(bytes).await?;
-                s.flush().await
-            }
-            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
-        }
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), DeliveryError> {
+        let written = match &mut self.stream {
+            Stream::Plain(s) => write_flush(s, bytes).await,
+            Stream::Tls(s) => write_flush(s.as_mut(), bytes).await,
+            Stream::Gone => return Err(self.closed()),
+        };
+        written.map_err(|source| self.io_error("write", source))
     }
 
-    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &mut self.stream {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, DeliveryError> {
+        let read = match &mut self.stream {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
-            Stream::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+            Stream::Gone => return Err(self.closed()),
+        };
+        match read {
+            Ok(0) => Err(self.closed()),
+            Ok(n) => Ok(n),
+            Err(source) => Err(self.io_error("read", source)),
         }
     }
 
-    /// Drives the machine until it is ready or has an outcome. Errors carry
-    /// whether a retry may help.
-    async fn run(&mut self) -> Result<Step, (String, bool)> {
+    fn io_error(&mut self, doing: &'static str, source: std::io::Error) -> DeliveryError {
+        self.stream = Stream::Gone;
+        DeliveryError::Io {
+            upstream: self.name.clone(),
+            doing,
+            source,
+        }
+    }
+
+    /// Drives the machine until it is ready or has an outcome.
+    async fn run(&mut self) -> Result<Step, DeliveryError> {
         let mut buf = vec![0u8; 16 * 1024];
         // What the machine has to send, written in one go before anything
         // else happens: a pipelined MAIL/RCPT/DATA group is one TLS record.
@@ -299,34 +365,29 @@ impl Connection {
         loop {
             while let Some(output) = self.session.poll_output() {
                 if !matches!(output, ClientOutput::Send(_)) && !unsent.is_empty() {
-                    self.write(&std::mem::take(&mut unsent))
-                        .await
-                        .map_err(|e| (format!("write failed: {e}"), true))?;
+                    self.write(&std::mem::take(&mut unsent)).await?;
                 }
                 match output {
                     ClientOutput::Send(bytes) => unsent.extend_from_slice(&bytes),
                     ClientOutput::StartTls => {
-                        self.start_tls().await.map_err(|e| (e, true))?;
-                        self.session
-                            .tls_established(Instant::now())
-                            .map_err(|e| (e.to_string(), true))?;
+                        self.start_tls().await?;
+                        if self.session.tls_established(Instant::now()).is_err() {
+                            return Err(self.closed());
+                        }
                     }
                     ClientOutput::Ready => return Ok(Step::Ready),
                     ClientOutput::Outcome(outcome) => return Ok(Step::Outcome(outcome)),
                     ClientOutput::Failed(error) => {
-                        // Configuration faults are retried too (see retry.rs).
-                        return Err((error.to_string(), true));
+                        return Err(DeliveryError::Session {
+                            upstream: self.name.clone(),
+                            error,
+                        });
                     }
-                    ClientOutput::Close => {
-                        self.stream = Stream::Gone;
-                        return Err(("upstream session closed".into(), true));
-                    }
+                    ClientOutput::Close => return Err(self.closed()),
                 }
             }
             if !unsent.is_empty() {
-                self.write(&std::mem::take(&mut unsent))
-                    .await
-                    .map_err(|e| (format!("write failed: {e}"), true))?;
+                self.write(&std::mem::take(&mut unsent)).await?;
             }
             let wait = self
                 .session
@@ -335,18 +396,22 @@ impl Connection {
                 .unwrap_or(Duration::from_secs(600));
             match tokio::time::timeout(wait, self.read(&mut buf)).await {
                 Err(_) => self.session.handle_timeout(Instant::now()),
-                Ok(Ok(0)) => {
-                    self.stream = Stream::Gone;
-                    return Err(("upstream closed the connection".into(), true));
-                }
-                Ok(Ok(n)) => self.session.handle_input(Instant::now(), &buf[..n]),
-                Ok(Err(e)) => {
-                    self.stream = Stream::Gone;
-                    return Err((format!("read failed: {e}"), true));
+                Ok(read) => {
+                    let n = read?;
+                    self.session.handle_input(Instant::now(), &buf[..n]);
                 }
             }
         }
     }
+}
+
+/// Writes all of `bytes` and flushes (TLS holds records until flushed).
+async fn write_flush<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 enum Step {
@@ -366,7 +431,7 @@ mod tests {
         let path = dir.path().join("upstream.pass");
         std::fs::write(&path, "s3cret pass\r\nignored\n").unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let error = read_password_file(&path).unwrap_err();
+        let error = read_password_file(&path).unwrap_err().to_string();
         assert!(
             error.contains("chmod 600") && error.contains("upstream.pass"),
             "{error}"
@@ -377,7 +442,10 @@ mod tests {
             b"s3cret pass"
         );
         std::fs::write(&path, "\n").unwrap();
-        assert!(read_password_file(&path).unwrap_err().contains("empty"));
+        assert!(read_password_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         assert!(read_password_file(&dir.path().join("missing")).is_err());
     }
 }

@@ -1,0 +1,150 @@
+//! The config file as written: serde structs, one per TOML table, with
+//! `deny_unknown_fields` so a misspelt key is an error that names it.
+//! Values are kept as the file spells them (durations and sizes as text);
+//! `sections.rs` checks and converts them.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    pub(crate) hostname: String,
+    #[serde(default)]
+    pub(crate) demo: bool,
+    #[serde(default)]
+    pub(crate) privacy: bool,
+    pub(crate) listen: Vec<Listen>,
+    pub(crate) tls: Tls,
+    pub(crate) auth: Auth,
+    pub(crate) queue: Queue,
+    pub(crate) relay: Relay,
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    #[serde(default)]
+    pub(crate) local: Option<Local>,
+}
+
+/// `mode = ` of a listener and `tls = ` of an upstream.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum TlsMode {
+    Implicit,
+    Starttls,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Listen {
+    pub(crate) address: String,
+    pub(crate) mode: TlsMode,
+    #[serde(default)]
+    pub(crate) max_connections: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Tls {
+    pub(crate) certificate: PathBuf,
+    pub(crate) key: PathBuf,
+    #[serde(default)]
+    pub(crate) additional: Vec<TlsPair>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TlsPair {
+    pub(crate) certificate: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Auth {
+    pub(crate) users: PathBuf,
+    #[serde(default)]
+    pub(crate) max_concurrent_checks: Option<usize>,
+    #[serde(default)]
+    pub(crate) failure_delay: Option<String>,
+    #[serde(default)]
+    pub(crate) backend: Option<BackendKind>,
+    #[serde(default)]
+    pub(crate) dovecot_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) dovecot_timeout: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum BackendKind {
+    File,
+    Dovecot,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Queue {
+    pub(crate) directory: PathBuf,
+    #[serde(default)]
+    pub(crate) lifetime: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Relay {
+    #[serde(default)]
+    pub(crate) maildir: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) upstream: Vec<Upstream>,
+    #[serde(default)]
+    pub(crate) sender_upstream: Vec<SenderUpstream>,
+    #[serde(default)]
+    pub(crate) connections: Option<usize>,
+    #[serde(default)]
+    pub(crate) idle_connection: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Upstream {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: TlsMode,
+    #[serde(default)]
+    pub(crate) username: Option<String>,
+    #[serde(default)]
+    pub(crate) password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SenderUpstream {
+    pub(crate) senders: Vec<String>,
+    #[serde(flatten)]
+    pub(crate) upstream: Upstream,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Limits {
+    pub(crate) message_size: Option<String>,
+    pub(crate) recipients: Option<usize>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) session_duration: Option<String>,
+    pub(crate) connections: Option<usize>,
+    pub(crate) connections_per_client: Option<usize>,
+    pub(crate) unauthenticated_connections: Option<usize>,
+    pub(crate) handshake_timeout: Option<String>,
+    pub(crate) shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Local {
+    pub(crate) socket: PathBuf,
+    #[serde(default)]
+    pub(crate) domain: Option<String>,
+}

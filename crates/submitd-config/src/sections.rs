@@ -1,0 +1,355 @@
+//! From the file as written to checked settings, one function per
+//! section. Every error names the file, the key and what is expected.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig};
+use submitd_listener::{CertificatePaths, ConnectionLimits};
+use submitd_relay::{RelayConfig, RetryPolicy};
+use submitd_smtp::Transport;
+
+use crate::file::{self, BackendKind, File, TlsMode};
+use crate::settings::{
+    AuthSettings, LimitSettings, ListenSettings, LocalSettings, PasswordBackend, QueueSettings,
+    RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings, UpstreamSettings,
+};
+use crate::{parse_size, ConfigError};
+
+/// The file being read: where relative paths start and what errors name.
+pub(crate) struct Context<'a> {
+    pub(crate) path: &'a Path,
+    base: PathBuf,
+}
+
+impl<'a> Context<'a> {
+    pub(crate) fn new(path: &'a Path) -> Self {
+        Self {
+            path,
+            base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        }
+    }
+
+    fn err(&self, key: &str, problem: impl Into<String>) -> ConfigError {
+        ConfigError::key(self.path, key, problem)
+    }
+
+    fn abs(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        value: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(text) => humantime::parse_duration(text).map_err(|_| {
+                self.err(
+                    key,
+                    format!("{text:?} is not a duration, such as \"5m\" or \"5d\""),
+                )
+            }),
+        }
+    }
+
+    /// All sections, in the order of the file.
+    pub(crate) fn settings(&self, file: File) -> Result<Settings, ConfigError> {
+        if file.hostname.is_empty() || file.hostname.contains(char::is_whitespace) {
+            return Err(self.err(
+                "hostname",
+                "expected this server's DNS name, such as \"mail.example.org\"",
+            ));
+        }
+        Ok(Settings {
+            path: self.path.to_path_buf(),
+            listen: self.listen(&file.listen, &file.limits)?,
+            tls: self.tls(&file.tls),
+            auth: self.auth(&file.auth)?,
+            queue: self.queue(&file.queue)?,
+            relay: self.relay(&file.relay)?,
+            limits: self.limits(&file.limits)?,
+            local: self.local(file.local.as_ref(), &file.hostname)?,
+            hostname: file.hostname,
+            demo: file.demo,
+            privacy: file.privacy,
+        })
+    }
+
+    fn listen(
+        &self,
+        listen: &[file::Listen],
+        limits: &file::Limits,
+    ) -> Result<Vec<ListenSettings>, ConfigError> {
+        if listen.is_empty() {
+            return Err(self.err(
+                "listen",
+                "expected at least one [[listen]] with address and mode",
+            ));
+        }
+        let defaults = ConnectionLimits::default();
+        let shared = ConnectionLimits {
+            total: limits.connections.unwrap_or(defaults.total),
+            per_client: limits.connections_per_client.unwrap_or(defaults.per_client),
+            unauthenticated: limits
+                .unauthenticated_connections
+                .unwrap_or(defaults.unauthenticated),
+        };
+        let mut out = Vec::new();
+        for (i, l) in listen.iter().enumerate() {
+            let address = l.address.parse().map_err(|_| {
+                self.err(
+                    &format!("listen[{i}].address"),
+                    format!(
+                        "{:?} is not an address and port, such as \"[::]:465\" or \"0.0.0.0:465\"",
+                        l.address
+                    ),
+                )
+            })?;
+            out.push(ListenSettings {
+                address,
+                transport: transport(l.mode),
+                limits: ConnectionLimits {
+                    total: l.max_connections.unwrap_or(shared.total),
+                    ..shared
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    fn tls(&self, tls: &file::Tls) -> TlsSettings {
+        let pairs = std::iter::once((&tls.certificate, &tls.key))
+            .chain(tls.additional.iter().map(|p| (&p.certificate, &p.key)));
+        TlsSettings {
+            certificates: pairs
+                .map(|(certificate, key)| CertificatePaths {
+                    certificate: self.abs(certificate),
+                    key: self.abs(key),
+                })
+                .collect(),
+        }
+    }
+
+    fn auth(&self, auth: &file::Auth) -> Result<AuthSettings, ConfigError> {
+        let throttle = ThrottleConfig::default();
+        let failure_delay = self.duration(
+            "auth.failure_delay",
+            &auth.failure_delay,
+            throttle.base_delay,
+        )?;
+        let backend = match (auth.backend, &auth.dovecot_socket) {
+            (None | Some(BackendKind::File), None) => PasswordBackend::File,
+            (Some(BackendKind::Dovecot), Some(socket)) => PasswordBackend::Dovecot {
+                socket: self.abs(socket),
+                timeout: self.duration(
+                    "auth.dovecot_timeout",
+                    &auth.dovecot_timeout,
+                    DovecotAuth::DEFAULT_TIMEOUT,
+                )?,
+            },
+            (Some(BackendKind::Dovecot), None) => {
+                return Err(self.err(
+                    "auth.dovecot_socket",
+                    "backend = \"dovecot\" needs the auth socket, such as \"/var/spool/postfix/private/auth\"",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(self.err(
+                    "auth.dovecot_socket",
+                    "is only for backend = \"dovecot\"; set that, or remove the key",
+                ))
+            }
+        };
+        Ok(AuthSettings {
+            users: self.abs(&auth.users),
+            backend,
+            max_concurrent_checks: auth
+                .max_concurrent_checks
+                .unwrap_or_else(PasswordChecker::default_concurrency),
+            throttle: ThrottleConfig {
+                base_delay: failure_delay,
+                ..throttle
+            },
+        })
+    }
+
+    fn queue(&self, queue: &file::Queue) -> Result<QueueSettings, ConfigError> {
+        let retry = RetryPolicy::default();
+        Ok(QueueSettings {
+            directory: self.abs(&queue.directory),
+            retry: RetryPolicy {
+                lifetime: self.duration("queue.lifetime", &queue.lifetime, retry.lifetime)?,
+                ..retry
+            },
+        })
+    }
+
+    fn upstream(&self, key: &str, u: &file::Upstream) -> Result<UpstreamSettings, ConfigError> {
+        let credentials = match (&u.username, &u.password_file) {
+            (Some(user), Some(file)) => Some((user.clone(), self.abs(file))),
+            (None, None) => None,
+            _ => {
+                return Err(self.err(key, "set both username and password_file, or neither"));
+            }
+        };
+        Ok(UpstreamSettings {
+            host: u.host.clone(),
+            port: u.port,
+            transport: transport(u.tls),
+            credentials,
+            ca_file: u.ca_file.as_deref().map(|p| self.abs(p)),
+        })
+    }
+
+    fn sender_route(
+        &self,
+        i: usize,
+        entry: &file::SenderUpstream,
+    ) -> Result<SenderRouteSettings, ConfigError> {
+        let key = format!("relay.sender_upstream[{i}]");
+        if entry.senders.is_empty() {
+            return Err(self.err(
+                &format!("{key}.senders"),
+                "expected addresses and domains, such as [\"alice@example.org\", \"@example.net\"]",
+            ));
+        }
+        for sender in &entry.senders {
+            let ok = sender.rsplit_once('@').is_some_and(|(local, domain)| {
+                !domain.is_empty()
+                    && !domain.contains(char::is_whitespace)
+                    && !local.contains(char::is_whitespace)
+            });
+            if !ok {
+                return Err(self.err(
+                    &format!("{key}.senders"),
+                    format!("{sender:?} is neither an address (alice@example.org) nor a domain (@example.net)"),
+                ));
+            }
+        }
+        Ok(SenderRouteSettings {
+            senders: entry.senders.clone(),
+            upstream: self.upstream(&key, &entry.upstream)?,
+        })
+    }
+
+    fn relay(&self, relay: &file::Relay) -> Result<RelaySettings, ConfigError> {
+        let sender_routes = relay
+            .sender_upstream
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| self.sender_route(i, entry))
+            .collect::<Result<_, _>>()?;
+        let route = match (&relay.maildir, relay.upstream.is_empty()) {
+            (Some(dir), true) => RouteSettings::Maildir(self.abs(dir)),
+            (None, false) => RouteSettings::Upstreams(
+                relay
+                    .upstream
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| self.upstream(&format!("relay.upstream[{i}]"), u))
+                    .collect::<Result<_, _>>()?,
+            ),
+            _ => {
+                return Err(self.err(
+                    "relay",
+                    "set either maildir = \"PATH\" or one or more [[relay.upstream]], not both",
+                ))
+            }
+        };
+        let connections = relay
+            .connections
+            .unwrap_or(RelayConfig::DEFAULT_CONNECTIONS);
+        if !(1..=100).contains(&connections) {
+            return Err(self.err(
+                "relay.connections",
+                format!("{connections} is not between 1 and 100 (deliveries at once)"),
+            ));
+        }
+        Ok(RelaySettings {
+            route,
+            sender_routes,
+            connections,
+            idle_connection: self.duration(
+                "relay.idle_connection",
+                &relay.idle_connection,
+                RelayConfig::DEFAULT_IDLE_CONNECTION,
+            )?,
+        })
+    }
+
+    fn limits(&self, limits: &file::Limits) -> Result<LimitSettings, ConfigError> {
+        let mut session = submitd_smtp::Limits::default();
+        if let Some(size) = &limits.message_size {
+            session.message_size = parse_size(size).ok_or_else(|| {
+                self.err(
+                    "limits.message_size",
+                    format!("{size:?} is not a size, such as \"25M\""),
+                )
+            })?;
+        }
+        if let Some(recipients) = limits.recipients {
+            if recipients < 100 {
+                return Err(self.err("limits.recipients", "RFC 5321 asks for at least 100"));
+            }
+            session.recipients = recipients;
+        }
+        session.idle_timeout = self.duration(
+            "limits.idle_timeout",
+            &limits.idle_timeout,
+            session.idle_timeout,
+        )?;
+        session.session_duration = self.duration(
+            "limits.session_duration",
+            &limits.session_duration,
+            session.session_duration,
+        )?;
+        Ok(LimitSettings {
+            session,
+            handshake_timeout: self.duration(
+                "limits.handshake_timeout",
+                &limits.handshake_timeout,
+                submitd_listener::DEFAULT_HANDSHAKE_TIMEOUT,
+            )?,
+            shutdown_grace: self.duration(
+                "limits.shutdown_grace",
+                &limits.shutdown_grace,
+                submitd_listener::DEFAULT_SHUTDOWN_GRACE,
+            )?,
+        })
+    }
+
+    fn local(
+        &self,
+        local: Option<&file::Local>,
+        hostname: &str,
+    ) -> Result<Option<LocalSettings>, ConfigError> {
+        let Some(l) = local else {
+            return Ok(None);
+        };
+        let domain = l.domain.clone().unwrap_or_else(|| hostname.to_owned());
+        if domain.is_empty() || domain.contains(['@', ' ']) {
+            return Err(self.err(
+                "local.domain",
+                format!("{domain:?} is not a domain, such as \"example.org\""),
+            ));
+        }
+        Ok(Some(LocalSettings {
+            socket: self.abs(&l.socket),
+            domain,
+        }))
+    }
+}
+
+fn transport(mode: TlsMode) -> Transport {
+    match mode {
+        TlsMode::Implicit => Transport::ImplicitTls,
+        TlsMode::Starttls => Transport::StartTls,
+    }
+}

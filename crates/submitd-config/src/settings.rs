@@ -1,0 +1,165 @@
+//! The checked settings, one struct per section of the file, holding the
+//! libraries' own setting types where they have one (session limits,
+//! connection limits, the throttle, the retry policy, certificate paths,
+//! how TLS starts), so a default is written once, in the library that
+//! owns it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use submitd_auth::ThrottleConfig;
+use submitd_listener::{CertificatePaths, ConnectionLimits};
+use submitd_relay::RetryPolicy;
+use submitd_smtp::Transport;
+
+/// The settings, checked and with absolute paths.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The config file read.
+    pub path: PathBuf,
+    /// This server's name (`hostname`).
+    pub hostname: String,
+    /// Create a demo certificate and user on first run (`demo`).
+    pub demo: bool,
+    /// Leave client name and address out of Received (`privacy`).
+    pub privacy: bool,
+    /// `[[listen]]`.
+    pub listen: Vec<ListenSettings>,
+    /// `[tls]`.
+    pub tls: TlsSettings,
+    /// `[auth]`.
+    pub auth: AuthSettings,
+    /// `[queue]`.
+    pub queue: QueueSettings,
+    /// `[relay]`.
+    pub relay: RelaySettings,
+    /// `[limits]` (the connection limits are in each listener's settings).
+    pub limits: LimitSettings,
+    /// `[local]`, if present.
+    pub local: Option<LocalSettings>,
+}
+
+/// One `[[listen]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenSettings {
+    /// `address`.
+    pub address: SocketAddr,
+    /// `mode`: [`Transport::ImplicitTls`] or [`Transport::StartTls`].
+    pub transport: Transport,
+    /// `max_connections` (else `[limits] connections`), with `[limits]`
+    /// `connections_per_client` and `unauthenticated_connections`.
+    pub limits: ConnectionLimits,
+}
+
+/// `[tls]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// `certificate` and `key`, then each `[[tls.additional]]`: the first
+    /// is the default, the others are chosen by SNI.
+    pub certificates: Vec<CertificatePaths>,
+}
+
+/// Where passwords are checked (`[auth] backend`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PasswordBackend {
+    /// The credential file's argon2id hashes.
+    File,
+    /// A Dovecot auth socket, with a bound on each check.
+    Dovecot {
+        /// `dovecot_socket`.
+        socket: PathBuf,
+        /// `dovecot_timeout`.
+        timeout: Duration,
+    },
+}
+
+/// `[auth]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthSettings {
+    /// `users`: the credential file.
+    pub users: PathBuf,
+    /// `backend`, `dovecot_socket`, `dovecot_timeout`.
+    pub backend: PasswordBackend,
+    /// `max_concurrent_checks`.
+    pub max_concurrent_checks: usize,
+    /// The failed-login throttle, with `failure_delay` as its first delay.
+    pub throttle: ThrottleConfig,
+}
+
+/// `[queue]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// `directory`.
+    pub directory: PathBuf,
+    /// The retry schedule, with `lifetime`.
+    pub retry: RetryPolicy,
+}
+
+/// One upstream (`[[relay.upstream]]`, `[[relay.sender_upstream]]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSettings {
+    /// `host`: connected to and checked against the certificate.
+    pub host: String,
+    /// `port`.
+    pub port: u16,
+    /// `tls`: [`Transport::ImplicitTls`] or [`Transport::StartTls`].
+    pub transport: Transport,
+    /// `username` and `password_file`, if AUTH is needed.
+    pub credentials: Option<(String, PathBuf)>,
+    /// `ca_file`; the system's roots if `None`.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where messages go by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RouteSettings {
+    /// `maildir`.
+    Maildir(PathBuf),
+    /// `[[relay.upstream]]`, in order.
+    Upstreams(Vec<UpstreamSettings>),
+}
+
+/// One `[[relay.sender_upstream]]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SenderRouteSettings {
+    /// `senders`: addresses and `@domains`.
+    pub senders: Vec<String>,
+    /// The upstream (the entry's other keys).
+    pub upstream: UpstreamSettings,
+}
+
+/// `[relay]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// `maildir` or `[[relay.upstream]]`.
+    pub route: RouteSettings,
+    /// `[[relay.sender_upstream]]`, tried before `route`.
+    pub sender_routes: Vec<SenderRouteSettings>,
+    /// `connections`: deliveries at once.
+    pub connections: usize,
+    /// `idle_connection`: how long an idle upstream connection is kept.
+    pub idle_connection: Duration,
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// `message_size`, `recipients`, `idle_timeout`, `session_duration`.
+    pub session: submitd_smtp::Limits,
+    /// `handshake_timeout`.
+    pub handshake_timeout: Duration,
+    /// `shutdown_grace`: how long sessions get to finish on SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+/// `[local]`: the socket for the machine's own cron jobs and scripts
+/// (`submitd sendmail`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalSettings {
+    /// `socket`.
+    pub socket: PathBuf,
+    /// `domain`: local user `u` sends as `u@domain` (unless the
+    /// credential file has a line for `u`); `hostname` if unset.
+    pub domain: String,
+}

@@ -1,0 +1,253 @@
+//! The answers to one session's questions, each from the crate that owns
+//! it: logins from `submitd-auth`'s [`LoginGate`], senders and limits from
+//! its [`SenderPolicy`], storing from `submitd-relay`'s [`Intake`]. This
+//! module only carries the question to its owner and turns the owner's
+//! typed answer into what the machine takes (an [`AuthAnswer`], a
+//! [`Verdict`], a reply); it decides nothing itself.
+//!
+//! ```text
+//! AuthStart / AuthResponse ─▶ SaslExchange ─▶ LoginGate::login ─▶ AuthAnswer
+//! CheckSender ─▶ SenderPolicy::resolve + check_envelope ─▶ Verdict
+//! StoreMessage ─▶ Intake::begin ─▶ Draft::prepare ─▶ SenderPolicy::check_header
+//!                ─▶ PreparedMessage::commit ─▶ SenderPolicy::record ─▶ "queued as <id>"
+//! ```
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use submitd_auth::{
+    Account, LoginGate, LoginOutcome, Mechanism, SaslError, SaslExchange, SaslStep, SenderPolicy,
+    SenderRefusal,
+};
+use submitd_relay::{Intake, Origin};
+use submitd_smtp::{AuthAnswer, MailFrom, Message, Reply, Secret, Verdict};
+
+use crate::limits::Unauthenticated;
+
+/// What every connection's questions are answered with; one per daemon.
+#[derive(Debug)]
+pub struct Services {
+    gate: LoginGate,
+    policy: SenderPolicy,
+    intake: Intake,
+    handshake_timeout: Duration,
+}
+
+impl Services {
+    /// Logins go through `gate`, senders through `policy`, messages into
+    /// `intake`; a TLS handshake may take `handshake_timeout`.
+    pub fn new(
+        gate: LoginGate,
+        policy: SenderPolicy,
+        intake: Intake,
+        handshake_timeout: Duration,
+    ) -> Self {
+        Self {
+            gate,
+            policy,
+            intake,
+            handshake_timeout,
+        }
+    }
+
+    /// How long a TLS handshake may take.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+}
+
+/// The SMTP reply for a refused sender: 451 when the account is gone (log
+/// in again), 550 5.7.1 for an address that is not the user's, 450 for a
+/// sending limit (try later).
+fn refusal_reply(refusal: &SenderRefusal) -> Reply {
+    match refusal {
+        SenderRefusal::AccountGone => {
+            Reply::new(451, (4, 7, 1), "Your account changed; log in again")
+        }
+        SenderRefusal::NotAllowed(e) => Reply::new(550, (5, 7, 1), e.to_string()),
+        SenderRefusal::Limit(e) => Reply::new(
+            450,
+            (4, 7, 1),
+            format!("Sending limit reached: {e}; try later"),
+        ),
+    }
+}
+
+/// Where the session's client is.
+#[derive(Clone, Debug)]
+pub(crate) enum Client {
+    /// A network client at this address.
+    Network(IpAddr),
+    /// A local user on the unix socket; addresses are `user@domain`.
+    Local {
+        /// The local domain.
+        domain: String,
+    },
+}
+
+/// One session's answering state.
+#[derive(Debug)]
+pub(crate) struct Answers {
+    services: Arc<Services>,
+    client: Client,
+    sasl: Option<(Mechanism, SaslExchange)>,
+    /// Held until the session logs in.
+    unauthenticated: Option<Unauthenticated>,
+    /// Messages queued in this session.
+    pub(crate) messages: usize,
+}
+
+impl Answers {
+    pub(crate) fn new(
+        services: Arc<Services>,
+        client: Client,
+        unauthenticated: Option<Unauthenticated>,
+    ) -> Self {
+        Self {
+            services,
+            client,
+            sasl: None,
+            unauthenticated,
+            messages: 0,
+        }
+    }
+
+    /// How long a TLS handshake may take.
+    pub(crate) fn handshake_timeout(&self) -> Duration {
+        self.services.handshake_timeout
+    }
+
+    /// The client as log lines name it.
+    fn client_text(&self) -> String {
+        match &self.client {
+            Client::Network(ip) => ip.to_string(),
+            Client::Local { .. } => "local".into(),
+        }
+    }
+
+    fn account(&self, user: &str) -> Account {
+        match &self.client {
+            Client::Network(_) => Account::Login(user.to_owned()),
+            Client::Local { domain } => Account::Local {
+                name: user.to_owned(),
+                domain: domain.clone(),
+            },
+        }
+    }
+
+    /// Answers [`submitd_smtp::Output::AuthStart`].
+    pub(crate) async fn auth_start(
+        &mut self,
+        mechanism: &str,
+        initial_response: Option<&Secret>,
+    ) -> AuthAnswer {
+        let Some(mechanism) = Mechanism::from_name(mechanism) else {
+            return AuthAnswer::Failure;
+        };
+        let (exchange, step) = SaslExchange::start(mechanism, initial_response.map(Secret::expose));
+        self.sasl = Some((mechanism, exchange));
+        self.auth_step(step).await
+    }
+
+    /// Answers [`submitd_smtp::Output::AuthResponse`].
+    pub(crate) async fn auth_response(&mut self, response: &Secret) -> AuthAnswer {
+        let step = match self.sasl.as_mut() {
+            Some((_, exchange)) => exchange.respond(response.expose()),
+            None => SaslStep::Failed(SaslError::Malformed),
+        };
+        self.auth_step(step).await
+    }
+
+    /// [`submitd_smtp::Output::AuthCancelled`]: the exchange is dropped.
+    pub(crate) fn auth_cancelled(&mut self) {
+        self.sasl = None;
+    }
+
+    async fn auth_step(&mut self, step: SaslStep) -> AuthAnswer {
+        let Client::Network(ip) = self.client else {
+            // The machine offers no AUTH on the local socket.
+            return AuthAnswer::Failure;
+        };
+        let mechanism = self.sasl.as_ref().map(|(m, _)| *m);
+        let outcome = match step {
+            SaslStep::Challenge(challenge) => return AuthAnswer::Challenge(challenge.to_vec()),
+            SaslStep::Failed(_) => self.services.gate.malformed(ip, mechanism).await,
+            SaslStep::Done(credentials) => {
+                let mechanism = mechanism.unwrap_or(Mechanism::Plain);
+                self.services.gate.login(&credentials, ip, mechanism).await
+            }
+        };
+        self.sasl = None;
+        match outcome {
+            LoginOutcome::Authenticated { user } => {
+                // Logged in: the place among the unauthenticated is free.
+                self.unauthenticated = None;
+                AuthAnswer::Success { user }
+            }
+            LoginOutcome::Rejected => AuthAnswer::Failure,
+            LoginOutcome::TryLater => AuthAnswer::TempFailure,
+        }
+    }
+
+    /// Answers [`submitd_smtp::Output::CheckSender`] for the session's
+    /// user `user`.
+    pub(crate) fn sender(&self, user: Option<&str>, mail_from: &MailFrom) -> Verdict {
+        let policy = &self.services.policy;
+        let checked = user
+            .ok_or(SenderRefusal::AccountGone)
+            .map(|name| self.account(name))
+            .and_then(|account| policy.resolve(&account))
+            .and_then(|user| {
+                policy
+                    .check_envelope(&user, mail_from.sender(), Instant::now())
+                    .inspect_err(|refused| self.log_refusal(&user.name, refused))
+            });
+        match checked {
+            Ok(()) => Verdict::Accept,
+            Err(refused) => Verdict::Reject(refusal_reply(&refused)),
+        }
+    }
+
+    fn log_refusal(&self, user: &str, refused: &SenderRefusal) {
+        if let SenderRefusal::NotAllowed(e) = refused {
+            tracing::warn!(target: "submitd::policy", client = %self.client_text(), %user, "{e}");
+        }
+    }
+
+    /// Answers [`submitd_smtp::Output::StoreMessage`]: the queue id once
+    /// the message is durable, or the reply that refuses it.
+    pub(crate) async fn store(&mut self, message: Message) -> Result<String, Reply> {
+        let policy = &self.services.policy;
+        let account = message
+            .auth_user
+            .as_deref()
+            .map(|name| self.account(name))
+            .ok_or(SenderRefusal::AccountGone);
+        let user = account
+            .and_then(|account| policy.resolve(&account))
+            .map_err(|refused| refusal_reply(&refused))?;
+        let origin = Origin {
+            user: &user.name,
+            client: match self.client {
+                Client::Network(ip) => Some(ip),
+                Client::Local { .. } => None,
+            },
+        };
+        let prepared = self
+            .services
+            .intake
+            .begin()
+            .prepare(message, origin)
+            .map_err(|e| e.reply())?;
+        let senders = prepared.senders();
+        if let Err(refused) = policy.check_header(&user, &senders.from, senders.sender.as_ref()) {
+            self.log_refusal(&user.name, &refused);
+            return Err(refusal_reply(&refused));
+        }
+        let accepted = prepared.commit().await.map_err(|e| e.reply())?;
+        policy.record(&user, accepted.recipients, Instant::now());
+        self.messages += 1;
+        Ok(accepted.id.to_string())
+    }
+}

@@ -1,0 +1,354 @@
+//! The listener in memory: sessions over `tokio::io::duplex` with real TLS
+//! (a test CA, rustls on both ends), real owners of every answer (a
+//! credential file with an argon2id hash, the login gate and its
+//! throttle, the sender policy, the intake and a spool in a temporary
+//! folder), and no socket. One test per answer path; each fails if the
+//! listener stops asking the owner. (The unauthenticated place given back
+//! at login is tested over TCP in `smtplib.rs`.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use submitd_auth::hash_password;
+use submitd_relay::{Maildir, QueueId, Spool};
+use submitd_smtp::{ServerConfig, Transport};
+use submitd_testkit::TestCa;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use submitd_listener::{
+    serve_connection, serve_local_connection, server_tls_config, CertificatePaths, Services,
+};
+
+/// One listener's world in a temporary folder.
+struct World {
+    _dir: tempfile::TempDir,
+    ca: TestCa,
+    acceptor: TlsAcceptor,
+    services: Arc<Services>,
+    spool: Spool,
+    spool_dir: std::path::PathBuf,
+}
+
+/// `alice` (password `pw`, sends as alice@example.org, at most two
+/// messages an hour); failures delayed 10 ms, a network blocked after
+/// `block_after` of them.
+fn world(block_after: u32) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (cert, key) = ca.issue_pem(&["localhost"]);
+    let paths = CertificatePaths {
+        certificate: dir.path().join("cert.pem"),
+        key: dir.path().join("key.pem"),
+    };
+    std::fs::write(&paths.certificate, cert).unwrap();
+    std::fs::write(&paths.key, key).unwrap();
+    let (tls, _) = server_tls_config(&[paths]).unwrap();
+    let users = dir.path().join("users");
+    let hash = hash_password(b"pw").unwrap();
+    std::fs::write(
+        &users,
+        format!("alice {hash} send-as=alice@example.org max-messages=2/h\n"),
+    )
+    .unwrap();
+    let spool_dir = dir.path().join("spool");
+    let (spool, _) = Spool::open(&spool_dir).unwrap();
+    let maildir = Maildir::open(dir.path().join("Maildir")).unwrap();
+    let (services, _) = support::services(&users, spool.clone(), maildir, block_after);
+    World {
+        _dir: dir,
+        ca,
+        acceptor: TlsAcceptor::from(tls),
+        services,
+        spool,
+        spool_dir,
+    }
+}
+
+const PEER: &str = "192.0.2.7:41000";
+
+/// A line-at-a-time SMTP client for the tests: sends a line, returns the
+/// whole reply (lines joined by `\n`).
+struct Chat<S>(BufReader<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Chat<S> {
+    async fn reply(&mut self) -> String {
+        let mut all = Vec::new();
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.0.read_line(&mut line).await.unwrap() > 0,
+                "closed after {all:?}"
+            );
+            let line = line.trim_end().to_owned();
+            let last = line.as_bytes().get(3) != Some(&b'-');
+            all.push(line);
+            if last {
+                return all.join("\n");
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> String {
+        self.0
+            .get_mut()
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+
+    /// Logs in as `user` with AUTH PLAIN.
+    async fn login(&mut self, user: &str, password: &str) -> String {
+        let blob =
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"));
+        self.send(&format!("AUTH PLAIN {blob}")).await
+    }
+
+    /// A whole transaction; returns the reply to the end of data.
+    async fn message(&mut self, from: &str, header_from: &str) -> String {
+        assert!(self
+            .send(&format!("MAIL FROM:<{from}>"))
+            .await
+            .starts_with("250"));
+        assert!(self
+            .send("RCPT TO:<bob@example.net>")
+            .await
+            .starts_with("250"));
+        assert!(self.send("DATA").await.starts_with("354"));
+        self.send(&format!(
+            "From: {header_from}\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n."
+        ))
+        .await
+    }
+}
+
+/// The client's half of a TLS session to the world's listener.
+async fn tls_client(
+    ca: &TestCa,
+    io: DuplexStream,
+) -> Chat<tokio_rustls::client::TlsStream<DuplexStream>> {
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(ca.client_config())
+        .connect(name, io)
+        .await
+        .unwrap();
+    Chat(BufReader::new(tls))
+}
+
+impl World {
+    /// A session on an implicit-TLS listener, logged in to EHLO.
+    async fn implicit(&self) -> Chat<tokio_rustls::client::TlsStream<DuplexStream>> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let smtp = Arc::new(ServerConfig::new("mx.test", Transport::ImplicitTls));
+        let peer: SocketAddr = PEER.parse().unwrap();
+        tokio::spawn(serve_connection(
+            server,
+            peer,
+            smtp,
+            self.acceptor.clone(),
+            Arc::clone(&self.services),
+            None,
+            CancellationToken::new(),
+        ));
+        let mut chat = tls_client(&self.ca, client).await;
+        assert!(chat.reply().await.starts_with("220 mx.test"));
+        assert!(chat
+            .send("EHLO client.example")
+            .await
+            .contains("AUTH PLAIN LOGIN"));
+        chat
+    }
+
+    fn queued(&self) -> Vec<QueueId> {
+        self.spool.list().unwrap()
+    }
+}
+
+#[tokio::test]
+async fn login_ok_wrong_password_and_unknown_user() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "wrong").await.starts_with("535 5.7.8"));
+    assert!(chat.login("mallory", "pw").await.starts_with("535 5.7.8"));
+    assert!(chat.login("alice", "pw").await.starts_with("235 2.7.0"));
+    // LOGIN too, over a continuation exchange.
+    let mut chat = world.implicit().await;
+    assert!(chat.send("AUTH LOGIN").await.starts_with("334 "));
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    assert!(chat.send(&b64("alice")).await.starts_with("334 "));
+    assert!(chat.send(&b64("pw")).await.starts_with("235"));
+}
+
+#[tokio::test]
+async fn a_throttled_network_gets_454_even_with_the_right_password() {
+    let world = world(2);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "wrong").await.starts_with("535"));
+    // A malformed PLAIN message counts as a failure too.
+    let empty = base64::engine::general_purpose::STANDARD.encode("no nul bytes");
+    assert!(chat
+        .send(&format!("AUTH PLAIN {empty}"))
+        .await
+        .starts_with("535"));
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("454 4.7.0"));
+}
+
+#[tokio::test]
+async fn a_sender_that_is_not_the_users_is_refused_and_limits_hold() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    let refused = chat.send("MAIL FROM:<ceo@example.org>").await;
+    assert!(refused.starts_with("550 5.7.1"), "{refused}");
+    assert!(
+        refused.contains("<ceo@example.org> is not allowed"),
+        "{refused}"
+    );
+    // Two messages an hour: the third MAIL waits.
+    for _ in 0..2 {
+        let stored = chat.message("alice@example.org", "alice@example.org").await;
+        assert!(stored.starts_with("250 2.0.0 Ok: queued as "), "{stored}");
+    }
+    let limited = chat.send("MAIL FROM:<alice@example.org>").await;
+    assert!(
+        limited.starts_with("450 4.7.1 Sending limit reached"),
+        "{limited}"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_message_is_in_the_spool_under_the_id_the_client_was_told() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    let stored = chat
+        .message("alice@example.org", "Alice <alice@example.org>")
+        .await;
+    let id = stored.rsplit(' ').next().unwrap();
+    assert_eq!(world.queued(), vec![QueueId::parse(id).unwrap()]);
+    let (envelope, data) = world.spool.load(&world.queued()[0]).unwrap();
+    assert_eq!(envelope.user.as_deref(), Some("alice"));
+    let text = String::from_utf8(data).unwrap();
+    assert!(
+        text.starts_with("Received: from client.example ([192.0.2.7])"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("id {id}")), "{text}");
+}
+
+#[tokio::test]
+async fn refused_messages_are_not_stored() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    let spoofed = chat
+        .message("alice@example.org", "CEO <ceo@example.org>")
+        .await;
+    assert!(
+        spoofed.starts_with("550 5.7.1 From address <ceo@example.org>"),
+        "{spoofed}"
+    );
+    let malformed = chat
+        .message("alice@example.org", "a@example.org\r\nFr om: x")
+        .await;
+    assert!(malformed.starts_with("550 5.6.0"), "{malformed}");
+    assert!(world.queued().is_empty());
+}
+
+#[tokio::test]
+async fn a_spool_that_cannot_write_answers_451_and_the_session_goes_on() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    // The folder new messages are written in is gone (a full or broken
+    // disk looks the same to the client).
+    std::fs::remove_dir_all(world.spool_dir.join("tmp")).unwrap();
+    let failed = chat.message("alice@example.org", "alice@example.org").await;
+    assert!(failed.starts_with("451 4.3.0 Cannot queue"), "{failed}");
+    std::fs::create_dir(world.spool_dir.join("tmp")).unwrap();
+    let stored = chat.message("alice@example.org", "alice@example.org").await;
+    assert!(stored.starts_with("250"), "{stored}");
+    assert_eq!(world.queued().len(), 1);
+}
+
+#[tokio::test]
+async fn starttls_then_login_over_the_same_pipe() {
+    let world = world(10);
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let smtp = Arc::new(ServerConfig::new("mx.test", Transport::StartTls));
+    tokio::spawn(serve_connection(
+        server,
+        PEER.parse().unwrap(),
+        smtp,
+        world.acceptor.clone(),
+        Arc::clone(&world.services),
+        None,
+        CancellationToken::new(),
+    ));
+    let mut plain = Chat(BufReader::new(client));
+    assert!(plain.reply().await.starts_with("220"));
+    let ehlo = plain.send("EHLO laptop.example").await;
+    assert!(
+        ehlo.contains("STARTTLS") && !ehlo.contains("AUTH"),
+        "{ehlo}"
+    );
+    assert!(
+        plain.login("alice", "pw").await.starts_with("530"),
+        "no AUTH in clear"
+    );
+    assert!(plain.send("STARTTLS").await.starts_with("220"));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(world.ca.client_config())
+        .connect(name, plain.0.into_inner())
+        .await
+        .unwrap();
+    let mut chat = Chat(BufReader::new(tls));
+    assert!(chat
+        .send("EHLO laptop.example")
+        .await
+        .contains("AUTH PLAIN"));
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    assert!(chat
+        .message("alice@example.org", "alice@example.org")
+        .await
+        .starts_with("250"));
+}
+
+#[tokio::test]
+async fn a_local_user_sends_as_itself_only() {
+    let world = world(10);
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let smtp = Arc::new(ServerConfig::new("mx.test", Transport::Local));
+    tokio::spawn(serve_local_connection(
+        server,
+        "root".into(),
+        "example.org".into(),
+        smtp,
+        Arc::clone(&world.services),
+        CancellationToken::new(),
+    ));
+    let mut chat = Chat(BufReader::new(client));
+    assert!(chat.reply().await.starts_with("220"));
+    assert!(chat.send("EHLO localhost").await.starts_with("250"));
+    assert!(chat
+        .send("MAIL FROM:<alice@example.org>")
+        .await
+        .starts_with("550 5.7.1"));
+    let stored = chat.message("root@example.org", "root@example.org").await;
+    assert!(stored.starts_with("250"), "{stored}");
+    let (envelope, data) = world.spool.load(&world.queued()[0]).unwrap();
+    assert_eq!(envelope.user.as_deref(), Some("root"));
+    let text = String::from_utf8(data).unwrap();
+    assert!(
+        !text.contains("192.0.2.7") && !text.contains("from localhost"),
+        "{text}"
+    );
+}

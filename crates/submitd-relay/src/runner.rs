@@ -1,0 +1,288 @@
+//! The delivery runner: the schedule of queued messages, a few workers
+//! that deliver what is due, and the rescan that keeps the schedule true
+//! to the queue on disk.
+//!
+//! ```text
+//! enqueue(id) after each 250 ─┐        rescan every minute (and at start):
+//!                             ▼        state files + envelope headers only
+//!            schedule: (due time, id), oldest first, each id taken by one worker
+//!                             │
+//!   worker × connections: take a due id ─▶ attempt (attempt.rs)
+//!       (its upstream connection kept for the next message, closed when idle)
+//!       ─▶ finished? gone : back into the schedule at its next try
+//! ```
+//!
+//! Scale: nothing reads a message's content unless it is being delivered,
+//! and a route whose upstreams all refused is skipped for a while
+//! (`route.rs`).
+//!
+//! Shutdown: [`Relay::run`] ends when its cancellation token is cancelled
+//! (the same token that stops the listeners): each worker finishes the
+//! attempt it is in, says QUIT on its connection and stops. An attempt cut
+//! off harder than that (the daemon's grace period over) loses nothing: a
+//! message whose state was not saved is attempted again at the next start.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::attempt::Held;
+use crate::retry::RetryPolicy;
+use crate::route::{Route, Routes, SenderRoute};
+use crate::schedule::Schedule;
+use crate::spool::{unix_now, QueueId, Spool, SpoolError};
+
+/// The runner's settings.
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    /// This server's name (EHLO, bounces).
+    pub hostname: String,
+    /// Where messages go.
+    pub route: Route,
+    /// Retry schedule and lifetime.
+    pub policy: RetryPolicy,
+    /// Deliveries at once (workers, each with its own upstream connection).
+    pub connections: usize,
+    /// How long a worker keeps an idle upstream connection for the next
+    /// message before it says QUIT.
+    pub idle_connection: Duration,
+    /// Upstreams chosen by sender, before the default route.
+    pub sender_routes: Vec<SenderRoute>,
+}
+
+impl RelayConfig {
+    /// Deliveries at once when the config file does not say.
+    pub const DEFAULT_CONNECTIONS: usize = 4;
+    /// How long an idle upstream connection is kept when the config file
+    /// does not say.
+    pub const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(5);
+
+    /// The settings with the default concurrency and idle time.
+    pub fn new(hostname: impl Into<String>, route: Route, policy: RetryPolicy) -> Self {
+        Self {
+            hostname: hostname.into(),
+            route,
+            policy,
+            connections: Self::DEFAULT_CONNECTIONS,
+            idle_connection: Self::DEFAULT_IDLE_CONNECTION,
+            sender_routes: Vec::new(),
+        }
+    }
+}
+
+/// What one pass (or one worker's attempts) did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassFigures {
+    /// Messages attempted.
+    pub attempted: usize,
+    /// Recipients delivered.
+    pub delivered: usize,
+    /// Recipients deferred (to retry).
+    pub deferred: usize,
+    /// Recipients failed for good.
+    pub failed: usize,
+    /// Bounces queued.
+    pub bounces: usize,
+    /// Messages finished and removed.
+    pub removed: usize,
+}
+
+/// Delivers what the spool holds. Cheap to clone: clones share the
+/// schedule and the workers' wake-up.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    pub(crate) spool: Spool,
+    pub(crate) hostname: Arc<str>,
+    pub(crate) policy: RetryPolicy,
+    pub(crate) routes: Arc<Routes>,
+    connections: usize,
+    idle_connection: Duration,
+    wake: Arc<Notify>,
+    schedule: Arc<Mutex<Schedule>>,
+}
+
+impl Relay {
+    /// A runner over `spool`.
+    pub fn new(spool: Spool, config: RelayConfig) -> Self {
+        Self {
+            spool,
+            hostname: config.hostname.into(),
+            policy: config.policy,
+            routes: Arc::new(Routes::new(config.route, config.sender_routes)),
+            connections: config.connections.max(1),
+            idle_connection: config.idle_connection,
+            wake: Arc::new(Notify::new()),
+            schedule: Arc::new(Mutex::new(Schedule::default())),
+        }
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A message just stored (after its 250): due now.
+    pub fn enqueue(&self, id: QueueId) {
+        self.schedule().insert(0, id);
+        self.wake.notify_one();
+    }
+
+    /// Reads the queue again (after `submitd queue flush`, or to find
+    /// messages another process stored) and wakes the workers.
+    pub fn wake(&self) {
+        self.rescan();
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Rebuilds the schedule from the queue on disk: state files and
+    /// envelope headers only, never message content. Messages a worker
+    /// holds stay as they are.
+    pub fn rescan(&self) {
+        let ids = match self.spool.list() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(target: "submitd::relay", error = %e, "cannot list the queue");
+                return;
+            }
+        };
+        let mut due = Vec::with_capacity(ids.len());
+        for id in ids {
+            let at = self
+                .spool
+                .load_envelope(&id)
+                .and_then(|e| self.spool.state(&id, e.recipients.len()))
+                .map(|state| state.next_try);
+            match at {
+                Ok(at) => due.push((at, id)),
+                // Gone meanwhile (delivered, deleted): nothing to schedule.
+                Err(SpoolError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::error!(target: "submitd::relay", %id, error = %e, "cannot read a queued message; it waits for the next scan");
+                }
+            }
+        }
+        self.schedule().replace(due);
+    }
+
+    /// Runs until `shutdown` is cancelled: a scan of the queue, then
+    /// `connections` workers, and a scan every minute. Returns once every
+    /// worker has finished its attempt and closed its connection.
+    pub async fn run(self, shutdown: CancellationToken) {
+        self.rescan();
+        let workers = tokio_util::task::TaskTracker::new();
+        for _ in 0..self.connections {
+            workers.spawn(self.clone().worker(shutdown.clone()));
+        }
+        workers.close();
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(Duration::from_secs(60)) => {
+                    self.rescan();
+                    self.wake.notify_waiters();
+                }
+            }
+        }
+        workers.wait().await;
+    }
+
+    async fn worker(self, shutdown: CancellationToken) {
+        let mut connection: Held = None;
+        let mut figures = PassFigures::default();
+        while !shutdown.is_cancelled() {
+            let notified = self.wake.notified();
+            let now = unix_now();
+            let taken = self.schedule().take_due(now);
+            if let Some(id) = taken {
+                self.attempt_scheduled(&id, &mut connection, &mut figures)
+                    .await;
+                continue;
+            }
+            let until_due = self
+                .schedule()
+                .next_due()
+                .map_or(Duration::from_secs(60), |at| {
+                    Duration::from_secs(at.saturating_sub(now).clamp(1, 60))
+                });
+            let idle = if connection.is_some() {
+                self.idle_connection
+            } else {
+                Duration::MAX
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = notified => {}
+                () = tokio::time::sleep(until_due) => {}
+                () = tokio::time::sleep(idle) => {
+                    if let Some((_, c)) = connection.take() {
+                        c.quit().await;
+                    }
+                }
+            }
+        }
+        if let Some((_, c)) = connection.take() {
+            c.quit().await;
+        }
+    }
+
+    /// Attempts a message the caller took from the schedule, then puts it
+    /// back at its next try (unless it is finished).
+    async fn attempt_scheduled(
+        &self,
+        id: &QueueId,
+        connection: &mut Held,
+        figures: &mut PassFigures,
+    ) {
+        let next = match self.attempt(id, connection, figures).await {
+            Ok(next) => next,
+            Err(SpoolError::NotFound(_)) => None,
+            Err(e) => {
+                tracing::error!(target: "submitd::relay", %id, error = %e, "delivery attempt not recorded; retried at the next scan");
+                None
+            }
+        };
+        self.schedule().release(id, next);
+    }
+
+    /// Delivers every message that is due now, oldest first, over one
+    /// upstream connection, and returns what it did (tests, benchmarks and
+    /// one-off runs; the daemon uses [`Relay::run`]).
+    pub async fn run_once(&self) -> PassFigures {
+        self.rescan();
+        let mut figures = PassFigures::default();
+        let mut connection: Held = None;
+        let now = unix_now();
+        // Each message at most once a pass: one due again at once (a zero
+        // backoff) waits for the next pass.
+        let mut attempted = HashSet::new();
+        let mut again = Vec::new();
+        loop {
+            let taken = self.schedule().take_due(now);
+            let Some(id) = taken else {
+                break;
+            };
+            if !attempted.insert(id.clone()) {
+                again.push(id);
+                continue;
+            }
+            self.attempt_scheduled(&id, &mut connection, &mut figures)
+                .await;
+        }
+        {
+            let mut schedule = self.schedule();
+            for id in again {
+                schedule.release(&id, Some(now));
+            }
+        }
+        if let Some((_, connection)) = connection {
+            connection.quit().await;
+        }
+        if figures.attempted > 0 {
+            tracing::info!(target: "submitd::relay", ?figures, "delivery pass");
+        }
+        figures
+    }
+}

@@ -1,0 +1,276 @@
+//! The on-disk form of queued messages and their delivery state. Both are
+//! text headers in SMTP wire form, read back by the envelope parser of
+//! `submitd-smtp`, so a path that was valid on the wire is valid on disk.
+//!
+//! ```text
+//! msg/<id>:   submitd-spool 1           state/<id>: submitd-state 1
+//!             id: <id>                              attempts: 2
+//!             received: <unix seconds>              next-try: <unix seconds>
+//!             user: alice | -                       rcpt: 0 delivered 250 2.0.0 ok
+//!             mail-from: <a@b> SIZE=10              rcpt: 1 pending 451 4.3.0 later
+//!             rcpt: <c@d> NOTIFY=FAILURE
+//!             size: 1234
+//!             crc32: 89abcdef
+//!             (blank line)
+//!             the message bytes
+//! ```
+
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use submitd_smtp::{MailFrom, RcptTo};
+
+use super::{io_error, QueueId, SpoolError};
+
+const MAGIC: &str = "submitd-spool 1";
+const STATE_MAGIC: &str = "submitd-state 1";
+/// Largest header accepted when reading a spool file back.
+const MAX_HEADER: usize = 1024 * 1024;
+
+/// The envelope and facts kept with a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEnvelope {
+    /// Sender and MAIL parameters.
+    pub mail_from: MailFrom,
+    /// Recipients and their parameters, in order.
+    pub recipients: Vec<RcptTo>,
+    /// Who submitted it, if anyone authenticated.
+    pub user: Option<String>,
+    /// When it was accepted, in seconds since the epoch.
+    pub received: u64,
+}
+
+/// Where one recipient stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecipientState {
+    /// Still to be delivered; the last temporary failure, if any.
+    Pending(Option<String>),
+    /// Delivered; the upstream's reply.
+    Delivered(String),
+    /// Failed for good; the reason (the upstream's reply or expiry).
+    Failed(String),
+}
+
+/// The delivery state of one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryState {
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Earliest time of the next attempt, in seconds since the epoch.
+    pub next_try: u64,
+    /// One entry per recipient, in envelope order.
+    pub recipients: Vec<RecipientState>,
+}
+
+impl DeliveryState {
+    /// The state of a message nothing has been tried for.
+    pub fn new(recipients: usize, now: u64) -> Self {
+        Self {
+            attempts: 0,
+            next_try: now,
+            recipients: vec![RecipientState::Pending(None); recipients],
+        }
+    }
+
+    /// Whether no recipient is pending any more.
+    pub fn is_finished(&self) -> bool {
+        !self
+            .recipients
+            .iter()
+            .any(|r| matches!(r, RecipientState::Pending(_)))
+    }
+
+    pub(super) fn render(&self) -> String {
+        let mut out = format!(
+            "{STATE_MAGIC}\nattempts: {}\nnext-try: {}\n",
+            self.attempts, self.next_try
+        );
+        for (i, r) in self.recipients.iter().enumerate() {
+            let (word, text) = match r {
+                RecipientState::Pending(text) => ("pending", text.as_deref().unwrap_or("")),
+                RecipientState::Delivered(text) => ("delivered", text.as_str()),
+                RecipientState::Failed(text) => ("failed", text.as_str()),
+            };
+            out.push_str(&format!("rcpt: {i} {word} {}\n", one_line(text)));
+        }
+        out
+    }
+
+    pub(super) fn parse(text: &str, recipients: usize) -> Result<Self, String> {
+        let mut lines = text.lines();
+        if lines.next() != Some(STATE_MAGIC) {
+            return Err("not a submitd state file".into());
+        }
+        let mut state = Self::new(recipients, 0);
+        for line in lines {
+            let (key, value) = line
+                .split_once(": ")
+                .ok_or_else(|| format!("bad line {line:?}"))?;
+            match key {
+                "attempts" => state.attempts = value.parse().map_err(|_| "bad attempts")?,
+                "next-try" => state.next_try = value.parse().map_err(|_| "bad next-try")?,
+                "rcpt" => {
+                    let mut parts = value.splitn(3, ' ');
+                    let index: usize = parts
+                        .next()
+                        .and_then(|i| i.parse().ok())
+                        .ok_or("bad rcpt index")?;
+                    let word = parts.next().unwrap_or("");
+                    let text = parts.next().unwrap_or("").to_owned();
+                    let slot = state
+                        .recipients
+                        .get_mut(index)
+                        .ok_or("rcpt index out of range")?;
+                    *slot = match word {
+                        "pending" if text.is_empty() => RecipientState::Pending(None),
+                        "pending" => RecipientState::Pending(Some(text)),
+                        "delivered" => RecipientState::Delivered(text),
+                        "failed" => RecipientState::Failed(text),
+                        _ => return Err(format!("bad rcpt state {word:?}")),
+                    };
+                }
+                _ => return Err(format!("unknown key {key:?}")),
+            }
+        }
+        Ok(state)
+    }
+}
+
+/// Text on one header line: line breaks and other controls become spaces.
+pub(super) fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A spool file's header: the envelope and what the content must match.
+struct Header {
+    envelope: StoredEnvelope,
+    size: usize,
+    crc: u32,
+}
+
+/// Parses the header at the start of `bytes`; returns it with the offset
+/// of the content.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let end = bytes
+        .windows(2)
+        .take(MAX_HEADER)
+        .position(|w| w == b"\n\n")
+        .ok_or_else(|| corrupt("no end of header".into()))?;
+    let header =
+        std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header is not UTF-8".into()))?;
+    let mut lines = header.lines();
+    if lines.next() != Some(MAGIC) {
+        return Err(corrupt("not a submitd spool file".into()));
+    }
+    let (mut received, mut user, mut mail_from, mut size, mut crc) = (None, None, None, None, None);
+    let mut recipients = Vec::new();
+    for line in lines {
+        let (key, value) = line
+            .split_once(": ")
+            .ok_or_else(|| corrupt(format!("bad header line {line:?}")))?;
+        match key {
+            "id" => {}
+            "received" => received = value.parse::<u64>().ok(),
+            "user" => user = Some((value != "-").then(|| value.to_owned())),
+            "mail-from" => {
+                mail_from =
+                    Some(MailFrom::parse(value).map_err(|e| corrupt(format!("mail-from: {e}")))?)
+            }
+            "rcpt" => {
+                recipients.push(RcptTo::parse(value).map_err(|e| corrupt(format!("rcpt: {e}")))?)
+            }
+            "size" => size = value.parse::<usize>().ok(),
+            "crc32" => crc = u32::from_str_radix(value, 16).ok(),
+            _ => return Err(corrupt(format!("unknown header {key:?}"))),
+        }
+    }
+    let (Some(received), Some(user), Some(mail_from), Some(size), Some(crc)) =
+        (received, user, mail_from, size, crc)
+    else {
+        return Err(corrupt("header incomplete".into()));
+    };
+    if recipients.is_empty() {
+        return Err(corrupt("no recipients".into()));
+    }
+    let envelope = StoredEnvelope {
+        mail_from,
+        recipients,
+        user,
+        received,
+    };
+    Ok((
+        Header {
+            envelope,
+            size,
+            crc,
+        },
+        end + 2,
+    ))
+}
+
+pub(super) fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(io_error(path))?;
+    let (header, start) = parse_header(path, &bytes)?;
+    let data = bytes.split_off(start);
+    if data.len() != header.size {
+        return Err(corrupt(format!(
+            "message is {} octets, header says {}",
+            data.len(),
+            header.size
+        )));
+    }
+    if crc32fast::hash(&data) != header.crc {
+        return Err(corrupt("message does not match its checksum".into()));
+    }
+    Ok((header.envelope, data))
+}
+
+/// Reads only the header of a spool file (the envelope), not its content.
+pub(super) fn read_envelope(path: &Path) -> Result<StoredEnvelope, SpoolError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let mut bytes = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = file.read(&mut chunk).map_err(io_error(path))?;
+        let searched = bytes.len().saturating_sub(1);
+        bytes.extend_from_slice(&chunk[..n]);
+        let found = bytes[searched..].windows(2).any(|w| w == b"\n\n");
+        if found || n == 0 || bytes.len() > MAX_HEADER {
+            return parse_header(path, &bytes).map(|(h, _)| h.envelope);
+        }
+    }
+}
+
+/// The header of a new message file: the envelope, the content's size and
+/// checksum, and the blank line the content follows.
+pub(super) fn render_header(id: &QueueId, envelope: &StoredEnvelope, data: &[u8]) -> String {
+    let mut header = format!("{MAGIC}\nid: {id}\nreceived: {}\n", envelope.received);
+    header.push_str(&format!(
+        "user: {}\n",
+        envelope.user.as_deref().map_or("-".into(), one_line)
+    ));
+    header.push_str(&format!("mail-from: {}\n", envelope.mail_from));
+    for rcpt in &envelope.recipients {
+        header.push_str(&format!("rcpt: {rcpt}\n"));
+    }
+    header.push_str(&format!(
+        "size: {}\ncrc32: {:08x}\n\n",
+        data.len(),
+        crc32fast::hash(data)
+    ));
+    header
+}

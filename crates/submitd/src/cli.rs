@@ -1,0 +1,137 @@
+//! The command line: every subcommand and option, as clap reads them.
+//! (`submitd(8)` is generated from these definitions.)
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "submitd", version, about = "A submission-only mail server")]
+pub(crate) struct Cli {
+    /// The config file.
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/submitd/submitd.toml"
+    )]
+    pub(crate) config: PathBuf,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Run the server.
+    Serve,
+    /// Check the config, certificates, credential file, queue folder and
+    /// upstreams; exit status 2 if anything would stop the server.
+    Check {
+        /// Also connect to each upstream: TLS with a verified certificate,
+        /// EHLO and AUTH, then QUIT.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Print the argon2id hash of a password read from the terminal.
+    HashPassword,
+    /// Send a message read on standard input, as sendmail does, through
+    /// the running daemon's local socket (`[local] socket`); also what
+    /// `submitd` does when run as `sendmail`.
+    Sendmail {
+        /// Take the recipients from To:, Cc: and Bcc: too.
+        #[arg(short = 't')]
+        from_headers: bool,
+        /// The envelope sender (default: you@[local] domain).
+        #[arg(short = 'f', value_name = "SENDER")]
+        sender: Option<String>,
+        /// A line with a single dot is content, not the end.
+        #[arg(short = 'i')]
+        ignore_dots: bool,
+        /// sendmail options (`-oi` is `-i`; others are ignored).
+        #[arg(short = 'o', value_name = "OPTION")]
+        options: Vec<String>,
+        /// The sender's full name (ignored).
+        #[arg(short = 'F', value_name = "NAME")]
+        full_name: Option<String>,
+        /// Body type (ignored: 8-bit is passed as it is).
+        #[arg(short = 'B', value_name = "TYPE")]
+        body: Option<String>,
+        /// Recipients.
+        recipients: Vec<String>,
+    },
+    /// Write a submitd config from a Postfix setup (main.cf, master.cf and
+    /// the maps they name), and list what could not be carried over.
+    ImportPostfix {
+        /// The Postfix config folder (main.cf, master.cf; maps under
+        /// /etc/postfix are read from here).
+        #[arg(long, default_value = "/etc/postfix")]
+        postfix_dir: PathBuf,
+        /// Where to write submitd.toml, users and upstream password files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Overwrite files that exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Manage users in the credential file.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Look at and act on the queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum UserCommand {
+    /// Add a user; the password is read from the terminal.
+    Add {
+        /// Login name.
+        name: String,
+        /// An address (user@example.org) or domain (@example.org) the user may send as; repeatable.
+        #[arg(long = "send-as")]
+        send_as: Vec<String>,
+    },
+    /// Set a user's password.
+    Passwd {
+        /// Login name.
+        name: String,
+    },
+    /// Remove a user.
+    Del {
+        /// Login name.
+        name: String,
+    },
+    /// List users.
+    List,
+    /// Add an app password (printed once) for one device.
+    AppPassword {
+        /// Login name.
+        name: String,
+        /// The device's label, such as "phone".
+        label: String,
+        /// Revoke it instead.
+        #[arg(long)]
+        revoke: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum QueueCommand {
+    /// List queued messages with counts per state.
+    List,
+    /// Show one message's envelope and state.
+    Show {
+        /// Queue id.
+        id: String,
+    },
+    /// Make one message (or all) due now.
+    Flush {
+        /// Queue id; all if left out.
+        id: Option<String>,
+    },
+    /// Delete a message without delivering or bouncing it.
+    Delete {
+        /// Queue id.
+        id: String,
+    },
+}

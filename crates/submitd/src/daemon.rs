@@ -1,0 +1,255 @@
+//! `submitd serve`: the daemon's life. Start (queue recovered, users and
+//! certificates read, listeners bound or taken from systemd, the relay
+//! started), then signals until stopped, then a graceful stop.
+//!
+//! ```text
+//! start ─▶ READY=1 ─┬─ SIGHUP ─▶ RELOADING=1 ─▶ users + certificates again ─▶ READY=1
+//!                   └─ SIGTERM/SIGINT ─▶ STOPPING=1 ─▶ cancel: no new connections,
+//!                        sessions finish the message in flight then get 421, the
+//!                        relay's workers finish their attempt ─▶ wait (grace) ─▶ exit
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use submitd_auth::CredentialStore;
+use submitd_config::Settings;
+use submitd_listener::{serve as serve_listener, server_tls_config, Certificates};
+use submitd_relay::Spool;
+use submitd_smtp::Transport;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::{demo, sockets, wiring};
+
+/// Tells systemd (if it started us) how we are; a no-op otherwise.
+fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify systemd");
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub(crate) fn serve(settings: Settings) -> Result<(), String> {
+    let said = if settings.demo {
+        demo::prepare(&settings)?
+    } else {
+        Vec::new()
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    for line in said {
+        eprintln!("{line}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    runtime.block_on(run(settings))
+}
+
+/// What runs while the daemon runs, and what a reload or a stop touches.
+struct Running {
+    credentials: Arc<CredentialStore>,
+    certificates: Arc<Certificates>,
+    listeners: Vec<JoinHandle<TaskTracker>>,
+    relay: JoinHandle<()>,
+    local_socket: Option<PathBuf>,
+    shutdown: CancellationToken,
+}
+
+async fn run(settings: Settings) -> Result<(), String> {
+    let running = start(&settings).await?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        // Ping at half the interval; a hung runtime stops the pings.
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval / 2).await;
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+    tracing::info!("ready");
+    wait_for_signals(&settings, &running).await?;
+    stop(&settings, running).await;
+    Ok(())
+}
+
+async fn start(settings: &Settings) -> Result<Running, String> {
+    let (spool, recovery) = Spool::open(&settings.queue.directory).map_err(|e| e.to_string())?;
+    tracing::info!(
+        queued = recovery.queued.len(),
+        partial = recovery.partial,
+        corrupt = recovery.corrupt,
+        "queue recovered"
+    );
+    let (credentials, errors) =
+        CredentialStore::open(&settings.auth.users).map_err(|e| e.to_string())?;
+    for error in &errors {
+        tracing::error!("{error}");
+    }
+    let credentials = Arc::new(credentials);
+    let (tls, certificates) =
+        server_tls_config(&settings.tls.certificates).map_err(|e| e.to_string())?;
+    let relay = wiring::relay(settings, spool)?;
+    let services = Arc::new(wiring::services(
+        settings,
+        Arc::clone(&credentials),
+        relay.clone(),
+    )?);
+    let shutdown = CancellationToken::new();
+    let mut listeners = Vec::new();
+    let mut inherited = sockets::inherited(settings)?;
+    for listen in &settings.listen {
+        let socket = match inherited.remove(&listen.address) {
+            Some(socket) => socket,
+            None => tokio::net::TcpListener::bind(listen.address)
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{}: cannot listen on {}: {e}",
+                        settings.path.display(),
+                        listen.address
+                    )
+                })?,
+        };
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!(address = %local, transport = ?listen.transport, "listening");
+        listeners.push(tokio::spawn(serve_listener(
+            socket,
+            wiring::server_config(settings, listen.transport),
+            Arc::clone(&tls),
+            Arc::clone(&services),
+            listen.limits,
+            shutdown.clone(),
+        )));
+    }
+    let local_socket = match &settings.local {
+        Some(local) => {
+            let listener = bind_local(settings, &local.socket)?;
+            tracing::info!(socket = %local.socket.display(), domain = %local.domain, "listening for local submission");
+            listeners.push(tokio::spawn(submitd_listener::serve_local(
+                listener,
+                local.domain.clone(),
+                wiring::server_config(settings, Transport::Local),
+                Arc::clone(&services),
+                shutdown.clone(),
+            )));
+            Some(local.socket.clone())
+        }
+        None => None,
+    };
+    let relay = tokio::spawn(relay.run(shutdown.clone()));
+    Ok(Running {
+        credentials,
+        certificates,
+        listeners,
+        relay,
+        local_socket,
+        shutdown,
+    })
+}
+
+/// The local socket, open to every local user (the peer's uid says who
+/// they are); a socket file left by an earlier run that no one serves is
+/// replaced.
+fn bind_local(
+    settings: &Settings,
+    socket: &std::path::Path,
+) -> Result<tokio::net::UnixListener, String> {
+    if socket.exists() && std::os::unix::net::UnixStream::connect(socket).is_err() {
+        let _ = std::fs::remove_file(socket);
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(|e| {
+        format!(
+            "{}: key `local.socket`: cannot listen on {}: {e}",
+            settings.path.display(),
+            socket.display()
+        )
+    })?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| format!("{}: {e}", socket.display()))?;
+    Ok(listener)
+}
+
+/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+async fn wait_for_signals(settings: &Settings, running: &Running) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(settings, running),
+            _ = terminate.recv() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// SIGHUP: the credential file and every certificate read again; what
+/// fails to load keeps what was in force.
+fn reload(settings: &Settings, running: &Running) {
+    let now = sd_notify::NotifyState::monotonic_usec_now().ok();
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    states.extend(now);
+    notify(&states);
+    match running.credentials.reload() {
+        Ok(n) => tracing::info!(users = n, "credential file reloaded"),
+        Err(e) => tracing::error!("{e}"),
+    }
+    let errors = running.certificates.reload();
+    for e in &errors {
+        tracing::error!("certificate not reloaded, the old one stays: {e}");
+    }
+    if errors.is_empty() {
+        tracing::info!(
+            certificates = settings.tls.certificates.len(),
+            "certificates reloaded"
+        );
+    }
+    notify(&[sd_notify::NotifyState::Ready]);
+}
+
+/// Stops listening, lets sessions and deliveries finish within the grace
+/// period, then ends them.
+async fn stop(settings: &Settings, running: Running) {
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let grace = settings.limits.shutdown_grace;
+    tracing::info!(
+        grace = %humantime::format_duration(grace),
+        "stopping: no new connections; sessions finish the message in flight, then get 421"
+    );
+    running.shutdown.cancel();
+    let deadline = tokio::time::Instant::now() + grace;
+    for listener in running.listeners {
+        if let Ok(tracker) = listener.await {
+            if tokio::time::timeout_at(deadline, tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("sessions still open after the grace period; closing them (nothing they did not get a 250 for was queued)");
+            }
+        }
+    }
+    let relay = running.relay;
+    let abort = relay.abort_handle();
+    if tokio::time::timeout_at(deadline, relay).await.is_err() {
+        // A delivery still in flight: its message is tried again at the
+        // next start (its state was not saved), never lost.
+        tracing::warn!("deliveries still running after the grace period; stopped");
+        abort.abort();
+    }
+    if let Some(socket) = running.local_socket {
+        let _ = std::fs::remove_file(socket);
+    }
+    tracing::info!("stopped");
+}

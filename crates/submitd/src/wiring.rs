@@ -1,0 +1,134 @@
+//! From settings to running parts: each library's objects built from the
+//! config's sections, in one place, so the daemon, `check` and the tests
+//! wire the crates the same way.
+//!
+//! ```text
+//! Settings.relay + .queue ─▶ route(), sender_routes() ─▶ Relay (over the Spool)
+//! Settings.auth ─▶ authenticator() ─▶ LoginGate + SenderPolicy ─┐
+//! Relay + hostname + privacy ─▶ Intake ─────────────────────────┴▶ Services (listeners)
+//! Settings.listen[i] + .limits.session ─▶ ServerConfig per listener
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use submitd_auth::{
+    Authenticator, CredentialStore, DovecotAuth, LoginGate, PasswordChecker, SenderPolicy,
+    SendingLimits,
+};
+use submitd_config::{PasswordBackend, RouteSettings, Settings, UpstreamSettings};
+use submitd_listener::Services;
+use submitd_relay::{
+    client_tls_config, read_password_file, Intake, Maildir, Relay, RelayConfig, Route, SenderRoute,
+    Spool, Upstream,
+};
+use submitd_smtp::{ServerConfig, Transport};
+
+/// How long connecting to an upstream and its TLS handshake may take.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One upstream: its password read (0600 or refused) and its TLS roots.
+pub(crate) fn upstream(u: &UpstreamSettings) -> Result<Upstream, String> {
+    let credentials = match &u.credentials {
+        Some((user, file)) => Some((
+            user.clone(),
+            read_password_file(file).map_err(|e| e.to_string())?,
+        )),
+        None => None,
+    };
+    Ok(Upstream {
+        host: u.host.clone(),
+        port: u.port,
+        tls: u.transport,
+        credentials,
+        tls_config: client_tls_config(u.ca_file.as_deref()).map_err(|e| e.to_string())?,
+        connect_timeout: UPSTREAM_CONNECT_TIMEOUT,
+    })
+}
+
+/// The default route: the Maildir (made if missing) or the upstreams.
+pub(crate) fn route(settings: &Settings) -> Result<Route, String> {
+    match &settings.relay.route {
+        RouteSettings::Maildir(path) => Maildir::open(path)
+            .map(Route::Maildir)
+            .map_err(|e| format!("{}: {e}", path.display())),
+        RouteSettings::Upstreams(upstreams) => upstreams
+            .iter()
+            .map(upstream)
+            .collect::<Result<Vec<_>, String>>()
+            .map(Route::Upstreams),
+    }
+}
+
+/// The per-sender upstreams (`[[relay.sender_upstream]]`).
+pub(crate) fn sender_routes(settings: &Settings) -> Result<Vec<SenderRoute>, String> {
+    settings
+        .relay
+        .sender_routes
+        .iter()
+        .map(|r| {
+            Ok(SenderRoute {
+                senders: r.senders.clone(),
+                upstreams: vec![upstream(&r.upstream)?],
+            })
+        })
+        .collect()
+}
+
+/// The relay over `spool`.
+pub(crate) fn relay(settings: &Settings, spool: Spool) -> Result<Relay, String> {
+    let relay = &settings.relay;
+    let config = RelayConfig {
+        connections: relay.connections,
+        idle_connection: relay.idle_connection,
+        sender_routes: sender_routes(settings)?,
+        ..RelayConfig::new(
+            settings.hostname.clone(),
+            route(settings)?,
+            settings.queue.retry.clone(),
+        )
+    };
+    Ok(Relay::new(spool, config))
+}
+
+/// The password backend `[auth]` names.
+pub(crate) fn authenticator(settings: &Settings) -> Result<Authenticator, String> {
+    Ok(match &settings.auth.backend {
+        PasswordBackend::File => Authenticator::Local(
+            PasswordChecker::new(settings.auth.max_concurrent_checks).map_err(|e| e.to_string())?,
+        ),
+        PasswordBackend::Dovecot { socket, timeout } => Authenticator::Dovecot(DovecotAuth {
+            socket: socket.clone(),
+            timeout: *timeout,
+        }),
+    })
+}
+
+/// What every session's questions are answered with.
+pub(crate) fn services(
+    settings: &Settings,
+    credentials: Arc<CredentialStore>,
+    relay: Relay,
+) -> Result<Services, String> {
+    let authenticator = Arc::new(authenticator(settings)?);
+    let gate = LoginGate::new(
+        Arc::clone(&credentials),
+        Arc::clone(&authenticator),
+        settings.auth.throttle.clone(),
+    );
+    let policy = SenderPolicy::new(credentials, authenticator, SendingLimits::defaults());
+    let intake = Intake::new(relay, &settings.hostname, settings.privacy);
+    Ok(Services::new(
+        gate,
+        policy,
+        intake,
+        settings.limits.handshake_timeout,
+    ))
+}
+
+/// The server machine's settings for a listener of `transport`.
+pub(crate) fn server_config(settings: &Settings, transport: Transport) -> Arc<ServerConfig> {
+    let mut smtp = ServerConfig::new(settings.hostname.clone(), transport);
+    smtp.limits = settings.limits.session.clone();
+    Arc::new(smtp)
+}
