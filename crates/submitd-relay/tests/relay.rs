@@ -355,3 +355,26 @@ async fn senders_take_their_own_upstream_and_the_rest_the_default() {
     assert_eq!(senders(&gmail), ["bob@example.net"]);
     assert_eq!(senders(&net), ["carol@example.net"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_running_relay_delivers_what_is_enqueued_and_stops_with_its_token() {
+    let setup = setup();
+    let (fake, relay) =
+        with_fake(&setup, &["localhost"], Fault::None, RetryPolicy::default()).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.clone().run(shutdown.clone()));
+    let id = queue_message(&setup.spool, &["bob@example.net"], DATA);
+    relay.enqueue(id);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fake.message_count() == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(fake.message_count(), 1, "delivered by a worker");
+    // The workers hold a warm connection; cancelling ends them and it.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the relay stops when its token is cancelled")
+        .unwrap();
+    assert!(setup.spool.list().unwrap().is_empty());
+}
