@@ -73,7 +73,7 @@ impl<S: Io> Stream<S> {
             .and_then(|s| s.suite().as_str())
             .unwrap_or("?");
         let sni = connection.server_name().unwrap_or("-");
-        tracing::info!(target: "submitd::session", client, version, suite, sni, "TLS established");
+        tracing::info!(target: "submitd::session", client = %client, version, suite, sni, "TLS established");
         *self = Self::Tls(Box::new(accepted));
         Ok(())
     }

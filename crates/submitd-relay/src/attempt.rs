@@ -303,6 +303,6 @@ fn log_recipients(
             .get(i)
             .map(ToString::to_string)
             .unwrap_or_default();
-        tracing::info!(target: "submitd::relay", %id, to = %rcpt, attempt = state.attempts, %outcome, reply = %text, "delivery");
+        tracing::info!(target: "submitd::relay", %id, to = %rcpt, attempt = state.attempts, outcome, reply = %text, "delivery");
     }
 }

@@ -122,7 +122,12 @@ async fn start(settings: &Settings) -> Result<Running, String> {
                 })?,
         };
         let local = socket.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!(address = %local, transport = ?listen.transport, "listening");
+        // The mode as the config file spells it.
+        let mode = match listen.transport {
+            Transport::StartTls => "starttls",
+            _ => "implicit",
+        };
+        tracing::info!(address = %local, mode = %mode, "listening");
         listeners.push(tokio::spawn(serve_listener(
             socket,
             wiring::server_config(settings, listen.transport),

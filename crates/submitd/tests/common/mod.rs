@@ -77,9 +77,9 @@ fn wait_ready(daemon: &mut Daemon, rx: &Receiver<String>) {
             daemon.said.push(line.clone());
         }
         if line.contains("listening") {
-            if line.contains("transport=ImplicitTls") {
+            if line.contains("mode=implicit") {
                 daemon.implicit = port_of(&line);
-            } else if line.contains("transport=StartTls") {
+            } else if line.contains("mode=starttls") {
                 daemon.starttls = port_of(&line);
             }
         }
