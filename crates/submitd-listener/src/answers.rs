@@ -8,7 +8,11 @@
 //! ```text
 //! AuthStart / AuthResponse ─▶ SaslExchange ─▶ LoginGate::login ─▶ AuthAnswer
 //! CheckSender ─▶ SenderPolicy::resolve + check_envelope ─▶ Verdict
-//! StoreMessage ─▶ Intake::begin ─▶ Draft::prepare ─▶ SenderPolicy::check_header
+//! MessageStart ─▶ SenderPolicy::resolve ─▶ Intake::begin ─▶ Draft
+//! MessageData ─▶ Draft::write (streams to the spool; awaited, so a slow
+//!                disk stops the reading from the client)
+//! MessageAborted ─▶ the Draft dropped (nothing stays in the spool)
+//! StoreMessage ─▶ Draft::finish ─▶ SenderPolicy::check_header
 //!                ─▶ PreparedMessage::commit ─▶ SenderPolicy::record ─▶ "queued as <id>"
 //! ```
 
@@ -20,7 +24,7 @@ use submitd_auth::{
     Account, LoginGate, LoginOutcome, Mechanism, SaslError, SaslExchange, SaslStep, SenderPolicy,
     SenderRefusal,
 };
-use submitd_relay::{Intake, Origin};
+use submitd_relay::{Draft, Intake, Origin};
 use submitd_smtp::{AuthAnswer, MailFrom, Message, Reply, Secret, Verdict};
 
 use crate::limits::Unauthenticated;
@@ -94,6 +98,9 @@ pub(crate) struct Answers {
     sasl: Option<(Mechanism, SaslExchange)>,
     /// Held until the session logs in.
     unauthenticated: Option<Unauthenticated>,
+    /// The message being received: its draft in the queue, or the reply
+    /// that will refuse it.
+    message: Option<Result<Draft, Reply>>,
     /// Messages queued in this session.
     pub(crate) messages: usize,
 }
@@ -109,6 +116,7 @@ impl Answers {
             client,
             sasl: None,
             unauthenticated,
+            message: None,
             messages: 0,
         }
     }
@@ -215,31 +223,62 @@ impl Answers {
         }
     }
 
-    /// Answers [`submitd_smtp::Output::StoreMessage`]: the queue id once
-    /// the message is durable, or the reply that refuses it.
-    pub(crate) async fn store(&mut self, message: Message) -> Result<String, Reply> {
+    /// [`submitd_smtp::Output::MessageStart`]: a draft in the queue for
+    /// the session's user, or the refusal to give at the end.
+    pub(crate) fn message_start(&mut self, message: &Message) {
         let policy = &self.services.policy;
-        let account = message
+        let user = message
             .auth_user
             .as_deref()
             .map(|name| self.account(name))
-            .ok_or(SenderRefusal::AccountGone);
-        let user = account
+            .ok_or(SenderRefusal::AccountGone)
+            .and_then(|account| policy.resolve(&account));
+        self.message = Some(match user {
+            Ok(user) => {
+                let origin = Origin {
+                    user: &user.name,
+                    client: match self.client {
+                        Client::Network(ip) => Some(ip),
+                        Client::Local { .. } => None,
+                    },
+                };
+                Ok(self.services.intake.begin(message, origin))
+            }
+            Err(refused) => Err(refusal_reply(&refused)),
+        });
+    }
+
+    /// [`submitd_smtp::Output::MessageData`]: the next piece, written on.
+    pub(crate) async fn message_data(&mut self, piece: &[u8]) {
+        if let Some(Ok(draft)) = self.message.as_mut() {
+            draft.write(piece).await;
+        }
+    }
+
+    /// [`submitd_smtp::Output::MessageAborted`]: the draft is dropped, and
+    /// with it whatever the spool held of it.
+    pub(crate) fn message_aborted(&mut self) {
+        self.message = None;
+    }
+
+    /// Answers [`submitd_smtp::Output::StoreMessage`] for the session's
+    /// user `login`: the queue id once the message is durable, or the
+    /// reply that refuses it.
+    pub(crate) async fn store(&mut self, login: Option<&str>) -> Result<String, Reply> {
+        let draft = match self.message.take() {
+            Some(Ok(draft)) => draft,
+            Some(Err(reply)) => return Err(reply),
+            None => return Err(Reply::new(451, (4, 3, 0), "Local error in processing")),
+        };
+        let prepared = draft.finish().map_err(|e| e.reply())?;
+        let policy = &self.services.policy;
+        // Resolved again: the account may have changed while the message
+        // arrived (a reload), and the header check needs the user.
+        let user = login
+            .map(|name| self.account(name))
+            .ok_or(SenderRefusal::AccountGone)
             .and_then(|account| policy.resolve(&account))
             .map_err(|refused| refusal_reply(&refused))?;
-        let origin = Origin {
-            user: &user.name,
-            client: match self.client {
-                Client::Network(ip) => Some(ip),
-                Client::Local { .. } => None,
-            },
-        };
-        let prepared = self
-            .services
-            .intake
-            .begin()
-            .prepare(message, origin)
-            .map_err(|e| e.reply())?;
         let senders = prepared.senders();
         if let Err(refused) = policy.check_header(&user, &senders.from, senders.sender.as_ref()) {
             self.log_refusal(&user.name, &refused);

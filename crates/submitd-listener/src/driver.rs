@@ -284,8 +284,21 @@ impl<S: Io> Driver<S> {
                 // only authenticated users get this far).
                 self.session.answer_recipient(submitd_smtp::Verdict::Accept)
             }
-            Output::StoreMessage(message) => {
-                let result = self.answers.store(*message).await;
+            Output::MessageStart(message) => {
+                self.answers.message_start(&message);
+                Ok(())
+            }
+            Output::MessageData(piece) => {
+                self.answers.message_data(&piece).await;
+                Ok(())
+            }
+            Output::MessageAborted => {
+                self.answers.message_aborted();
+                Ok(())
+            }
+            Output::StoreMessage => {
+                let login = self.session.auth_user().map(str::to_owned);
+                let result = self.answers.store(login.as_deref()).await;
                 self.session.answer_store(result)
             }
             Output::Close(reason) => {

@@ -1,22 +1,29 @@
-//! The intake: how a message the server machine accepted becomes a queued
-//! message. It owns everything between "the client sent the end of data"
-//! and the 250: the queue id, the arrival time, the trace header, the
-//! strict header read, the durable spool write and the wake-up of the
-//! relay, with the one log line that says the message was taken.
+//! The intake: how a message the server machine is receiving becomes a
+//! queued message. It owns everything between the machine's
+//! `MessageStart` and the 250: the queue id, the arrival time, the strict
+//! header read and the trace header, the streaming write to the spool, the
+//! durable commit and the wake-up of the relay, with the one log line that
+//! says the message was taken.
 //!
 //! ```text
-//! Intake::begin ─▶ Draft (queue id, arrival time)
-//!   Draft::prepare(message, origin) ─▶ PreparedMessage   (Received, Message-ID, Date added;
-//!                                        │                 From:/Sender: found for the policy)
+//! Intake::begin(message, origin) ─▶ Draft (queue id, arrival time, envelope)
+//!   Draft::write(piece) …   header held (bounded by HeaderLimits) until its blank line,
+//!                           then inspected (Received, Message-ID, Date; From:/Sender:),
+//!                           then everything streamed to spool tmp/ in WRITE_AT writes
+//!   Draft::finish ─▶ PreparedMessage
 //!                    caller checks PreparedMessage::senders() against the user's policy
-//!                                        ▼
-//!   PreparedMessage::commit ─▶ spool (fsync file + folder) ─▶ relay enqueue ─▶ Accepted (250)
+//!   PreparedMessage::commit ─▶ spool (size + checksum, fsync file, rename, fsync folder)
+//!                           ─▶ relay enqueue ─▶ Accepted (250)
 //! ```
 //!
-//! The caller (the listener) slots only the header-sender check between
-//! prepare and commit; it never sees a queue file. A refusal or a spool
-//! fault comes back as an [`IntakeError`] whose [`IntakeError::reply`] is
-//! the SMTP reply to send.
+//! Memory per message is the header (at most [`HeaderLimits::size`]) or one
+//! write's worth of content ([`WRITE_AT`]), whichever is held, never the
+//! message. A refusal or a spool fault is remembered by the draft and
+//! comes back from [`Draft::finish`] or [`PreparedMessage::commit`] as an
+//! [`IntakeError`] whose [`IntakeError::reply`] is the SMTP reply to send;
+//! whatever was written of such a message is removed. The caller (the
+//! listener) slots only the header-sender check between finish and commit;
+//! it never sees a queue file.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -24,9 +31,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use submitd_smtp::{Message, Reply};
 
-use crate::prepare::{prepare, HeaderSenders, PrepareError, TraceInfo};
+use crate::prepare::{header_end, inspect, HeaderLimits, HeaderSenders, PrepareError, TraceInfo};
 use crate::runner::Relay;
-use crate::spool::{QueueId, Spool, SpoolError, StoredEnvelope};
+use crate::spool::{QueueId, Spool, SpoolError, SpoolFile, StoredEnvelope};
+
+/// Content gathered before it is written to the spool: one write (on the
+/// blocking pool) per this many octets.
+pub const WRITE_AT: usize = 64 * 1024;
 
 /// Why a message was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -40,10 +51,17 @@ pub enum IntakeError {
 }
 
 impl IntakeError {
-    /// The SMTP reply for this error.
+    /// The SMTP reply for this error: the refusal's own, 452 4.3.1 when
+    /// the spool's disk is full (RFC 3463: mail system full), otherwise
+    /// 451 4.3.0. Both temporary: the client keeps the message.
     pub fn reply(&self) -> Reply {
         match self {
             Self::Refused(e) => e.reply(),
+            Self::Spool(e) if e.is_disk_full() => Reply::new(
+                452,
+                (4, 3, 1),
+                "Mail system full: cannot queue the message now; try again later",
+            ),
             Self::Spool(_) => Reply::new(
                 451,
                 (4, 3, 0),
@@ -70,97 +88,220 @@ pub struct Intake {
     relay: Relay,
     hostname: Arc<str>,
     privacy: bool,
+    header: HeaderLimits,
 }
 
 impl Intake {
     /// Stores into the relay's spool and makes each message due on the
     /// relay; `hostname` names this server in the Received field, and
-    /// `privacy` leaves the client's name and address out of it.
+    /// `privacy` leaves the client's name and address out of it. Headers
+    /// are bounded by the default [`HeaderLimits`].
     pub fn new(relay: Relay, hostname: &str, privacy: bool) -> Self {
         Self {
             spool: relay.spool.clone(),
             relay,
             hostname: hostname.into(),
             privacy,
+            header: HeaderLimits::default(),
         }
     }
 
-    /// Starts taking one message: its queue id and arrival time are fixed
-    /// now (the Received field names both).
-    pub fn begin(&self) -> Draft<'_> {
+    /// The same intake with other bounds on a message's header.
+    pub fn with_header_limits(mut self, header: HeaderLimits) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// Starts taking one message, whose content the machine is about to
+    /// pass on: its queue id and arrival time are fixed now (the Received
+    /// field names both).
+    pub fn begin(&self, message: &Message, origin: Origin<'_>) -> Draft {
+        let arrived = SystemTime::now();
+        let received = arrived
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = QueueId::generate();
+        let envelope = StoredEnvelope {
+            mail_from: message.mail_from.clone(),
+            recipients: message.recipients.clone(),
+            user: Some(origin.user.to_owned()),
+            received,
+        };
+        let single_recipient = match message.recipients.as_slice() {
+            [only] => Some(only.forward_path.to_string()),
+            _ => None,
+        };
         Draft {
-            intake: self,
-            id: QueueId::generate(),
-            arrived: SystemTime::now(),
+            file: Some(self.spool.create(id.clone(), envelope)),
+            intake: self.clone(),
+            id,
+            arrived,
+            client_name: message.client_name.to_string(),
+            client: origin.client.filter(|_| !self.privacy),
+            protocol: message.protocol(),
+            single_recipient,
+            user: origin.user.to_owned(),
+            from: message.mail_from.address(),
+            recipients: message.recipients.len(),
+            held: Vec::new(),
+            scanned: 0,
+            senders: None,
+            failed: None,
         }
     }
 }
 
-/// A message being taken in, not yet prepared.
+/// A message being taken in: its content arrives with [`Draft::write`].
+/// Dropped before it is committed, it leaves nothing in the spool.
 #[derive(Debug)]
-pub struct Draft<'a> {
-    intake: &'a Intake,
+pub struct Draft {
+    intake: Intake,
     id: QueueId,
+    /// `None` after a failure (the file is gone with it).
+    file: Option<SpoolFile>,
     arrived: SystemTime,
+    client_name: String,
+    client: Option<IpAddr>,
+    protocol: &'static str,
+    single_recipient: Option<String>,
+    user: String,
+    from: String,
+    recipients: usize,
+    /// The header until it was inspected; after that, content waiting to
+    /// be written.
+    held: Vec<u8>,
+    /// How far `held` was searched for the header's end.
+    scanned: usize,
+    /// Found once the header was inspected.
+    senders: Option<HeaderSenders>,
+    /// The first refusal or fault; the rest of the content is only read.
+    failed: Option<IntakeError>,
 }
 
-impl<'a> Draft<'a> {
+impl Draft {
     /// The queue id the message will have.
     pub fn queue_id(&self) -> &QueueId {
         &self.id
     }
 
-    /// Reads the header strictly and adds the trace fields (Received, and
-    /// Message-ID and Date when missing).
-    pub fn prepare(
-        self,
-        message: Message,
-        origin: Origin<'_>,
-    ) -> Result<PreparedMessage<'a>, IntakeError> {
-        let client_name = message.client_name.to_string();
-        let single = match message.recipients.as_slice() {
-            [only] => Some(only.forward_path.to_string()),
-            _ => None,
-        };
+    /// Takes the next piece of content. Never fails itself: a refusal or a
+    /// spool fault is remembered (and the rest of the content dropped) for
+    /// [`Draft::finish`] to report once the client has sent it all.
+    pub async fn write(&mut self, piece: &[u8]) {
+        if self.failed.is_some() {
+            return;
+        }
+        self.held.extend_from_slice(piece);
+        if self.senders.is_none() {
+            let from = self.scanned.saturating_sub(3);
+            let found = header_end(&self.held[from..]).map(|end| from + end);
+            self.scanned = self.held.len();
+            let limit = self.intake.header.size;
+            match found {
+                Some(end) if end <= limit => {
+                    if let Err(e) = self.inspect() {
+                        return self.fail(e);
+                    }
+                }
+                None if self.held.len() <= limit => return,
+                _ => return self.fail(PrepareError::HeaderTooBig(limit).into()),
+            }
+        }
+        if self.held.len() >= WRITE_AT {
+            self.flush().await;
+        }
+    }
+
+    /// Reads the held header strictly and puts the trace fields in front.
+    fn inspect(&mut self) -> Result<(), IntakeError> {
+        let client = self.client.map(|ip| (self.client_name.as_str(), ip));
         let trace = TraceInfo {
             hostname: &self.intake.hostname,
-            client: origin
-                .client
-                .filter(|_| !self.intake.privacy)
-                .map(|ip| (client_name.as_str(), ip)),
-            protocol: message.protocol(),
+            client,
+            protocol: self.protocol,
             queue_id: &self.id,
-            single_recipient: single.as_deref(),
+            single_recipient: self.single_recipient.as_deref(),
             now: self.arrived,
         };
-        let prepared = prepare(&message.data, &trace)?;
-        let received = self
-            .arrived
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let inspected = inspect(&self.held, &trace, self.intake.header.fields)?;
+        let mut held = Vec::with_capacity(inspected.added.len() + self.held.len());
+        held.extend_from_slice(inspected.added.as_bytes());
+        held.append(&mut self.held);
+        self.held = held;
+        self.senders = Some(inspected.senders);
+        Ok(())
+    }
+
+    fn fail(&mut self, error: IntakeError) {
+        self.failed = Some(error);
+        self.held = Vec::new();
+        self.file = None;
+    }
+
+    /// Writes what is held to the spool file on the blocking pool; the
+    /// buffer comes back for the next pieces.
+    async fn flush(&mut self) {
+        let Some(mut file) = self.file.take() else {
+            return self.fail(SpoolError::WriteStopped.into());
+        };
+        let held = std::mem::take(&mut self.held);
+        let written = tokio::task::spawn_blocking(move || {
+            let result = file.append(&held);
+            (file, held, result)
+        })
+        .await;
+        match written {
+            Ok((file, mut held, Ok(()))) => {
+                held.clear();
+                self.held = held;
+                self.file = Some(file);
+            }
+            Ok((_, _, Err(e))) => {
+                tracing::error!(target: "submitd::message", user = %self.user, error = %e, "message could not be written to the queue");
+                self.fail(e.into());
+            }
+            Err(_) => self.fail(SpoolError::WriteStopped.into()),
+        }
+    }
+
+    /// The content is complete: the message is ready to be committed, or
+    /// the refusal or fault met on the way. A message whose header never
+    /// ended (no blank line, no body) is inspected now.
+    pub fn finish(mut self) -> Result<PreparedMessage, IntakeError> {
+        if self.senders.is_none() && self.failed.is_none() {
+            if let Err(e) = self.inspect() {
+                self.fail(e);
+            }
+        }
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        let (Some(file), Some(senders)) = (self.file, self.senders) else {
+            return Err(SpoolError::WriteStopped.into());
+        };
         Ok(PreparedMessage {
             intake: self.intake,
-            id: self.id,
-            envelope: StoredEnvelope {
-                mail_from: message.mail_from,
-                recipients: message.recipients,
-                user: Some(origin.user.to_owned()),
-                received,
-            },
-            data: prepared.data,
-            senders: prepared.senders,
+            file,
+            tail: self.held,
+            senders,
+            user: self.user,
+            from: self.from,
+            recipients: self.recipients,
         })
     }
 }
 
 /// A message ready to be committed to the queue.
 #[derive(Debug)]
-pub struct PreparedMessage<'a> {
-    intake: &'a Intake,
-    id: QueueId,
-    envelope: StoredEnvelope,
-    data: Vec<u8>,
+pub struct PreparedMessage {
+    intake: Intake,
+    file: SpoolFile,
+    /// The last of the content, not yet written.
+    tail: Vec<u8>,
     senders: HeaderSenders,
+    user: String,
+    from: String,
+    recipients: usize,
 }
 
 /// A message in the queue: what the 250 and the caller's counters need.
@@ -174,7 +315,7 @@ pub struct Accepted {
     pub size: usize,
 }
 
-impl PreparedMessage<'_> {
+impl PreparedMessage {
     /// The From: and Sender: addresses, for the sender policy.
     pub fn senders(&self) -> &HeaderSenders {
         &self.senders
@@ -184,18 +325,24 @@ impl PreparedMessage<'_> {
     /// on the relay and logs it. Only after this returns `Ok` may the
     /// client be told 250.
     pub async fn commit(self) -> Result<Accepted, IntakeError> {
-        let user = self.envelope.user.clone().unwrap_or_default();
-        let from = self.envelope.mail_from.address();
-        let recipients = self.envelope.recipients.len();
-        let size = self.data.len();
-        let stored = self
-            .intake
-            .spool
-            .store(self.id, self.envelope, Arc::new(self.data))
-            .await;
+        let Self {
+            intake,
+            file,
+            tail,
+            user,
+            from,
+            recipients,
+            ..
+        } = self;
+        let size = usize::try_from(file.size())
+            .unwrap_or(usize::MAX)
+            .saturating_add(tail.len());
+        let stored = tokio::task::spawn_blocking(move || file.commit(&tail))
+            .await
+            .unwrap_or(Err(SpoolError::WriteStopped));
         match stored {
             Ok(id) => {
-                self.intake.relay.enqueue(id.clone());
+                intake.relay.enqueue(id.clone());
                 tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients, size, outcome = "queued", "message accepted");
                 Ok(Accepted {
                     id,

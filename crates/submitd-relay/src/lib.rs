@@ -3,10 +3,12 @@
 //! over verified TLS (or into a Maildir), retrying and bouncing (RFC 3464).
 //!
 //! ```text
-//! listener ─▶ intake::Intake::begin ─▶ Draft::prepare (prepare.rs: strict header
-//!             read, Received, Message-ID, Date) ─▶ [listener: header senders]
-//!             ─▶ PreparedMessage::commit ─▶ spool::Spool::store
-//!                   tmp/ → fsync → msg/ → fsync dir ─▶ runner::Relay::enqueue ─▶ 250
+//! listener ─▶ intake::Intake::begin ─▶ Draft::write (pieces as they arrive: the
+//!             header held until its blank line, then prepare.rs::inspect: strict
+//!             header read, Received, Message-ID, Date; the rest streamed to
+//!             spool tmp/) ─▶ Draft::finish ─▶ [listener: header senders]
+//!             ─▶ PreparedMessage::commit ─▶ spool::SpoolFile::commit
+//!                   fsync → msg/ → fsync dir ─▶ runner::Relay::enqueue ─▶ 250
 //!
 //! runner::Relay: schedule.rs (due times) ─▶ workers ─▶ attempt.rs:
 //!     route.rs (sender routes, routes down) ─▶ upstream::Connection (TLS,
@@ -19,7 +21,8 @@
 //! client machine, `rustls`/`tokio-rustls` for TLS to the upstream,
 //! `rustls-native-certs` for the system's CA roots, `rustls-pki-types` for
 //! PEM CA files, `mail-parser` for From:/Sender: address lists (only of
-//! fields this crate found itself), `crc32fast` to detect damaged queue
+//! fields this crate found itself), `memchr` to find the header's end in
+//! what arrives, `crc32fast` to detect damaged queue
 //! files, `getrandom` for queue ids and retry jitter, `tokio` for the
 //! blocking pool, the workers and group commit, `tokio-util` for the
 //! shutdown token and the workers' tracker, `tracing` for log lines,
@@ -43,11 +46,15 @@ pub use dsn::{bounce, Bounce};
 pub use error::{DeliveryError, TlsFailure};
 pub use intake::{Accepted, Draft, Intake, IntakeError, Origin, PreparedMessage};
 pub use maildir::Maildir;
-pub use prepare::{prepare, HeaderSenders, PrepareError, Prepared, TraceInfo};
+pub use prepare::{
+    header_end, inspect, prepare, HeaderLimits, HeaderSenders, Inspected, PrepareError, Prepared,
+    TraceInfo,
+};
 pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use route::{Route, RouteId, SenderRoute, DOWN_FOR};
 pub use runner::{PassFigures, Relay, RelayConfig};
 pub use spool::{
-    unix_now, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, StoredEnvelope,
+    unix_now, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, SpoolFile,
+    StoredEnvelope,
 };
 pub use upstream::{client_tls_config, read_password_file, Connection, SetupError, Upstream};

@@ -43,17 +43,45 @@ pub enum PrepareError {
     /// A From: or Sender: field without a usable address (550 5.6.0).
     #[error("the {0}: header has no valid address")]
     NoAddress(&'static str),
+    /// The header section is longer than the limit (552 5.3.4).
+    #[error("the message header is larger than {0} octets")]
+    HeaderTooBig(usize),
+    /// The header has more fields than the limit (552 5.3.4).
+    #[error("the message header has more than {0} fields")]
+    TooManyFields(usize),
+}
+
+/// Bounds on a message's header section: it is held in memory while it is
+/// read and checked, so its size is what a session's memory grows with
+/// (the body goes straight to the spool). Postfix's `header_size_limit`
+/// is 100 KB for one field; these bound the whole section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeaderLimits {
+    /// Largest header section, in octets up to and with its blank line.
+    pub size: usize,
+    /// Most header fields.
+    pub fields: usize,
+}
+
+impl Default for HeaderLimits {
+    fn default() -> Self {
+        Self {
+            size: 256 * 1024,
+            fields: 1000,
+        }
+    }
 }
 
 impl PrepareError {
     /// The SMTP reply for this refusal: code, enhanced code and text.
     pub fn reply(&self) -> submitd_smtp::Reply {
-        let detail = match self {
-            Self::SeveralFrom | Self::SeveralSender => (7, 1),
-            _ => (6, 0),
+        let (code, detail) = match self {
+            Self::SeveralFrom | Self::SeveralSender => (550, (7, 1)),
+            Self::HeaderTooBig(_) | Self::TooManyFields(_) => (552, (3, 4)),
+            _ => (550, (6, 0)),
         };
         submitd_smtp::Reply::new(
-            550,
+            code,
             submitd_smtp::EnhancedCode::new(5, detail.0, detail.1),
             self.to_string(),
         )
@@ -110,8 +138,9 @@ struct Field<'a> {
     value: &'a [u8],
 }
 
-/// Reads the header section strictly; returns its fields.
-fn header_fields(data: &[u8]) -> Result<Vec<Field<'_>>, PrepareError> {
+/// Reads the header section strictly; returns its fields (at most
+/// `max_fields` of them). Linear in the header's length.
+fn header_fields(data: &[u8], max_fields: usize) -> Result<Vec<Field<'_>>, PrepareError> {
     let mut fields: Vec<Field<'_>> = Vec::new();
     let mut at = 0;
     let mut line_no = 0;
@@ -139,6 +168,9 @@ fn header_fields(data: &[u8]) -> Result<Vec<Field<'_>>, PrepareError> {
             let colon = after_name.iter().position(|&b| b != b' ' && b != b'\t');
             match colon {
                 Some(i) if name_len > 0 && after_name[i] == b':' => {
+                    if fields.len() == max_fields {
+                        return Err(PrepareError::TooManyFields(max_fields));
+                    }
                     let value_start = at + name_len + i + 1;
                     fields.push(Field {
                         name: &content[..name_len],
@@ -154,7 +186,17 @@ fn header_fields(data: &[u8]) -> Result<Vec<Field<'_>>, PrepareError> {
 }
 
 fn memchr_crlf(bytes: &[u8]) -> Option<usize> {
-    bytes.windows(2).position(|w| w == b"\r\n")
+    memchr::memmem::find(bytes, b"\r\n")
+}
+
+/// Where the header section of `data` ends: the offset just past its blank
+/// line, if `data` holds one. A message that starts with a blank line has
+/// an empty header.
+pub fn header_end(data: &[u8]) -> Option<usize> {
+    if data.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    memchr::memmem::find(data, b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// Parses the addresses of one From: or Sender: value with mail-parser.
@@ -176,9 +218,40 @@ fn addresses(value: &[u8]) -> Vec<Address> {
         .collect()
 }
 
-/// Checks the header and builds the message to spool.
+/// What the header check found: the lines to add in front of the
+/// message, and the author fields for the sender policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Inspected {
+    /// Received, and Message-ID and Date when missing, in wire form.
+    pub added: String,
+    /// From:/Sender: addresses.
+    pub senders: HeaderSenders,
+}
+
+/// Checks the header and builds the message to spool (the message whole
+/// in memory: the daemon streams instead, with [`inspect`]).
 pub fn prepare(data: &[u8], trace: &TraceInfo<'_>) -> Result<Prepared, PrepareError> {
-    let fields = header_fields(data)?;
+    let inspected = inspect(data, trace, HeaderLimits::default().fields)?;
+    let added = inspected.added;
+    let mut out = Vec::with_capacity(added.len() + data.len());
+    out.extend_from_slice(added.as_bytes());
+    out.extend_from_slice(data);
+    Ok(Prepared {
+        data: out,
+        added: added.len(),
+        senders: inspected.senders,
+    })
+}
+
+/// Checks the header section at the start of `data` (a message, or only
+/// its header) and says what to add in front of it; reads nothing past
+/// the header's blank line and copies nothing.
+pub fn inspect(
+    data: &[u8],
+    trace: &TraceInfo<'_>,
+    max_fields: usize,
+) -> Result<Inspected, PrepareError> {
+    let fields = header_fields(data, max_fields)?;
     let named = |name: &'static str| {
         fields
             .iter()
@@ -221,12 +294,8 @@ pub fn prepare(data: &[u8], trace: &TraceInfo<'_>) -> Result<Prepared, PrepareEr
     if named("Date").next().is_none() {
         added.push_str(&format!("Date: {date}\r\n"));
     }
-    let mut out = Vec::with_capacity(added.len() + data.len());
-    out.extend_from_slice(added.as_bytes());
-    out.extend_from_slice(data);
-    Ok(Prepared {
-        data: out,
-        added: added.len(),
+    Ok(Inspected {
+        added,
         senders: HeaderSenders { from, sender },
     })
 }

@@ -69,11 +69,16 @@ fn run(config: &Arc<ServerConfig>, stream: &[u8]) -> usize {
                 }
                 Output::CheckSender(_) => session.answer_sender(Verdict::Accept),
                 Output::CheckRecipient(_) => session.answer_recipient(Verdict::Accept),
-                Output::StoreMessage(message) => {
-                    stored = black_box(message).data.len();
-                    session.answer_store(Ok("Q1".into()))
+                Output::MessageData(piece) => {
+                    stored += black_box(piece).len();
+                    Ok(())
                 }
-                Output::StartTls { .. } | Output::AuthCancelled | Output::Close(_) => Ok(()),
+                Output::StoreMessage => session.answer_store(Ok("Q1".into())),
+                Output::StartTls { .. }
+                | Output::AuthCancelled
+                | Output::MessageStart(_)
+                | Output::MessageAborted
+                | Output::Close(_) => Ok(()),
             };
         }
     }

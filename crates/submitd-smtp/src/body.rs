@@ -5,7 +5,10 @@
 //!
 //! [`BodyReceiver`] works on arbitrary splits of the input: its state (a CR
 //! still waiting for its LF, a leading dot still waiting for what follows)
-//! crosses calls and BDAT chunks.
+//! crosses calls and BDAT chunks. It never holds the message: what it read
+//! since the last [`BodyReceiver::take`] is handed on (as the machine's
+//! `MessageData` output) and forgotten, so a session's memory does not
+//! grow with the size of the message.
 
 /// How a DATA body ended, or why it could not be read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,10 +30,12 @@ pub(crate) enum BodyFault {
     LineTooLong,
 }
 
-/// Collects message content, checking line ends, line length and size.
+/// Reads message content, checking line ends, line length and size, and
+/// passes it on in pieces.
 #[derive(Debug)]
 pub(crate) struct BodyReceiver {
-    data: Vec<u8>,
+    /// Content read since the last `take`; nothing once a fault was seen.
+    pending: Vec<u8>,
     size: u64,
     max_size: u64,
     max_line: usize,
@@ -48,7 +53,7 @@ pub(crate) struct BodyReceiver {
 impl BodyReceiver {
     pub(crate) fn new(max_size: u64, max_line: usize) -> Self {
         Self {
-            data: Vec::new(),
+            pending: Vec::new(),
             size: 0,
             max_size,
             max_line,
@@ -71,27 +76,32 @@ impl BodyReceiver {
         self.fault
     }
 
-    /// The content; empty once the body was found too big.
-    pub(crate) fn into_data(self) -> Vec<u8> {
-        self.data
+    /// The content read since the last call, dot-unstuffed. Empty once a
+    /// fault was seen: a refused message is read to its end but nothing
+    /// more of it is passed on.
+    pub(crate) fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.pending)
+    }
+
+    fn set_fault(&mut self, fault: BodyFault) {
+        if self.fault.is_none() {
+            self.fault = Some(fault);
+        }
+        self.pending = Vec::new();
     }
 
     fn keep(&mut self, bytes: &[u8]) {
         self.size = self.size.saturating_add(bytes.len() as u64);
         if self.size > self.max_size {
-            if self.fault.is_none() {
-                self.fault = Some(BodyFault::TooBig);
-            }
-            // Read to the end but hold nothing more.
-            self.data = Vec::new();
-        } else if self.fault != Some(BodyFault::TooBig) {
-            self.data.extend_from_slice(bytes);
+            self.set_fault(BodyFault::TooBig);
+        } else if self.fault.is_none() {
+            self.pending.extend_from_slice(bytes);
         }
     }
 
     fn end_line(&mut self) {
-        if self.line_len + 2 > self.max_line && self.fault.is_none() {
-            self.fault = Some(BodyFault::LineTooLong);
+        if self.line_len + 2 > self.max_line {
+            self.set_fault(BodyFault::LineTooLong);
         }
         self.keep(b"\r\n");
         self.line_len = 0;
@@ -158,8 +168,8 @@ impl BodyReceiver {
             return Err(());
         }
         // An unterminated last line will get its CRLF when relayed.
-        if self.line_len > 0 && self.line_len + 2 > self.max_line && self.fault.is_none() {
-            self.fault = Some(BodyFault::LineTooLong);
+        if self.line_len > 0 && self.line_len + 2 > self.max_line {
+            self.set_fault(BodyFault::LineTooLong);
         }
         Ok(())
     }
@@ -215,7 +225,7 @@ mod tests {
     fn receive(input: &[u8]) -> (Progress, Vec<u8>) {
         let mut r = BodyReceiver::new(1 << 20, 1000);
         let p = r.feed_data(input);
-        (p, r.into_data())
+        (p, r.take())
     }
 
     #[test]
@@ -253,14 +263,19 @@ mod tests {
         let whole = receive(input);
         for split in 0..input.len() {
             let mut r = BodyReceiver::new(1 << 20, 1000);
-            let p = match r.feed_data(&input[..split]) {
-                Progress::NeedMore => match r.feed_data(&input[split..]) {
-                    Progress::End(n) => Progress::End(split + n),
-                    other => other,
-                },
-                other => other,
+            let (p, mut data) = match r.feed_data(&input[..split]) {
+                Progress::NeedMore => {
+                    let mut data = r.take();
+                    let p = match r.feed_data(&input[split..]) {
+                        Progress::End(n) => Progress::End(split + n),
+                        other => other,
+                    };
+                    (p, std::mem::take(&mut data))
+                }
+                other => (other, Vec::new()),
             };
-            assert_eq!((p, r.into_data()), whole, "split at {split}");
+            data.extend(r.take());
+            assert_eq!((p, data), whole, "split at {split}");
         }
     }
 
@@ -270,7 +285,18 @@ mod tests {
         assert_eq!(r.feed_data(b"12345\r\n.\r\n"), Progress::End(10));
         assert_eq!(r.fault(), Some(BodyFault::TooBig));
         assert_eq!(r.size(), 7);
-        assert!(r.into_data().is_empty());
+        assert!(
+            r.take().is_empty(),
+            "nothing of a refused message is passed on"
+        );
+
+        // What was passed on before the fault is all there is.
+        let mut r = BodyReceiver::new(8, 1000);
+        assert_eq!(r.feed_data(b"1234\r\n"), Progress::NeedMore);
+        assert_eq!(r.take(), b"1234\r\n");
+        assert_eq!(r.feed_data(b"5678\r\n.\r\n"), Progress::End(9));
+        assert_eq!(r.fault(), Some(BodyFault::TooBig));
+        assert!(r.take().is_empty());
 
         let mut r = BodyReceiver::new(100, 5);
         assert_eq!(r.feed_data(b"..2\r\n.\r\n"), Progress::End(8));
@@ -286,7 +312,7 @@ mod tests {
         assert_eq!(r.feed_chunk(b"a\r"), Ok(()));
         assert_eq!(r.feed_chunk(b"\n.b\r\n"), Ok(()));
         assert_eq!(r.finish_chunks(), Ok(()));
-        assert_eq!(r.into_data(), b"a\r\n.b\r\n");
+        assert_eq!(r.take(), b"a\r\n.b\r\n");
 
         let mut r = BodyReceiver::new(100, 1000);
         assert_eq!(r.feed_chunk(b"a\r"), Ok(()));

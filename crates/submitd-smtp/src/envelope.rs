@@ -171,16 +171,16 @@ pub struct Envelope {
     pub recipients: Vec<RcptTo>,
 }
 
-/// A complete message with its envelope, as the server machine hands it
-/// over to be stored.
-#[derive(Clone, PartialEq, Eq)]
+/// A message's envelope and the facts of the session it came in, as the
+/// server machine hands them over when its content begins. The content
+/// itself follows in pieces (`Output::MessageData`); the machine never
+/// holds it whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
     /// The sender.
     pub mail_from: MailFrom,
     /// The accepted recipients, in order.
     pub recipients: Vec<RcptTo>,
-    /// The content exactly as sent, dot-unstuffed, lines ended by CRLF.
-    pub data: Vec<u8>,
     /// The name the client gave in EHLO.
     pub client_name: ClientName,
     /// Who authenticated, as the credential check named them.
@@ -209,21 +209,6 @@ impl Message {
             (true, false, true) => "UTF8SMTPA",
             (true, true, true) => "UTF8SMTPSA",
         }
-    }
-}
-
-/// Never the content: it may be large, and it is the user's mail.
-impl fmt::Debug for Message {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Message")
-            .field("mail_from", &self.mail_from)
-            .field("recipients", &self.recipients)
-            .field("data_len", &self.data.len())
-            .field("client_name", &self.client_name)
-            .field("auth_user", &self.auth_user)
-            .field("tls", &self.tls)
-            .field("chunked", &self.chunked)
-            .finish()
     }
 }
 

@@ -10,7 +10,13 @@
 //! `unknown` are refused; a message containing `X-Store: fail` cannot be
 //! stored now (451), one containing `X-Store: reject` is refused (554);
 //! every other message gets queue id `Q1`, `Q2`, ...
+//!
+//! It also holds the machine to its message protocol: `MessageData` only
+//! between a `MessageStart` and its `StoreMessage` or `MessageAborted`,
+//! never two messages open at once. A breach panics, so every test that
+//! drives the machine checks it.
 
+use std::ops::Deref;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,10 +38,32 @@ pub enum Event {
         /// The queue id given.
         queue_id: String,
         /// The message.
-        message: Box<Message>,
+        message: Box<StoredMessage>,
     },
+    /// A message begun was dropped by the machine before it was complete.
+    Aborted,
     /// The session closed.
     Close(CloseReason),
+}
+
+/// A message as the scripted world stored it: the envelope the machine
+/// gave at `MessageStart` and the content gathered from its
+/// `MessageData` pieces.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Envelope and session facts.
+    pub message: Message,
+    /// The content, all pieces in order.
+    pub data: Vec<u8>,
+    /// How many `MessageData` pieces it came in.
+    pub pieces: usize,
+}
+
+impl Deref for StoredMessage {
+    type Target = Message;
+    fn deref(&self) -> &Message {
+        &self.message
+    }
 }
 
 /// Where a LOGIN or PLAIN exchange stands.
@@ -72,6 +100,10 @@ pub struct Driver {
     auth: AuthState,
     stored: u64,
     partial: Vec<u8>,
+    /// The message begun and not yet stored or aborted.
+    open: Option<StoredMessage>,
+    /// The largest `MessageData` piece seen.
+    pub largest_piece: usize,
 }
 
 impl Driver {
@@ -87,6 +119,8 @@ impl Driver {
             auth: AuthState::Idle,
             stored: 0,
             partial: Vec::new(),
+            open: None,
+            largest_piece: 0,
         };
         driver.drain();
         driver
@@ -111,7 +145,7 @@ impl Driver {
     }
 
     /// All messages stored so far, in order.
-    pub fn stored_messages(&self) -> impl Iterator<Item = &Message> {
+    pub fn stored_messages(&self) -> impl Iterator<Item = &StoredMessage> {
         self.items.iter().filter_map(|item| match item {
             Item::Event(Event::Stored { message, .. }) => Some(&**message),
             _ => None,
@@ -194,7 +228,34 @@ impl Driver {
                         Verdict::Accept
                     })
                 }
-                Output::StoreMessage(message) => {
+                Output::MessageStart(message) => {
+                    assert!(self.open.is_none(), "a message began inside another");
+                    self.open = Some(StoredMessage {
+                        message: *message,
+                        data: Vec::new(),
+                        pieces: 0,
+                    });
+                    Ok(())
+                }
+                Output::MessageData(piece) => {
+                    let Some(open) = self.open.as_mut() else {
+                        panic!("message data outside a message");
+                    };
+                    assert!(!piece.is_empty(), "an empty MessageData piece");
+                    self.largest_piece = self.largest_piece.max(piece.len());
+                    open.data.extend_from_slice(&piece);
+                    open.pieces += 1;
+                    Ok(())
+                }
+                Output::MessageAborted => {
+                    assert!(self.open.take().is_some(), "abort without a message");
+                    self.items.push(Item::Event(Event::Aborted));
+                    Ok(())
+                }
+                Output::StoreMessage => {
+                    let Some(message) = self.open.take() else {
+                        panic!("StoreMessage without a message");
+                    };
                     if contains(&message.data, b"X-Store: reject") {
                         self.session.answer_store(Err(Reply::new(
                             554,
@@ -214,12 +275,13 @@ impl Driver {
                         let queue_id = format!("Q{}", self.stored);
                         self.items.push(Item::Event(Event::Stored {
                             queue_id: queue_id.clone(),
-                            message,
+                            message: Box::new(message),
                         }));
                         self.session.answer_store(Ok(queue_id))
                     }
                 }
                 Output::Close(reason) => {
+                    assert!(self.open.is_none(), "closed with a message still open");
                     self.items.push(Item::Event(Event::Close(reason)));
                     Ok(())
                 }

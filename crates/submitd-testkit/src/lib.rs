@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use submitd_smtp::testing::{Driver, Event, Item};
-use submitd_smtp::{Message, ServerConfig, Transport};
+use submitd_smtp::testing::{Driver, Event, Item, StoredMessage};
+use submitd_smtp::{ServerConfig, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -116,7 +116,7 @@ pub enum Fault {
 #[derive(Debug, Default)]
 pub struct Seen {
     /// Messages stored, in order.
-    pub messages: Vec<Message>,
+    pub messages: Vec<StoredMessage>,
     /// Connections accepted.
     pub connections: usize,
     /// Temporary failures still to give (for [`Fault::TempFailFirst`]).
@@ -190,7 +190,7 @@ impl FakeSmarthost {
     }
 
     /// The messages stored so far.
-    pub fn messages(&self) -> Vec<Message> {
+    pub fn messages(&self) -> Vec<StoredMessage> {
         self.seen
             .lock()
             .map(|s| s.messages.clone())
@@ -261,6 +261,7 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                         seen.messages.push(*message);
                     }
                 }
+                Item::Event(Event::Aborted) => *data_octets = None,
                 Item::Event(Event::Close(_)) => close = true,
             }
         }

@@ -256,8 +256,17 @@ pub(super) fn read_envelope(path: &Path) -> Result<StoredEnvelope, SpoolError> {
 }
 
 /// The header of a new message file: the envelope, the content's size and
-/// checksum, and the blank line the content follows.
-pub(super) fn render_header(id: &QueueId, envelope: &StoredEnvelope, data: &[u8]) -> String {
+/// checksum, and the blank line the content follows. Size and checksum
+/// have fixed widths, so the header's length does not depend on them: a
+/// message streamed to the spool is written behind a header with zeros,
+/// which is rewritten in place once the content is complete. (Readers
+/// take the zero-padded size as any other number.)
+pub(super) fn render_header(
+    id: &QueueId,
+    envelope: &StoredEnvelope,
+    size: u64,
+    crc: u32,
+) -> String {
     let mut header = format!("{MAGIC}\nid: {id}\nreceived: {}\n", envelope.received);
     header.push_str(&format!(
         "user: {}\n",
@@ -267,10 +276,6 @@ pub(super) fn render_header(id: &QueueId, envelope: &StoredEnvelope, data: &[u8]
     for rcpt in &envelope.recipients {
         header.push_str(&format!("rcpt: {rcpt}\n"));
     }
-    header.push_str(&format!(
-        "size: {}\ncrc32: {:08x}\n\n",
-        data.len(),
-        crc32fast::hash(data)
-    ));
+    header.push_str(&format!("size: {size:020}\ncrc32: {crc:08x}\n\n"));
     header
 }

@@ -76,6 +76,17 @@ pub enum SpoolError {
     WriteStopped,
 }
 
+impl SpoolError {
+    /// Whether the disk (or the queue's quota) is full: the client is told
+    /// "mail system full" (452 4.3.1) rather than a plain local error.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, Self::Io { source, .. } if matches!(
+            source.kind(),
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded | io::ErrorKind::FileTooLarge
+        ))
+    }
+}
+
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     move |source| SpoolError::Io {
         path: path.to_owned(),
@@ -189,44 +200,25 @@ impl Spool {
         Ok(dirs)
     }
 
-    /// Writes, fsyncs and renames a new message file; the caller must still
-    /// make the rename durable (fsync `msg/`).
-    fn write_file(
-        &self,
-        id: QueueId,
-        envelope: &StoredEnvelope,
-        data: &[u8],
-    ) -> Result<QueueId, SpoolError> {
-        let header = render_header(&id, envelope, data);
-        let tmp = self.dirs.tmp.join(id.as_str());
-        let write = || -> io::Result<()> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
-            file.write_all(header.as_bytes())?;
-            file.write_all(data)?;
-            file.sync_all()
-        };
-        if let Err(source) = write() {
-            let _ = fs::remove_file(&tmp);
-            return Err(SpoolError::Io { path: tmp, source });
+    /// Starts a new message under `id` (from [`QueueId::generate`], made
+    /// early so the Received header can name it) with its envelope. Nothing
+    /// touches the disk until the first [`SpoolFile::append`] or the
+    /// commit.
+    pub fn create(&self, id: QueueId, envelope: StoredEnvelope) -> SpoolFile {
+        SpoolFile {
+            tmp: self.dirs.tmp.join(id.as_str()),
+            spool: self.clone(),
+            id,
+            envelope,
+            file: None,
+            size: 0,
+            crc: crc32fast::Hasher::new(),
+            committed: false,
         }
-        let target = self.dirs.msg.join(id.as_str());
-        if target.exists() {
-            let _ = fs::remove_file(&tmp);
-            return Err(SpoolError::Corrupt {
-                path: target,
-                reason: "queue id already in use".into(),
-            });
-        }
-        fs::rename(&tmp, &target).map_err(io_error(&target))?;
-        Ok(id)
     }
 
-    /// Stores a message durably under `id` (from [`QueueId::generate`], made
-    /// early so the Received header can name it), on the blocking pool.
+    /// Stores a whole message durably under `id`, on the blocking pool
+    /// (bounces; the intake streams with [`Spool::create`] instead).
     pub async fn store(
         &self,
         id: QueueId,
@@ -239,16 +231,15 @@ impl Spool {
             .map_err(|_| SpoolError::WriteStopped)?
     }
 
-    /// Stores a message durably under `id`, blocking the calling thread.
+    /// Stores a whole message durably under `id`, blocking the calling
+    /// thread.
     pub fn store_blocking(
         &self,
         id: QueueId,
         envelope: &StoredEnvelope,
         data: &[u8],
     ) -> Result<QueueId, SpoolError> {
-        let id = self.write_file(id, envelope, data)?;
-        fsync_dir(&self.dirs.msg)?;
-        Ok(id)
+        self.create(id, envelope.clone()).commit(data)
     }
 
     /// Reads a queued message: its envelope and bytes.
@@ -333,6 +324,137 @@ impl Spool {
             .collect();
         ids.sort();
         Ok(ids)
+    }
+}
+
+/// A message being written to `tmp/<id>` in pieces, as it arrives. It is
+/// removed unless committed, so a refused, cut-off or failed message
+/// leaves nothing behind; only [`SpoolFile::commit`] makes it a queued
+/// message.
+///
+/// On disk while it is written: the spool header with a zero size and
+/// checksum (fixed widths), then the content so far. The commit rewrites
+/// the header in place with the real values, fsyncs the file, renames it
+/// into `msg/` and fsyncs `msg/`: the same order, and the same three
+/// flushes, as a message written whole.
+pub struct SpoolFile {
+    spool: Spool,
+    id: QueueId,
+    tmp: PathBuf,
+    envelope: StoredEnvelope,
+    /// Open once the first piece was written.
+    file: Option<File>,
+    size: u64,
+    crc: crc32fast::Hasher,
+    committed: bool,
+}
+
+impl std::fmt::Debug for SpoolFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SpoolFile")
+            .field("id", &self.id)
+            .field("size", &self.size)
+            .field("on_disk", &self.file.is_some())
+            .finish()
+    }
+}
+
+impl SpoolFile {
+    /// The message's queue id.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// Octets of content written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Creates `tmp/<id>` with the provisional header; the file is removed
+    /// again if that fails half-way.
+    fn open_tmp(&self, header: &str) -> Result<File, SpoolError> {
+        let open = || -> io::Result<File> {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&self.tmp)?;
+            file.write_all(header.as_bytes())?;
+            Ok(file)
+        };
+        open().map_err(|source| {
+            if source.kind() != io::ErrorKind::AlreadyExists {
+                let _ = fs::remove_file(&self.tmp);
+            }
+            SpoolError::Io {
+                path: self.tmp.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Appends content, blocking the calling thread (call it on the
+    /// blocking pool). The first call creates the file.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
+        if self.file.is_none() {
+            let header = render_header(&self.id, &self.envelope, 0, 0);
+            self.file = Some(self.open_tmp(&header)?);
+        }
+        let Some(file) = self.file.as_mut() else {
+            return Err(SpoolError::WriteStopped);
+        };
+        file.write_all(bytes).map_err(io_error(&self.tmp))?;
+        self.crc.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends `tail`, the last of the content, and makes the message
+    /// durable: header with the real size and checksum, fsync, rename into
+    /// `msg/`, fsync `msg/`. Only after this returns `Ok` may the client be
+    /// told 250. Blocking.
+    pub fn commit(mut self, tail: &[u8]) -> Result<QueueId, SpoolError> {
+        self.crc.update(tail);
+        let size = self.size + tail.len() as u64;
+        let header = render_header(&self.id, &self.envelope, size, self.crc.clone().finalize());
+        let tmp = self.tmp.clone();
+        let (mut file, provisional) = match self.file.take() {
+            // Written whole: one file, one pass, the real header at once.
+            None => (self.open_tmp(&header)?, false),
+            Some(file) => (file, true),
+        };
+        // `Drop` must see the file again to remove it if this fails.
+        let write = |file: &mut File| -> io::Result<()> {
+            use std::os::unix::fs::FileExt;
+            file.write_all(tail)?;
+            if provisional {
+                file.write_all_at(header.as_bytes(), 0)?;
+            }
+            file.sync_all()
+        };
+        let written = write(&mut file);
+        self.file = Some(file);
+        written.map_err(io_error(&tmp))?;
+        let target = self.spool.dirs.msg.join(self.id.as_str());
+        if target.exists() {
+            return Err(SpoolError::Corrupt {
+                path: target,
+                reason: "queue id already in use".into(),
+            });
+        }
+        fs::rename(&tmp, &target).map_err(io_error(&target))?;
+        self.committed = true;
+        fsync_dir(&self.spool.dirs.msg)?;
+        Ok(self.id.clone())
+    }
+}
+
+/// A message that was not committed leaves no file behind.
+impl Drop for SpoolFile {
+    fn drop(&mut self) {
+        if !self.committed && self.file.is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
     }
 }
 

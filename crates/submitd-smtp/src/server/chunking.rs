@@ -38,7 +38,14 @@ impl ServerSession {
             ));
             return self.close(CloseReason::BdatSyntax);
         };
-        let refusal = self
+        if size > self.config.limits.message_size {
+            // Reading a chunk that can never be taken would let one command
+            // hold the session for as long as its size says; its octets
+            // cannot be read as commands either. Refuse it and close.
+            self.reply(self.too_big());
+            return self.close(CloseReason::ChunkTooBig);
+        }
+        let mut refusal = self
             .tls_refusal()
             .or_else(|| self.session_refusal())
             .or_else(|| self.body_refusal())
@@ -51,12 +58,15 @@ impl ServerSession {
                     )
                 })
             });
-        if refusal.is_none() {
-            let limits = &self.config.limits;
-            if let Some(tx) = self.tx.as_mut() {
-                tx.chunks.get_or_insert_with(|| {
-                    BodyReceiver::new(limits.message_size, limits.data_line)
-                });
+        let first = self.tx.as_ref().is_some_and(|tx| tx.chunks.is_none());
+        if refusal.is_none() && first {
+            if self.start_message(true) {
+                let limits = &self.config.limits;
+                if let Some(tx) = self.tx.as_mut() {
+                    tx.chunks = Some(BodyReceiver::new(limits.message_size, limits.data_line));
+                }
+            } else {
+                refusal = Some(Reply::new(451, (4, 3, 0), "Local error in processing"));
             }
         }
         self.state = State::Chunk(Chunk {
@@ -86,6 +96,8 @@ impl ServerSession {
                     self.refuse_bare_line_end();
                     return false;
                 }
+                let (data, faulted) = (receiver.take(), receiver.fault().is_some());
+                self.pass_on(data, faulted);
             }
         }
         self.pos = end;
@@ -101,7 +113,7 @@ impl ServerSession {
     fn finish_chunk(&mut self, chunk: Chunk) {
         if let Some(refusal) = chunk.refusal {
             if chunk.last && self.tx.as_ref().is_some_and(|tx| tx.chunk_failed) {
-                self.tx = None;
+                self.end_transaction();
             }
             self.error(refusal);
             return;
@@ -127,7 +139,7 @@ impl ServerSession {
             return;
         }
         if let Some(receiver) = tx.chunks.take() {
-            self.finish_body(receiver, true);
+            self.finish_body(&receiver);
         }
     }
 }

@@ -4,7 +4,6 @@
 
 use super::{AnswerError, Output, Pending, ServerSession, State};
 use crate::body::{BodyFault, BodyReceiver, Progress};
-use crate::envelope::Message;
 use crate::reply::Reply;
 
 impl ServerSession {
@@ -34,6 +33,9 @@ impl ServerSession {
         if self.tx.as_ref().is_some_and(|tx| tx.chunks.is_some()) {
             return self.error(Reply::new(503, (5, 5, 1), "DATA not allowed after BDAT"));
         }
+        if !self.start_message(false) {
+            return self.reply(Reply::new(451, (4, 3, 0), "Local error in processing"));
+        }
         let limits = &self.config.limits;
         self.state = State::Data(BodyReceiver::new(limits.message_size, limits.data_line));
         self.reply(Reply::bare(354, "End data with <CR><LF>.<CR><LF>"));
@@ -47,7 +49,10 @@ impl ServerSession {
         if buf.is_empty() {
             return false;
         }
-        match receiver.feed_data(buf) {
+        let progress = receiver.feed_data(buf);
+        let (data, faulted) = (receiver.take(), receiver.fault().is_some());
+        self.pass_on(data, faulted);
+        match progress {
             Progress::NeedMore => {
                 self.pos = self.input.len();
                 false
@@ -55,7 +60,7 @@ impl ServerSession {
             Progress::End(n) => {
                 self.pos += n;
                 if let State::Data(receiver) = std::mem::replace(&mut self.state, State::Command) {
-                    self.finish_body(receiver, false);
+                    self.finish_body(&receiver);
                 }
                 true
             }
@@ -66,16 +71,16 @@ impl ServerSession {
         }
     }
 
-    /// The DATA or final BDAT content is complete: refuse it or ask for it
-    /// to be stored.
-    pub(super) fn finish_body(&mut self, receiver: BodyReceiver, chunked: bool) {
+    /// The DATA or final BDAT content is complete (and was passed on):
+    /// refuse it or ask for it to be stored.
+    pub(super) fn finish_body(&mut self, receiver: &BodyReceiver) {
         match receiver.fault() {
             Some(BodyFault::TooBig) => {
-                self.tx = None;
+                self.end_transaction();
                 self.reply(self.too_big());
             }
             Some(BodyFault::LineTooLong) => {
-                self.tx = None;
+                self.end_transaction();
                 let max = self.config.limits.data_line;
                 self.reply(Reply::new(
                     554,
@@ -85,24 +90,15 @@ impl ServerSession {
                     ),
                 ));
             }
+            None if !self.message_open => {
+                self.end_transaction();
+                self.reply(Reply::new(451, (4, 3, 0), "Local error in processing"));
+            }
             None => {
-                let (Some(tx), Some(client_name)) = (self.tx.take(), self.client_name.clone())
-                else {
-                    self.reply(Reply::new(451, (4, 3, 0), "Local error in processing"));
-                    return;
-                };
-                let message = Message {
-                    mail_from: tx.mail_from,
-                    recipients: tx.recipients,
-                    data: receiver.into_data(),
-                    client_name,
-                    auth_user: self.auth_user.clone(),
-                    tls: self.tls,
-                    chunked,
-                };
+                self.tx = None;
+                self.message_open = false;
                 self.state = State::Waiting(Pending::Store);
-                self.outputs
-                    .push_back(Output::StoreMessage(Box::new(message)));
+                self.outputs.push_back(Output::StoreMessage);
             }
         }
     }

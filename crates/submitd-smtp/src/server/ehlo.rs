@@ -29,7 +29,7 @@ impl ServerSession {
         };
         self.client_name = Some(name);
         self.extended = extended;
-        self.tx = None;
+        self.end_transaction();
         let host = &self.config.hostname;
         // EHLO response lines are keywords: no enhanced codes (RFC 2034 §3).
         let mut response = Reply::bare(250, host);

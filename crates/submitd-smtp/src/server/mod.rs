@@ -94,6 +94,9 @@ pub enum CloseReason {
     /// A BDAT command whose size could not be read, so its chunk could not
     /// be skipped.
     BdatSyntax,
+    /// A BDAT chunk larger than the whole message may be: it is neither
+    /// read nor skipped.
+    ChunkTooBig,
     /// The server is shutting down.
     Shutdown,
 }
@@ -134,9 +137,25 @@ pub enum Output {
     /// May this recipient be added? Answer with
     /// [`ServerSession::answer_recipient`].
     CheckRecipient(RcptTo),
-    /// Store this message durably, then answer with
-    /// [`ServerSession::answer_store`]. The client is told nothing until then.
-    StoreMessage(Box<Message>),
+    /// A message's content begins (after the 354 to DATA, or with the
+    /// first accepted BDAT chunk): its envelope and the session facts the
+    /// trace header needs. Its content follows as `MessageData`, then
+    /// exactly one `StoreMessage` or `MessageAborted`. Needs no answer.
+    MessageStart(Box<Message>),
+    /// The next piece of the content of the message begun by the last
+    /// `MessageStart`: dot-unstuffed, every line ended by CRLF, in order.
+    /// The machine keeps none of it (memory does not grow with the
+    /// message); the caller appends it where the message is being stored.
+    /// Needs no answer.
+    MessageData(Vec<u8>),
+    /// The message begun is refused or cut off (too big, a line too long,
+    /// a bare line end, RSET, the session ending): drop what was passed
+    /// on. Needs no answer; the client gets its reply from the machine.
+    MessageAborted,
+    /// The content of the message begun is complete: store it durably,
+    /// then answer with [`ServerSession::answer_store`]. The client is told
+    /// nothing until then.
+    StoreMessage,
     /// Write everything sent so far and close the connection.
     Close(CloseReason),
 }
@@ -228,6 +247,9 @@ pub struct ServerSession {
     extended: bool,
     auth_user: Option<String>,
     tx: Option<Transaction>,
+    /// A `MessageStart` went out and neither `StoreMessage` nor
+    /// `MessageAborted` has yet.
+    message_open: bool,
     errors: u32,
     started: Instant,
     last_input: Instant,
@@ -279,6 +301,7 @@ impl ServerSession {
             extended: false,
             auth_user: None,
             tx: None,
+            message_open: false,
             errors: 0,
             started: now,
             last_input: now,
@@ -444,8 +467,52 @@ impl ServerSession {
         self.state = State::Closed;
         self.input = Vec::new();
         self.pos = 0;
-        self.tx = None;
+        self.end_transaction();
         self.outputs.push_back(Output::Close(reason));
+    }
+
+    /// Ends the transaction without storing: a message begun is aborted.
+    fn end_transaction(&mut self) {
+        self.tx = None;
+        self.abort_message();
+    }
+
+    /// Tells the caller to drop the message begun, if one is.
+    fn abort_message(&mut self) {
+        if std::mem::take(&mut self.message_open) {
+            self.outputs.push_back(Output::MessageAborted);
+        }
+    }
+
+    /// Begins a message of the current transaction: the caller opens
+    /// where its content goes. False (and nothing begun) without one.
+    fn start_message(&mut self, chunked: bool) -> bool {
+        let (Some(tx), Some(client_name)) = (self.tx.as_ref(), self.client_name.clone()) else {
+            return false;
+        };
+        let message = Message {
+            mail_from: tx.mail_from.clone(),
+            recipients: tx.recipients.clone(),
+            client_name,
+            auth_user: self.auth_user.clone(),
+            tls: self.tls,
+            chunked,
+        };
+        self.message_open = true;
+        self.outputs
+            .push_back(Output::MessageStart(Box::new(message)));
+        true
+    }
+
+    /// Passes on content a receiver read (`BodyReceiver::take`); aborts
+    /// the message once the receiver found a fault (`faulted`): the rest
+    /// is only read, never passed on.
+    fn pass_on(&mut self, data: Vec<u8>, faulted: bool) {
+        if faulted {
+            self.abort_message();
+        } else if !data.is_empty() && self.message_open {
+            self.outputs.push_back(Output::MessageData(data));
+        }
     }
 
     /// Runs the machine over buffered input until it needs more input or an

@@ -38,7 +38,9 @@ impl ServerSession {
             ));
         }
         if recipients >= self.config.limits.recipients {
-            return self.reply(Reply::new(452, (4, 5, 3), "Too many recipients"));
+            // Counted as an error: a client that goes on adding recipients
+            // past the limit is closed, not answered 452 forever.
+            return self.error(Reply::new(452, (4, 5, 3), "Too many recipients"));
         }
         self.state = State::Waiting(Pending::Recipient(rcpt.clone()));
         self.outputs.push_back(Output::CheckRecipient(rcpt));

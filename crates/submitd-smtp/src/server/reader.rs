@@ -197,7 +197,7 @@ impl ServerSession {
         if !arg.is_empty() {
             return self.error(Reply::new(501, (5, 5, 4), "Syntax: RSET"));
         }
-        self.tx = None;
+        self.end_transaction();
         self.reply(Reply::new(250, (2, 0, 0), "Ok"));
     }
 

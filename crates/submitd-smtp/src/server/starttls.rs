@@ -40,7 +40,7 @@ impl ServerSession {
         self.client_name = None;
         self.extended = false;
         self.auth_user = None;
-        self.tx = None;
+        self.end_transaction();
         // STARTTLS already dropped the plaintext buffer; clearing again here
         // keeps the rule true even if that step is ever changed.
         self.input.clear();

@@ -156,8 +156,8 @@ fn pipelined_replies_wait_for_the_open_question() {
     drain(&mut session, &mut sent);
     session.handle_input(now, b"body\r\n.\r\nRSET\r\nNOOP\r\n");
     assert!(matches!(
-        drain(&mut session, &mut sent)[..],
-        [Output::StoreMessage(_)]
+        &drain(&mut session, &mut sent)[..],
+        [Output::MessageData(data), Output::StoreMessage] if data == b"body\r\n"
     ));
     let before = String::from_utf8_lossy(&sent).into_owned();
     assert!(
@@ -380,11 +380,11 @@ fn replies(session: &mut ServerSession) -> String {
             Output::Send(bytes) => said.push_str(&String::from_utf8_lossy(&bytes)),
             Output::CheckSender(_) => session.answer_sender(Verdict::Accept).unwrap(),
             Output::CheckRecipient(_) => session.answer_recipient(Verdict::Accept).unwrap(),
-            Output::StoreMessage(m) => {
+            Output::MessageStart(m) => {
                 assert_eq!(m.auth_user.as_deref(), Some("cron"));
                 assert_eq!(m.protocol(), "ESMTPA", "local: authenticated, not TLS");
-                session.answer_store(Ok("id1".into())).unwrap();
             }
+            Output::StoreMessage => session.answer_store(Ok("id1".into())).unwrap(),
             _ => {}
         }
     }
@@ -434,4 +434,126 @@ fn local_sessions_are_named_by_the_caller_not_by_auth() {
     );
     anonymous.handle_input(now, b"EHLO localhost\r\nMAIL FROM:<a@example.org>\r\n");
     assert!(replies(&mut anonymous).contains("530 5.7.0 Authentication required"));
+}
+
+/// The machine never holds a message: a 4 MiB body fed in 16 KiB reads
+/// comes out as pieces about the size of a read, and they add up to the body
+/// exactly (DATA and BDAT alike).
+#[test]
+fn content_is_passed_on_in_pieces_the_size_of_the_reads() {
+    const READ: usize = 16 * 1024;
+    let line = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde\r\n";
+    let mut body = Vec::new();
+    while body.len() < 4 << 20 {
+        body.extend_from_slice(line);
+    }
+    for chunked in [false, true] {
+        let mut driver = Driver::new(implicit());
+        driver.feed(LOGIN);
+        let mut stream = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n".to_vec();
+        if chunked {
+            stream.extend_from_slice(format!("BDAT {} LAST\r\n", body.len()).as_bytes());
+            stream.extend_from_slice(&body);
+        } else {
+            stream.extend_from_slice(b"DATA\r\n");
+            stream.extend_from_slice(&body);
+            stream.extend_from_slice(b".\r\n");
+        }
+        for read in stream.chunks(READ) {
+            driver.feed(read);
+        }
+        let stored: Vec<_> = driver.stored_messages().collect();
+        assert_eq!(stored.len(), 1, "chunked={chunked}");
+        assert!(stored[0].data == body, "content differs, chunked={chunked}");
+        assert!(
+            stored[0].pieces >= body.len() / READ,
+            "{}",
+            stored[0].pieces
+        );
+        // A CR at the end of one read is passed on with its LF in the next.
+        assert!(driver.largest_piece <= READ + 2, "{}", driver.largest_piece);
+        assert!(
+            format!("{:?}", driver.session).contains("buffered_octets: 0"),
+            "nothing of the message is kept in the machine"
+        );
+    }
+}
+
+/// A BDAT chunk larger than the whole message may be is refused at once
+/// and the session closed: its octets are neither read nor run as
+/// commands, however large it says it is.
+#[test]
+fn a_bdat_chunk_over_the_limit_is_refused_before_it_is_read() {
+    for size in [1001u64, 1 << 40, u64::MAX / 2] {
+        let mut config = implicit();
+        config.limits.message_size = 1000;
+        let mut driver = Driver::new(config);
+        driver.feed(LOGIN);
+        driver.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n");
+        driver.take_items();
+        driver.feed(format!("BDAT {size} LAST\r\nQUIT\r\n").as_bytes());
+        let items = driver.take_items();
+        assert_eq!(
+            items[0],
+            Item::Line(
+                "552 5.3.4 Message size exceeds fixed maximum message size of 1000 octets".into()
+            ),
+            "{size}"
+        );
+        assert_eq!(closes(&items), vec![CloseReason::ChunkTooBig], "{size}");
+        assert_eq!(items.len(), 2, "QUIT is not read: {items:?}");
+    }
+}
+
+/// RCPTs past the recipient limit count as errors: a client that keeps on
+/// is closed after the error limit instead of answered 452 forever.
+#[test]
+fn recipients_past_the_limit_count_as_errors() {
+    let mut config = implicit();
+    config.limits.recipients = 2;
+    config.limits.errors = 5;
+    let mut driver = Driver::new(config);
+    driver.feed(LOGIN);
+    driver.feed(b"MAIL FROM:<alice@example.org>\r\n");
+    for i in 0..100 {
+        driver.feed(format!("RCPT TO:<r{i}@example.net>\r\n").as_bytes());
+    }
+    let items = driver.take_items();
+    let refused = items
+        .iter()
+        .filter(|i| matches!(i, Item::Line(l) if l.starts_with("452 4.5.3")))
+        .count();
+    assert_eq!(refused, 5);
+    assert_eq!(closes(&items), vec![CloseReason::TooManyErrors]);
+}
+
+/// RSET, a too-big message and a closed session each abort the message
+/// begun; nothing passed on before is stored.
+#[test]
+fn a_message_begun_is_aborted_by_rset_and_by_close() {
+    let mut driver = Driver::new(implicit());
+    driver.feed(LOGIN);
+    driver.feed(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n");
+    driver.feed(b"BDAT 5\r\nab\r\nc");
+    driver.feed(b"RSET\r\n");
+    driver.feed(ENVELOPE);
+    driver.feed(b"part of a message\r\n");
+    driver.advance(Duration::from_secs(3600));
+    let items = driver.take_items();
+    let events: Vec<&Event> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Event(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            &Event::Aborted,
+            &Event::Aborted,
+            &Event::Close(CloseReason::SessionTimeLimit)
+        ]
+    );
+    assert_eq!(driver.stored_messages().count(), 0);
 }

@@ -159,6 +159,7 @@ fn render(item: &Item) -> String {
             format!("E: starttls discarded={discarded}")
         }
         Item::Event(Event::Close(reason)) => format!("E: close {reason:?}"),
+        Item::Event(Event::Aborted) => "E: aborted".to_owned(),
         Item::Event(Event::Stored { queue_id, message }) => {
             let from = match &message.mail_from.reverse_path {
                 Some(m) => m.to_string(),
