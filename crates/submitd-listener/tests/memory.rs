@@ -352,3 +352,139 @@ async fn a_local_user_sends_as_itself_only() {
         "{text}"
     );
 }
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Chat<S> {
+    /// MAIL, RCPT and DATA, then `content` as is (already dot-stuffed and
+    /// ended); returns the reply to the end of data.
+    async fn raw_message(&mut self, content: &[u8]) -> String {
+        assert!(self
+            .send("MAIL FROM:<alice@example.org>")
+            .await
+            .starts_with("250"));
+        assert!(self
+            .send("RCPT TO:<bob@example.net>")
+            .await
+            .starts_with("250"));
+        assert!(self.send("DATA").await.starts_with("354"));
+        self.0.get_mut().write_all(content).await.unwrap();
+        self.0.get_mut().flush().await.unwrap();
+        self.reply().await
+    }
+}
+
+impl World {
+    /// Files in the spool's `tmp/`: messages being written, or left
+    /// behind.
+    fn in_tmp(&self) -> usize {
+        std::fs::read_dir(self.spool_dir.join("tmp"))
+            .unwrap()
+            .count()
+    }
+}
+
+/// A message many times the intake's write size goes to the spool in
+/// pieces and arrives there byte for byte behind the trace fields.
+#[tokio::test]
+async fn a_large_message_is_streamed_to_the_spool_byte_exact() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    let mut message = b"From: alice@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    let mut n = 0u64;
+    while message.len() < 3 << 20 {
+        message.extend_from_slice(
+            format!("line {n:08} of a big attachment, base64-ish\r\n").as_bytes(),
+        );
+        n += 1;
+    }
+    message.extend_from_slice(b".starts with a dot\r\n");
+    let mut wire = message.clone();
+    let at = wire.len() - b".starts with a dot\r\n".len();
+    wire.insert(at, b'.');
+    wire.extend_from_slice(b".\r\n");
+    let stored = chat.raw_message(&wire).await;
+    assert!(stored.starts_with("250 2.0.0 Ok: queued as "), "{stored}");
+    let (_, data) = world.spool.load(&world.queued()[0]).unwrap();
+    assert!(data.starts_with(b"Received: from client.example"));
+    assert!(
+        data.ends_with(&message),
+        "content changed on the way to the spool"
+    );
+    assert_eq!(world.in_tmp(), 0);
+}
+
+/// A header over the intake's bound is refused with 552 5.3.4 once the
+/// client has sent it all; nothing of it stays in the spool, and the
+/// session goes on.
+#[tokio::test]
+async fn an_oversized_header_is_refused_and_leaves_nothing() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    let mut wire = b"From: alice@example.org\r\n".to_vec();
+    while wire.len() < 300 * 1024 {
+        wire.extend_from_slice(b"a:\r\n");
+    }
+    wire.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    let refused = chat.raw_message(&wire).await;
+    assert!(refused.starts_with("552 5.3.4"), "{refused}");
+    assert!(refused.contains("header"), "{refused}");
+    // Many fields within the size bound: refused for their number.
+    let mut wire = b"From: alice@example.org\r\n".to_vec();
+    for _ in 0..5000 {
+        wire.extend_from_slice(b"a:\r\n");
+    }
+    wire.extend_from_slice(b"\r\nbody\r\n.\r\n");
+    let refused = chat.raw_message(&wire).await;
+    assert!(refused.starts_with("552 5.3.4"), "{refused}");
+    assert!(refused.contains("fields"), "{refused}");
+    assert!(world.queued().is_empty());
+    assert_eq!(world.in_tmp(), 0);
+    let stored = chat.message("alice@example.org", "alice@example.org").await;
+    assert!(stored.starts_with("250"), "{stored}");
+}
+
+/// A client that goes away in the middle of a large message leaves no
+/// file behind once the session has ended.
+#[tokio::test]
+async fn a_message_cut_off_mid_data_leaves_nothing_in_the_spool() {
+    let world = world(10);
+    let mut chat = world.implicit().await;
+    assert!(chat.login("alice", "pw").await.starts_with("235"));
+    assert!(chat
+        .send("MAIL FROM:<alice@example.org>")
+        .await
+        .starts_with("250"));
+    assert!(chat
+        .send("RCPT TO:<bob@example.net>")
+        .await
+        .starts_with("250"));
+    assert!(chat.send("DATA").await.starts_with("354"));
+    let mut part = b"From: alice@example.org\r\n\r\n".to_vec();
+    while part.len() < 1 << 20 {
+        part.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+    }
+    chat.0.get_mut().write_all(&part).await.unwrap();
+    chat.0.get_mut().flush().await.unwrap();
+    // Written in part: the spool holds a file for it now.
+    for _ in 0..200 {
+        if world.in_tmp() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        world.in_tmp(),
+        1,
+        "the body goes to the spool as it arrives"
+    );
+    drop(chat);
+    for _ in 0..200 {
+        if world.in_tmp() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(world.in_tmp(), 0, "a message not taken leaves no file");
+    assert!(world.queued().is_empty());
+}

@@ -1,7 +1,8 @@
 //! One delivery attempt of one message, in the order the crash rules need:
 //!
 //! ```text
-//! load (file read once, whole) ─▶ pending recipients ─▶ route ─▶ deliver
+//! open (header read; content read in pieces as it is sent) ─▶ pending
+//!   recipients ─▶ route ─▶ deliver
 //!   (the worker's connection, else upstreams in order, else the Maildir)
 //!   ─▶ retry::apply ─▶ log per recipient ─▶ bounce stored and enqueued
 //!   ─▶ finished? remove : save the state ─▶ the message's summary line
@@ -22,7 +23,9 @@ use crate::error::DeliveryError;
 use crate::retry::{apply, AttemptResult};
 use crate::route::{Destination, RouteId};
 use crate::runner::{PassFigures, Relay};
-use crate::spool::{unix_now, DeliveryState, QueueId, RecipientState, SpoolError, StoredEnvelope};
+use crate::spool::{
+    unix_now, Content, DeliveryState, QueueId, RecipientState, SpoolError, StoredEnvelope,
+};
 use crate::upstream::{Connection, Upstream};
 
 /// A worker's upstream connection, with the route it belongs to.
@@ -37,6 +40,22 @@ fn random_unit() -> f64 {
 }
 
 /// The recipients still to deliver, by index into the envelope.
+/// Whether the content has 8-bit octets: as recorded when it was queued,
+/// or (files of older versions) found by reading it once, off the
+/// workers' threads.
+async fn eight_bit(content: Content) -> Result<(Content, bool), DeliveryError> {
+    if let Some(eight_bit) = content.eight_bit() {
+        return Ok((content, eight_bit));
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut content = content;
+        let eight_bit = content.scan_eight_bit().map_err(DeliveryError::Content)?;
+        Ok((content, eight_bit))
+    })
+    .await
+    .map_err(|_| DeliveryError::Content(SpoolError::WriteStopped))?
+}
+
 fn pending(state: &DeliveryState) -> Vec<usize> {
     state
         .recipients
@@ -58,9 +77,12 @@ impl Relay {
     ) -> Result<Option<u64>, SpoolError> {
         let now = unix_now();
         // The schedule hands out due messages only (it is built from the
-        // state files and headers, never content), so the file is read
-        // once, whole; the checks below only guard against a stale entry.
-        let (stored, data) = self.spool.load(id)?;
+        // state files and headers, never content), so the file is opened
+        // once and its content read as it is sent; the checks below only
+        // guard against a stale entry.
+        let content = self.spool.open_content(id)?;
+        let stored = content.envelope().clone();
+        let size = usize::try_from(content.size()).unwrap_or(usize::MAX);
         let mut state = self.spool.state(id, stored.recipients.len())?;
         if state.is_finished() {
             self.spool.remove(id)?;
@@ -79,9 +101,11 @@ impl Relay {
                 .filter_map(|&i| stored.recipients.get(i).cloned())
                 .collect(),
         };
-        let outcome = self
-            .deliver(id, &stored, &envelope, &data, connection)
-            .await;
+        let outcome = match self.deliver(id, &envelope, content, connection).await {
+            // A damaged file: not the upstream's doing, nothing recorded.
+            Err(DeliveryError::Content(e)) => return Err(e),
+            outcome => outcome,
+        };
         let result = match &outcome {
             Ok(outcome) => AttemptResult::Replies {
                 tried: &tried,
@@ -107,34 +131,49 @@ impl Relay {
         // The bounce first: a crash between the two sends a second bounce
         // at worst, never none.
         if !failed_now.is_empty() {
+            // The bounce quotes the message (RFC 3464 RET): read whole, once.
+            let (_, data) = self.spool.load(id)?;
             self.queue_bounce(id, &stored, &data, &state, &failed_now, figures)
                 .await?;
         }
-        self.finish(id, &stored, &state, data.len(), figures)
+        self.finish(id, &stored, &state, size, figures)
     }
 
     /// Sends the message to its route: the Maildir, or the upstreams.
     async fn deliver(
         &self,
         id: &QueueId,
-        stored: &StoredEnvelope,
         envelope: &Envelope,
-        data: &[u8],
+        content: Content,
         connection: &mut Held,
     ) -> Result<MessageOutcome, DeliveryError> {
-        let route = self.routes.for_sender(stored.mail_from.sender());
+        let route = self
+            .routes
+            .for_sender(content.envelope().mail_from.sender());
         match self.routes.destination(route) {
             Destination::Upstreams(upstreams) => {
-                self.send_upstream(route, upstreams, connection, envelope, data)
+                let (content, eight_bit) = eight_bit(content).await?;
+                self.send_upstream(route, upstreams, connection, envelope, content, eight_bit)
                     .await
             }
             Destination::Maildir(maildir) => {
-                let (maildir, id, stored, data) =
-                    (maildir.clone(), id.clone(), stored.clone(), data.to_vec());
-                let delivered =
-                    tokio::task::spawn_blocking(move || maildir.deliver(&id, &stored, &data))
-                        .await
-                        .map_err(|e| DeliveryError::Maildir(std::io::Error::other(e)))?;
+                // The Maildir (the demo's and the tests' route) takes the
+                // message whole.
+                let (maildir, id) = (maildir.clone(), id.clone());
+                let delivered = tokio::task::spawn_blocking(move || {
+                    let mut content = content;
+                    let mut data = Vec::new();
+                    let mut piece = Vec::new();
+                    while content
+                        .next_piece(&mut piece)
+                        .map_err(DeliveryError::Content)?
+                    {
+                        data.extend_from_slice(&piece);
+                    }
+                    Ok(maildir.deliver(&id, content.envelope(), &data))
+                })
+                .await
+                .map_err(|e| DeliveryError::Maildir(std::io::Error::other(e)))??;
                 let path = delivered.map_err(DeliveryError::Maildir)?;
                 let reply = Reply::new(250, (2, 0, 0), format!("delivered to {}", path.display()));
                 Ok(MessageOutcome {
@@ -152,7 +191,8 @@ impl Relay {
         upstreams: &[Upstream],
         connection: &mut Held,
         envelope: &Envelope,
-        data: &[u8],
+        content: Content,
+        eight_bit: bool,
     ) -> Result<MessageOutcome, DeliveryError> {
         if connection
             .as_ref()
@@ -167,7 +207,7 @@ impl Relay {
             Some(held) => connection.insert(held),
             None => connection.insert((route, self.open(route, upstreams).await?)),
         };
-        let sent = open.send(envelope, data).await;
+        let sent = open.send_content(envelope, content, eight_bit).await;
         if sent.is_err() {
             *connection = None;
         }

@@ -82,6 +82,11 @@ pub enum DeliveryError {
     /// The Maildir could not take the message.
     #[error("maildir: {0}")]
     Maildir(#[source] io::Error),
+    /// The queued message could not be read to its end, or did not match
+    /// its checksum, while it was being sent; it was abandoned before its
+    /// end of data. Not the upstream's doing: the attempt is not recorded.
+    #[error("queued message unreadable: {0}")]
+    Content(#[source] crate::spool::SpoolError),
     /// No upstream of the route could be opened; one error each, in order.
     #[error("{}", join(.0))]
     AllFailed(Vec<DeliveryError>),
@@ -121,6 +126,7 @@ impl DeliveryError {
             | Self::Io { .. }
             | Self::Closed { .. }
             | Self::Maildir(_) => false,
+            Self::Content(_) => true,
         }
     }
 }

@@ -54,7 +54,7 @@ pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use route::{Route, RouteId, SenderRoute, DOWN_FOR};
 pub use runner::{PassFigures, Relay, RelayConfig};
 pub use spool::{
-    unix_now, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError, SpoolFile,
-    StoredEnvelope,
+    unix_now, Content, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError,
+    SpoolFile, StoredEnvelope,
 };
 pub use upstream::{client_tls_config, read_password_file, Connection, SetupError, Upstream};

@@ -239,6 +239,17 @@ impl Relay {
         let next = match self.attempt(id, connection, figures).await {
             Ok(next) => next,
             Err(SpoolError::NotFound(_)) => None,
+            Err(e @ SpoolError::Corrupt { .. }) => {
+                match self.spool.quarantine(id) {
+                    Ok(()) => {
+                        tracing::error!(target: "submitd::relay", %id, error = %e, "damaged queue file moved to corrupt/; not delivered")
+                    }
+                    Err(moved) => {
+                        tracing::error!(target: "submitd::relay", %id, error = %e, %moved, "damaged queue file could not be moved aside; retried at the next scan")
+                    }
+                }
+                None
+            }
             Err(e) => {
                 tracing::error!(target: "submitd::relay", %id, error = %e, "delivery attempt not recorded; retried at the next scan");
                 None

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
 use crate::error::{DeliveryError, TlsFailure};
+use crate::spool::{Content, CONTENT_PIECE};
 
 /// One upstream smarthost.
 #[derive(Clone)]
@@ -240,12 +241,14 @@ impl Connection {
         }
         match connection.run().await? {
             Step::Ready => Ok(connection),
-            // The machine reports outcomes only for a message it was given.
-            Step::Outcome(_) => Err(connection.closed()),
+            // The machine reports outcomes and asks for content only for a
+            // message it was given.
+            Step::Outcome(_) | Step::SendContent => Err(connection.closed()),
         }
     }
 
-    /// Relays one message; the outcome has one reply per recipient.
+    /// Relays one message given whole; the outcome has one reply per
+    /// recipient.
     pub async fn send(
         &mut self,
         envelope: &Envelope,
@@ -259,13 +262,44 @@ impl Connection {
             // Not ready: the session ended after the last message.
             return Err(self.closed());
         }
+        self.outcome(None).await
+    }
+
+    /// Relays one queued message read from the spool in pieces as it is
+    /// sent (memory per delivery: one piece, not the message). A message
+    /// whose file turns out damaged is abandoned before its end of data
+    /// (the connection is dropped, so the upstream discards it) and
+    /// reported as [`DeliveryError::Content`].
+    pub async fn send_content(
+        &mut self,
+        envelope: &Envelope,
+        content: Content,
+        eight_bit: bool,
+    ) -> Result<MessageOutcome, DeliveryError> {
+        let size = content.size();
+        if self
+            .session
+            .send_message_streamed(Instant::now(), envelope, size, eight_bit)
+            .is_err()
+        {
+            return Err(self.closed());
+        }
+        self.outcome(Some(content)).await
+    }
+
+    /// Drives the message given to the machine to its outcome, streaming
+    /// `content` when the machine asks for it.
+    async fn outcome(
+        &mut self,
+        mut content: Option<Content>,
+    ) -> Result<MessageOutcome, DeliveryError> {
         loop {
             match self.run().await? {
                 Step::Outcome(outcome) => {
                     // Wait for Ready (after RSET if one was needed).
                     match self.run().await {
                         Ok(Step::Ready) => return Ok(outcome),
-                        Ok(Step::Outcome(_)) => continue,
+                        Ok(Step::Outcome(_) | Step::SendContent) => continue,
                         Err(error) => {
                             // The outcome stands; the connection is done.
                             tracing::debug!(target: "submitd::relay", %error, "upstream session ended after a message");
@@ -274,8 +308,65 @@ impl Connection {
                         }
                     }
                 }
+                Step::SendContent => match content.take() {
+                    Some(content) => self.stream_content(content).await?,
+                    None => return Err(self.closed()),
+                },
                 Step::Ready => continue,
             }
+        }
+    }
+
+    /// Reads `content` on the blocking pool a piece at a time and writes
+    /// each piece, dot-stuffed by the machine, before reading the next.
+    async fn stream_content(&mut self, mut content: Content) -> Result<(), DeliveryError> {
+        let mut buf = Vec::with_capacity(CONTENT_PIECE);
+        loop {
+            let read = tokio::task::spawn_blocking(move || {
+                let more = content.next_piece(&mut buf);
+                (content, buf, more)
+            })
+            .await;
+            let Ok((returned, piece, more)) = read else {
+                self.stream = Stream::Gone;
+                return Err(DeliveryError::Content(
+                    crate::spool::SpoolError::WriteStopped,
+                ));
+            };
+            (content, buf) = (returned, piece);
+            let accepted = match more {
+                Ok(true) => self.session.send_content(&buf),
+                Ok(false) => {
+                    self.session
+                        .end_content(Instant::now())
+                        .map_err(|_| self.closed())?;
+                    return Ok(());
+                }
+                Err(e) => {
+                    // No end of data: dropping the connection makes the
+                    // upstream discard what it has of the message.
+                    self.stream = Stream::Gone;
+                    return Err(DeliveryError::Content(e));
+                }
+            };
+            if accepted.is_err() {
+                return Err(self.closed());
+            }
+            let mut out = Vec::new();
+            while let Some(output) = self.session.poll_output() {
+                match output {
+                    ClientOutput::Send(bytes) => out.extend_from_slice(&bytes),
+                    ClientOutput::Failed(error) => {
+                        self.stream = Stream::Gone;
+                        return Err(DeliveryError::Session {
+                            upstream: self.name.clone(),
+                            error,
+                        });
+                    }
+                    _ => return Err(self.closed()),
+                }
+            }
+            self.write(&out).await?;
         }
     }
 
@@ -376,6 +467,7 @@ impl Connection {
                         }
                     }
                     ClientOutput::Ready => return Ok(Step::Ready),
+                    ClientOutput::SendContent => return Ok(Step::SendContent),
                     ClientOutput::Outcome(outcome) => return Ok(Step::Outcome(outcome)),
                     ClientOutput::Failed(error) => {
                         return Err(DeliveryError::Session {
@@ -417,6 +509,7 @@ async fn write_flush<S: tokio::io::AsyncWrite + Unpin>(
 enum Step {
     Ready,
     Outcome(MessageOutcome),
+    SendContent,
 }
 
 #[cfg(test)]

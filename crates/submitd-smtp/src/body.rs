@@ -196,26 +196,70 @@ impl BodyReceiver {
     }
 }
 
+/// Dot-stuffs message content for DATA in pieces of any split (RFC 5321
+/// §4.5.2): a dot that starts a line is doubled, whichever piece the line
+/// began in. The end marker follows [`DotStuffer::finish`].
+#[derive(Clone, Copy, Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    /// The content so far is empty or ends in CRLF.
+    ends_with_crlf: bool,
+    /// The last octet was a CR.
+    after_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self {
+            at_line_start: true,
+            ends_with_crlf: true,
+            after_cr: false,
+        }
+    }
+}
+
+impl DotStuffer {
+    /// Appends `piece`, dot-stuffed, to `out`.
+    pub fn stuff(&mut self, piece: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = piece.last() else {
+            return;
+        };
+        out.reserve(piece.len() + piece.len() / 64 + 1);
+        let mut start = 0;
+        for (i, &b) in piece.iter().enumerate() {
+            if self.at_line_start && b == b'.' {
+                out.extend_from_slice(&piece[start..i]);
+                out.push(b'.');
+                start = i;
+            }
+            self.at_line_start = b == b'\n';
+        }
+        out.extend_from_slice(&piece[start..]);
+        let cr_before_last = match piece.len() {
+            1 => self.after_cr,
+            n => piece[n - 2] == b'\r',
+        };
+        self.ends_with_crlf = last == b'\n' && cr_before_last;
+        self.after_cr = last == b'\r';
+    }
+
+    /// Appends the end of data: a CRLF first if the content did not end
+    /// with one (so the marker stands on a line of its own), then `.CRLF`.
+    pub fn finish(self, out: &mut Vec<u8>) {
+        if !self.ends_with_crlf {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+    }
+}
+
 /// Writes `message` dot-stuffed for DATA, followed by the end marker. A
 /// message that does not end in CRLF gets one, so the marker stands on a
 /// line of its own.
 pub fn dot_stuff(message: &[u8], out: &mut Vec<u8>) {
-    out.reserve(message.len() + message.len() / 64 + 5);
-    let mut at_line_start = true;
-    let mut start = 0;
-    for (i, &b) in message.iter().enumerate() {
-        if at_line_start && b == b'.' {
-            out.extend_from_slice(&message[start..i]);
-            out.push(b'.');
-            start = i;
-        }
-        at_line_start = b == b'\n';
-    }
-    out.extend_from_slice(&message[start..]);
-    if !message.is_empty() && !message.ends_with(b"\r\n") {
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b".\r\n");
+    let mut stuffer = DotStuffer::default();
+    stuffer.stuff(message, out);
+    stuffer.finish(out);
 }
 
 #[cfg(test)]
@@ -329,10 +373,24 @@ mod tests {
             (b".a\r\n.\r\n", b"..a\r\n..\r\n.\r\n"),
             (b"no end", b"no end\r\n.\r\n"),
             (b"x\r\n..", b"x\r\n...\r\n.\r\n"),
+            (b"a\r", b"a\r\r\n.\r\n"),
+            (b"\n.", b"\n..\r\n.\r\n"),
         ] {
             let mut out = Vec::new();
             dot_stuff(message, &mut out);
             assert_eq!(out, wire, "{message:?}");
+            // The same in pieces, at every split.
+            for split in 0..=message.len() {
+                for second in split..=message.len() {
+                    let mut stuffer = DotStuffer::default();
+                    let mut out = Vec::new();
+                    stuffer.stuff(&message[..split], &mut out);
+                    stuffer.stuff(&message[split..second], &mut out);
+                    stuffer.stuff(&message[second..], &mut out);
+                    stuffer.finish(&mut out);
+                    assert_eq!(out, wire, "{message:?} split {split}/{second}");
+                }
+            }
         }
     }
 }

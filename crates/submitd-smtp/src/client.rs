@@ -7,6 +7,8 @@
 //!                                         └─▶ AUTH PLAIN | LOGIN (if credentials) ─235─▶ Ready
 //!   send_message(now, envelope, data) ─▶ MAIL, RCPT…, DATA (pipelined when offered)
 //!        ─▶ Outcome(per-recipient replies) ─▶ Ready … quit(now) ─▶ QUIT ─▶ Close
+//!   send_message_streamed(now, envelope, size, eight_bit) ─▶ MAIL, RCPT…, DATA
+//!        ─▶ SendContent ─▶ send_content(piece)… ─▶ end_content(now) ─▶ Outcome ─▶ Ready
 //! ```
 //!
 //! The caller's loop, as with the server machine: after creating the
@@ -29,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use crate::body::dot_stuff;
+use crate::body::{dot_stuff, DotStuffer};
 use crate::envelope::{Envelope, ForwardPath, RcptTo};
 use crate::params::{BodyType, Ret};
 use crate::reply::Reply;
@@ -211,6 +213,12 @@ pub enum ClientOutput {
     StartTls,
     /// Ready for [`ClientSession::send_message`] or [`ClientSession::quit`].
     Ready,
+    /// The upstream took DATA for a message given to
+    /// [`ClientSession::send_message_streamed`]: pass its content with
+    /// [`ClientSession::send_content`] (each call's bytes come out as
+    /// `Send`), then call [`ClientSession::end_content`]. The content is
+    /// dot-stuffed by the machine; the caller hands it over as stored.
+    SendContent,
     /// The outcome of the message given to `send_message`.
     Outcome(MessageOutcome),
     /// The session failed.
@@ -240,7 +248,14 @@ struct Transaction {
     recipients: usize,
     in_flight: VecDeque<Expect>,
     unsent: VecDeque<(Vec<u8>, Expect)>,
-    body: Vec<u8>,
+    /// The dot-stuffed content when given whole; `None` when the caller
+    /// streams it.
+    body: Option<Vec<u8>>,
+    /// Stuffing the streamed content, between `SendContent` and
+    /// `end_content`.
+    streaming: Option<DotStuffer>,
+    /// The content and its end marker went out.
+    content_sent: bool,
     mail: Option<Reply>,
     rcpt: Vec<Option<Reply>>,
     data: Option<Reply>,
@@ -391,13 +406,85 @@ impl ClientSession {
         Ok(())
     }
 
-    /// Relays one message. Call only after [`ClientOutput::Ready`]; the
-    /// answer is one [`ClientOutput::Outcome`], then `Ready` again.
+    /// Relays one message given whole. Call only after
+    /// [`ClientOutput::Ready`]; the answer is one [`ClientOutput::Outcome`],
+    /// then `Ready` again.
     pub fn send_message(
         &mut self,
         now: Instant,
         envelope: &Envelope,
         data: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut body = Vec::new();
+        dot_stuff(data, &mut body);
+        self.begin_message(
+            now,
+            envelope,
+            data.len() as u64,
+            !data.is_ascii(),
+            Some(body),
+        )
+    }
+
+    /// Relays one message whose content the caller streams: `size` octets,
+    /// `eight_bit` if any is not ASCII. Call only after
+    /// [`ClientOutput::Ready`]. When the upstream takes DATA the machine
+    /// asks for the content with [`ClientOutput::SendContent`]; the answer
+    /// is then one [`ClientOutput::Outcome`] and `Ready` again, as for
+    /// [`Self::send_message`]. If the upstream refuses every recipient
+    /// first, no content is asked for.
+    pub fn send_message_streamed(
+        &mut self,
+        now: Instant,
+        envelope: &Envelope,
+        size: u64,
+        eight_bit: bool,
+    ) -> Result<(), ClientError> {
+        self.begin_message(now, envelope, size, eight_bit, None)
+    }
+
+    /// The next piece of content, after [`ClientOutput::SendContent`]:
+    /// dot-stuffed, it comes out as `Send`. Pieces may split lines
+    /// anywhere.
+    pub fn send_content(&mut self, piece: &[u8]) -> Result<(), ClientError> {
+        let State::Transaction(tx) = &mut self.state else {
+            return Err(ClientError::NotReady);
+        };
+        let Some(stuffer) = tx.streaming.as_mut() else {
+            return Err(ClientError::NotReady);
+        };
+        let mut out = Vec::new();
+        stuffer.stuff(piece, &mut out);
+        self.send(out);
+        Ok(())
+    }
+
+    /// The content is complete: the end marker goes out, and the machine
+    /// waits for the upstream's reply (up to the end-of-data timeout from
+    /// `now`).
+    pub fn end_content(&mut self, now: Instant) -> Result<(), ClientError> {
+        let State::Transaction(tx) = &mut self.state else {
+            return Err(ClientError::NotReady);
+        };
+        let Some(stuffer) = tx.streaming.take() else {
+            return Err(ClientError::NotReady);
+        };
+        let mut out = Vec::new();
+        stuffer.finish(&mut out);
+        tx.in_flight.push_back(Expect::DataEnd);
+        tx.content_sent = true;
+        self.deadline = Some((now + self.config.timeouts.data_end, "end of data"));
+        self.send(out);
+        Ok(())
+    }
+
+    fn begin_message(
+        &mut self,
+        now: Instant,
+        envelope: &Envelope,
+        size: u64,
+        eight_bit_content: bool,
+        body: Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
         if !matches!(self.state, State::Ready) {
             return Err(ClientError::NotReady);
@@ -415,7 +502,7 @@ impl ClientSession {
                 .iter()
                 .any(|r| matches!(&r.forward_path, ForwardPath::Mailbox(m) if !m.is_ascii()));
         let eight_bit =
-            !data.is_ascii() || envelope.mail_from.params.body == Some(BodyType::EightBitMime);
+            eight_bit_content || envelope.mail_from.params.body == Some(BodyType::EightBitMime);
         let refusal = if recipients == 0 {
             Some(Reply::new(554, (5, 5, 1), "no recipients"))
         } else if needs_utf8 && !ext.smtputf8 {
@@ -430,10 +517,7 @@ impl ClientSession {
                 (5, 6, 3),
                 "the message has 8-bit content and the upstream does not offer 8BITMIME",
             ))
-        } else if ext
-            .size
-            .is_some_and(|max| max > 0 && data.len() as u64 > max)
-        {
+        } else if ext.size.is_some_and(|max| max > 0 && size > max) {
             Some(Reply::new(
                 552,
                 (5, 3, 4),
@@ -453,20 +537,20 @@ impl ClientSession {
 
         let mut commands: VecDeque<(Vec<u8>, Expect)> = VecDeque::new();
         commands.push_back((
-            self.mail_command(envelope, data.len(), eight_bit, needs_utf8),
+            self.mail_command(envelope, size, eight_bit, needs_utf8),
             Expect::Mail,
         ));
         for (i, rcpt) in envelope.recipients.iter().enumerate() {
             commands.push_back((self.rcpt_command(rcpt), Expect::Rcpt(i)));
         }
         commands.push_back((b"DATA\r\n".to_vec(), Expect::Data));
-        let mut body = Vec::new();
-        dot_stuff(data, &mut body);
         let tx = Transaction {
             recipients,
             in_flight: VecDeque::new(),
             unsent: commands,
             body,
+            streaming: None,
+            content_sent: false,
             mail: None,
             rcpt: vec![None; recipients],
             data: None,
@@ -486,13 +570,7 @@ impl ClientSession {
         Ok(())
     }
 
-    fn mail_command(
-        &self,
-        envelope: &Envelope,
-        size: usize,
-        eight_bit: bool,
-        utf8: bool,
-    ) -> Vec<u8> {
+    fn mail_command(&self, envelope: &Envelope, size: u64, eight_bit: bool, utf8: bool) -> Vec<u8> {
         let ext = &self.extensions;
         let params = &envelope.mail_from.params;
         let mut line = match &envelope.mail_from.reverse_path {
@@ -727,14 +805,21 @@ impl ClientSession {
             }
             Expect::Data if reply.code() == 354 => {
                 let mail_ok = tx.mail.as_ref().is_some_and(Reply::is_positive);
-                let body = if mail_ok && accepted(&tx) {
-                    std::mem::take(&mut tx.body)
-                } else {
+                self.deadline = Some((now + self.config.timeouts.data_end, "end of data"));
+                let body = if !(mail_ok && accepted(&tx)) {
                     // RFC 2920 §3.1: 354 with no recipient: send only the end.
                     b".\r\n".to_vec()
+                } else if let Some(body) = tx.body.take() {
+                    tx.content_sent = true;
+                    body
+                } else {
+                    // The caller streams the content, then ends it.
+                    tx.streaming = Some(DotStuffer::default());
+                    self.state = State::Transaction(tx);
+                    self.outputs.push_back(ClientOutput::SendContent);
+                    return;
                 };
                 tx.in_flight.push_back(Expect::DataEnd);
-                self.deadline = Some((now + self.config.timeouts.data_end, "end of data"));
                 self.send(body);
                 self.state = State::Transaction(tx);
                 return;
@@ -766,7 +851,7 @@ impl ClientSession {
             })
             .collect();
         let complete = tx.data.as_ref().is_some_and(|d| d.code() != 354);
-        let data_ended = tx.data.is_some() && tx.body.is_empty();
+        let data_ended = tx.data.is_some() && tx.content_sent;
         self.outputs
             .push_back(ClientOutput::Outcome(MessageOutcome { recipients }));
         // A transaction left open (MAIL taken, then nothing delivered before

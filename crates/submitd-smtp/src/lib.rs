@@ -77,7 +77,7 @@ pub mod testing;
 mod transport;
 
 pub use address::{AddressError, AddressLiteral, ClientName, Mailbox};
-pub use body::dot_stuff;
+pub use body::{dot_stuff, DotStuffer};
 pub use client::{
     ClientConfig, ClientCredentials, ClientError, ClientOutput, ClientSession, ClientTimeouts,
     Extensions, MessageOutcome, SessionError,

@@ -301,7 +301,9 @@ fn exchange(
                         message: e.to_string().trim_end().to_owned(),
                     })
                 }
-                ClientOutput::StartTls | ClientOutput::Close => {
+                // Only a streamed message asks for its content; this one
+                // went whole.
+                ClientOutput::StartTls | ClientOutput::SendContent | ClientOutput::Close => {
                     return outcome.ok_or_else(|| temp("submitd closed the connection"));
                 }
             }

@@ -9,7 +9,8 @@
 //!             user: alice | -                       rcpt: 0 delivered 250 2.0.0 ok
 //!             mail-from: <a@b> SIZE=10              rcpt: 1 pending 451 4.3.0 later
 //!             rcpt: <c@d> NOTIFY=FAILURE
-//!             size: 1234
+//!             body: 7bit | 8bit         (absent in files of older versions)
+//!             size: 00000000000000001234
 //!             crc32: 89abcdef
 //!             (blank line)
 //!             the message bytes
@@ -17,7 +18,7 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use submitd_smtp::{MailFrom, RcptTo};
 
@@ -149,6 +150,9 @@ struct Header {
     envelope: StoredEnvelope,
     size: usize,
     crc: u32,
+    /// Whether any octet of the content is not ASCII; `None` in files
+    /// written before submitd recorded it.
+    eight_bit: Option<bool>,
 }
 
 /// Parses the header at the start of `bytes`; returns it with the offset
@@ -170,6 +174,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError
         return Err(corrupt("not a submitd spool file".into()));
     }
     let (mut received, mut user, mut mail_from, mut size, mut crc) = (None, None, None, None, None);
+    let mut eight_bit = None;
     let mut recipients = Vec::new();
     for line in lines {
         let (key, value) = line
@@ -186,6 +191,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError
             "rcpt" => {
                 recipients.push(RcptTo::parse(value).map_err(|e| corrupt(format!("rcpt: {e}")))?)
             }
+            "body" => eight_bit = Some(value == "8bit"),
             "size" => size = value.parse::<usize>().ok(),
             "crc32" => crc = u32::from_str_radix(value, 16).ok(),
             _ => return Err(corrupt(format!("unknown header {key:?}"))),
@@ -210,6 +216,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError
             envelope,
             size,
             crc,
+            eight_bit,
         },
         end + 2,
     ))
@@ -239,19 +246,150 @@ pub(super) fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), Spo
     Ok((header.envelope, data))
 }
 
-/// Reads only the header of a spool file (the envelope), not its content.
-pub(super) fn read_envelope(path: &Path) -> Result<StoredEnvelope, SpoolError> {
-    let mut file = File::open(path).map_err(io_error(path))?;
+/// Reads a spool file up to the end of its header (and whatever of the
+/// content came with the last read): the header, where the content
+/// starts, and the bytes read.
+fn read_header(
+    path: &Path,
+    file: &mut File,
+    read_size: usize,
+) -> Result<(Header, usize, Vec<u8>), SpoolError> {
     let mut bytes = Vec::new();
-    let mut chunk = [0u8; 8192];
+    let mut chunk = vec![0u8; read_size];
     loop {
         let n = file.read(&mut chunk).map_err(io_error(path))?;
         let searched = bytes.len().saturating_sub(1);
         bytes.extend_from_slice(&chunk[..n]);
         let found = bytes[searched..].windows(2).any(|w| w == b"\n\n");
         if found || n == 0 || bytes.len() > MAX_HEADER {
-            return parse_header(path, &bytes).map(|(h, _)| h.envelope);
+            let (header, start) = parse_header(path, &bytes)?;
+            return Ok((header, start, bytes));
         }
+    }
+}
+
+/// Reads only the header of a spool file (the envelope), not its content.
+pub(super) fn read_envelope(path: &Path) -> Result<StoredEnvelope, SpoolError> {
+    let mut file = File::open(path).map_err(io_error(path))?;
+    read_header(path, &mut file, 8192).map(|(h, _, _)| h.envelope)
+}
+
+/// Octets of content read at a time when a message is sent in pieces.
+pub const CONTENT_PIECE: usize = 64 * 1024;
+
+/// A queued message opened to be sent in pieces, with the checks a whole
+/// read makes: the size against the file's length before anything is
+/// handed out (a truncated file is never half-sent), the checksum after
+/// the last piece (a damaged one is reported before the caller ends the
+/// message, so it can abandon the transfer instead of completing it).
+/// Reads block: call them on the blocking pool.
+#[derive(Debug)]
+pub struct Content {
+    path: PathBuf,
+    file: File,
+    envelope: StoredEnvelope,
+    size: u64,
+    crc: u32,
+    eight_bit: Option<bool>,
+    /// Content read along with the header, handed out first.
+    first: Vec<u8>,
+    read: u64,
+    hasher: crc32fast::Hasher,
+}
+
+pub(super) fn open_content(path: &Path) -> Result<Content, SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut file = File::open(path).map_err(io_error(path))?;
+    let (header, start, mut bytes) = read_header(path, &mut file, CONTENT_PIECE)?;
+    let length = file.metadata().map_err(io_error(path))?.len();
+    let size = header.size as u64;
+    if length != start as u64 + size {
+        return Err(corrupt(format!(
+            "message is {} octets, header says {size}",
+            length.saturating_sub(start as u64)
+        )));
+    }
+    let first = bytes.split_off(start);
+    Ok(Content {
+        path: path.to_owned(),
+        file,
+        envelope: header.envelope,
+        size,
+        crc: header.crc,
+        eight_bit: header.eight_bit,
+        first,
+        read: 0,
+        hasher: crc32fast::Hasher::new(),
+    })
+}
+
+impl Content {
+    /// The message's envelope.
+    pub fn envelope(&self) -> &StoredEnvelope {
+        &self.envelope
+    }
+
+    /// The content's size in octets.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Whether any octet of the content is not ASCII, as recorded when it
+    /// was queued; `None` for files of older versions (see
+    /// [`Content::scan_eight_bit`]).
+    pub fn eight_bit(&self) -> Option<bool> {
+        self.eight_bit
+    }
+
+    /// Reads the content once to find whether it has 8-bit octets (files
+    /// of older versions, which did not record it), and starts over.
+    pub fn scan_eight_bit(&mut self) -> Result<bool, SpoolError> {
+        let mut buf = Vec::with_capacity(CONTENT_PIECE);
+        let mut eight_bit = false;
+        while self.next_piece(&mut buf)? {
+            eight_bit |= !buf.is_ascii();
+        }
+        let reopened = open_content(&self.path)?;
+        *self = reopened;
+        self.eight_bit = Some(eight_bit);
+        Ok(eight_bit)
+    }
+
+    /// Puts the next piece of content into `buf` (replacing what it held):
+    /// `Ok(true)` with a piece, `Ok(false)` at the end once the content
+    /// matched its checksum, an error if it did not or cannot be read.
+    pub fn next_piece(&mut self, buf: &mut Vec<u8>) -> Result<bool, SpoolError> {
+        buf.clear();
+        if !self.first.is_empty() {
+            std::mem::swap(buf, &mut self.first);
+        } else if self.read < self.size {
+            buf.resize(CONTENT_PIECE, 0);
+            let n = self.file.read(buf).map_err(io_error(&self.path))?;
+            buf.truncate(n);
+            if n == 0 {
+                return Err(SpoolError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "message ends before its size".into(),
+                });
+            }
+        } else {
+            if self.read != self.size || self.hasher.clone().finalize() != self.crc {
+                return Err(SpoolError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "message does not match its checksum".into(),
+                });
+            }
+            return Ok(false);
+        }
+        // Never past the size the header gives, even if the file grew.
+        let allowed = usize::try_from(self.size - self.read).unwrap_or(usize::MAX);
+        buf.truncate(allowed);
+        self.read += buf.len() as u64;
+        self.hasher.update(buf);
+        Ok(true)
     }
 }
 
@@ -266,6 +404,7 @@ pub(super) fn render_header(
     envelope: &StoredEnvelope,
     size: u64,
     crc: u32,
+    eight_bit: bool,
 ) -> String {
     let mut header = format!("{MAGIC}\nid: {id}\nreceived: {}\n", envelope.received);
     header.push_str(&format!(
@@ -276,6 +415,9 @@ pub(super) fn render_header(
     for rcpt in &envelope.recipients {
         header.push_str(&format!("rcpt: {rcpt}\n"));
     }
-    header.push_str(&format!("size: {size:020}\ncrc32: {crc:08x}\n\n"));
+    let body = if eight_bit { "8bit" } else { "7bit" };
+    header.push_str(&format!(
+        "body: {body}\nsize: {size:020}\ncrc32: {crc:08x}\n\n"
+    ));
     header
 }

@@ -37,8 +37,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use format::{read_envelope, read_message, render_header};
-pub use format::{DeliveryState, RecipientState, StoredEnvelope};
+use format::{open_content, read_envelope, read_message, render_header};
+pub use format::{Content, DeliveryState, RecipientState, StoredEnvelope, CONTENT_PIECE};
 pub use id::{unix_now, QueueId};
 pub use recovery::Recovery;
 
@@ -213,6 +213,7 @@ impl Spool {
             file: None,
             size: 0,
             crc: crc32fast::Hasher::new(),
+            eight_bit: false,
             committed: false,
         }
     }
@@ -249,6 +250,15 @@ impl Spool {
             return Err(SpoolError::NotFound(id.clone()));
         }
         read_message(&path)
+    }
+
+    /// Opens a queued message to be sent in pieces (see [`Content`]).
+    pub fn open_content(&self, id: &QueueId) -> Result<Content, SpoolError> {
+        let path = self.dirs.msg.join(id.as_str());
+        if !path.exists() {
+            return Err(SpoolError::NotFound(id.clone()));
+        }
+        open_content(&path)
     }
 
     /// The envelope of a queued message, read without its content (for
@@ -289,6 +299,19 @@ impl Spool {
         };
         write().map_err(io_error(&target))?;
         fsync_dir(&self.dirs.state)
+    }
+
+    /// Moves a queued message whose file is damaged to `corrupt/` (with
+    /// its state), as recovery at start does, so it is not tried again
+    /// and again; a person decides what to do with it.
+    pub fn quarantine(&self, id: &QueueId) -> Result<(), SpoolError> {
+        move_aside(&self.dirs.msg.join(id.as_str()), &self.dirs.corrupt)?;
+        let state = self.dirs.state.join(id.as_str());
+        if state.exists() {
+            let target = self.dirs.corrupt.join(format!("{id}.state"));
+            fs::rename(&state, &target).map_err(io_error(&state))?;
+        }
+        Ok(())
     }
 
     /// Removes a message whose delivery is finished.
@@ -346,6 +369,7 @@ pub struct SpoolFile {
     file: Option<File>,
     size: u64,
     crc: crc32fast::Hasher,
+    eight_bit: bool,
     committed: bool,
 }
 
@@ -397,7 +421,7 @@ impl SpoolFile {
     /// blocking pool). The first call creates the file.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         if self.file.is_none() {
-            let header = render_header(&self.id, &self.envelope, 0, 0);
+            let header = render_header(&self.id, &self.envelope, 0, 0, false);
             self.file = Some(self.open_tmp(&header)?);
         }
         let Some(file) = self.file.as_mut() else {
@@ -405,6 +429,7 @@ impl SpoolFile {
         };
         file.write_all(bytes).map_err(io_error(&self.tmp))?;
         self.crc.update(bytes);
+        self.eight_bit |= !bytes.is_ascii();
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -415,8 +440,10 @@ impl SpoolFile {
     /// told 250. Blocking.
     pub fn commit(mut self, tail: &[u8]) -> Result<QueueId, SpoolError> {
         self.crc.update(tail);
+        self.eight_bit |= !tail.is_ascii();
         let size = self.size + tail.len() as u64;
-        let header = render_header(&self.id, &self.envelope, size, self.crc.clone().finalize());
+        let crc = self.crc.clone().finalize();
+        let header = render_header(&self.id, &self.envelope, size, crc, self.eight_bit);
         let tmp = self.tmp.clone();
         let (mut file, provisional) = match self.file.take() {
             // Written whole: one file, one pass, the real header at once.
@@ -638,6 +665,38 @@ mod tests {
         assert_eq!(corrupt.len(), 3);
         assert_eq!(fs::read_dir(dir.path().join("partial")).unwrap().count(), 1);
         assert_eq!(spool.list().unwrap().len(), 1);
+    }
+
+    /// A message written in pieces is the same file, byte for byte, as
+    /// one written whole; one dropped before its commit leaves nothing.
+    #[test]
+    fn streamed_and_whole_messages_are_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let data: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let whole = spool
+            .store_blocking(QueueId::generate(), &envelope(), &data)
+            .unwrap();
+        let id = QueueId::generate();
+        let mut file = spool.create(id.clone(), envelope());
+        for piece in data[..data.len() - 10].chunks(65_536) {
+            file.append(piece).unwrap();
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        file.commit(&data[data.len() - 10..]).unwrap();
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        let read = |id: &QueueId| {
+            let text = fs::read(dir.path().join("msg").join(id.as_str())).unwrap();
+            String::from_utf8_lossy(&text).replace(id.as_str(), "ID")
+        };
+        assert!(read(&whole) == read(&id), "the two files differ");
+        assert_eq!(spool.load(&id).unwrap().1, data);
+
+        let mut dropped = spool.create(QueueId::generate(), envelope());
+        dropped.append(b"half a message").unwrap();
+        drop(dropped);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(spool.list().unwrap().len(), 2);
     }
 
     #[test]

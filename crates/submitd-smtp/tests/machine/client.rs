@@ -55,6 +55,9 @@ struct Pair {
     failures: Vec<SessionError>,
     starttls: usize,
     closed: bool,
+    /// Content to hand over in pieces of `piece` octets when asked.
+    content: Option<(Vec<u8>, usize)>,
+    asked_for_content: usize,
 }
 
 impl Pair {
@@ -71,6 +74,8 @@ impl Pair {
             failures: Vec::new(),
             starttls: 0,
             closed: false,
+            content: None,
+            asked_for_content: 0,
         };
         pair.pump();
         pair
@@ -103,6 +108,14 @@ impl Pair {
                         self.client.tls_established(self.now).unwrap();
                     }
                     ClientOutput::Ready => self.readies += 1,
+                    ClientOutput::SendContent => {
+                        self.asked_for_content += 1;
+                        let (content, piece) = self.content.take().unwrap();
+                        for part in content.chunks(piece) {
+                            self.client.send_content(part).unwrap();
+                        }
+                        self.client.end_content(self.now).unwrap();
+                    }
                     ClientOutput::Outcome(outcome) => self.outcomes.push(outcome),
                     ClientOutput::Failed(error) => self.failures.push(error),
                     ClientOutput::Close => self.closed = true,
@@ -116,6 +129,15 @@ impl Pair {
 
     fn send(&mut self, envelope: &Envelope, data: &[u8]) {
         self.client.send_message(self.now, envelope, data).unwrap();
+        self.pump();
+    }
+
+    fn send_streamed(&mut self, envelope: &Envelope, data: &[u8], piece: usize) {
+        self.content = Some((data.to_vec(), piece));
+        let eight_bit = !data.is_ascii();
+        self.client
+            .send_message_streamed(self.now, envelope, data.len() as u64, eight_bit)
+            .unwrap();
         self.pump();
     }
 }
@@ -494,4 +516,48 @@ fn postmaster_and_null_sender() {
     assert!(pair.outcomes[0].delivered(0), "{:?}", pair.outcomes);
     let stored = pair.server.stored_messages().next().unwrap();
     assert_eq!(stored.mail_from.reverse_path, None);
+}
+
+/// A message streamed in pieces of any size arrives as the same message
+/// given whole: byte-exact, stuffed across piece boundaries, with SIZE and
+/// BODY from what the caller said. With every recipient refused, the
+/// content is never asked for.
+#[test]
+fn streamed_content_arrives_as_the_whole_message_would() {
+    for piece in [1, 2, 3, 7, 64, MESSAGE.len()] {
+        let mut pair = Pair::new(
+            implicit_server(),
+            config(Transport::ImplicitTls, "alice", "secret"),
+        );
+        let env = envelope("alice@example.org", &["bob@example.net"]);
+        pair.send_streamed(&env, MESSAGE, piece);
+        assert_eq!(pair.asked_for_content, 1);
+        assert!(pair.outcomes[0].delivered(0), "{:?}", pair.outcomes);
+        let stored: Vec<_> = pair.server.stored_messages().cloned().collect();
+        assert!(
+            stored[0].data == MESSAGE,
+            "content changed, pieces of {piece}"
+        );
+        assert_eq!(stored[0].mail_from.params.size, Some(MESSAGE.len() as u64));
+        assert_eq!(
+            stored[0].mail_from.params.body,
+            Some(submitd_smtp::BodyType::EightBitMime)
+        );
+        // The connection goes on to the next message.
+        pair.send_streamed(&env, b"Subject: two\r\n\r\nno end of line", 5);
+        assert_eq!(pair.outcomes.len(), 2);
+        assert_eq!(
+            pair.server.stored_messages().nth(1).unwrap().data,
+            b"Subject: two\r\n\r\nno end of line\r\n"
+        );
+    }
+    let mut pair = Pair::new(
+        implicit_server(),
+        config(Transport::ImplicitTls, "alice", "secret"),
+    );
+    let env = envelope("alice@example.org", &["unknown@example.net"]);
+    pair.send_streamed(&env, MESSAGE, 10);
+    assert_eq!(pair.asked_for_content, 0);
+    assert_eq!(pair.outcomes[0].recipients[0].code(), 550);
+    assert_eq!(pair.readies, 2, "ready for the next message");
 }
