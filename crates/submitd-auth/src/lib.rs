@@ -49,7 +49,7 @@ pub use backend::{local_policy_user, Authenticator};
 pub use dovecot::DovecotAuth;
 pub use gate::{LoginGate, LoginOutcome};
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
-pub use password::{hash_password, CheckOutcome, PasswordChecker};
+pub use password::{hash_password, CheckOutcome, PasswordChecker, IDLE_RELEASE};
 pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs, SendAsError};
 pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep};
 pub use sender_policy::{Account, SenderPolicy, SenderRefusal};

@@ -19,9 +19,14 @@
 //! check allocated its buffer afresh on whichever thread ran it, and glibc
 //! kept each thread's freed buffer in that thread's arena: the daemon grew
 //! by 19 MiB per arena used, to 200 MiB on two cores. Now the memory is
-//! `max_concurrent` buffers, allocated at the first checks, and stays so.
-//! (Dropping an idle thread's buffer was tried: glibc returns none of it,
-//! and the next allocation lands elsewhere, so the process only grows.)
+//! at most `max_concurrent` buffers, shared by the threads. After
+//! [`IDLE_RELEASE`] without a check they are dropped, so a quiet daemon
+//! goes back to its idle size. With glibc's default dynamic mmap threshold the freed
+//! buffer stayed in the arena (the threshold rises to the size of the
+//! first freed block, and later buffers come from the heap): the unit
+//! therefore fixes the threshold (`MALLOC_MMAP_THRESHOLD_`), which makes
+//! every large block an mmap that is returned on free (`docs/daemon.md`,
+//! "Memory").
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -132,18 +137,34 @@ struct Job {
     answer: oneshot::Sender<bool>,
 }
 
-/// A checker thread: takes jobs until the checker is dropped.
-fn checker_thread(jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
-    let mut memory: Vec<Block> = Vec::new();
+/// How long a checker thread keeps its argon2 buffer without a check.
+pub const IDLE_RELEASE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The checkers' argon2 buffers not in use: one per check running at
+/// most, so never more than there are threads.
+type Buffers = Arc<Mutex<Vec<Vec<Block>>>>;
+
+/// A checker thread: takes jobs until the checker is dropped. The thread
+/// that waits for jobs and sees none for [`IDLE_RELEASE`] drops every
+/// buffer not in use (the others wait for the receiver, not for jobs).
+fn checker_thread(jobs: Arc<Mutex<mpsc::Receiver<Job>>>, buffers: Buffers) {
+    let pool = || buffers.lock().unwrap_or_else(|p| p.into_inner());
     loop {
         let job = {
             let receiver = jobs.lock().unwrap_or_else(|p| p.into_inner());
-            receiver.recv()
+            receiver.recv_timeout(IDLE_RELEASE)
         };
-        let Ok(job) = job else {
-            return;
+        let job = match job {
+            Ok(job) => job,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                pool().clear();
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
+        let mut memory = pool().pop().unwrap_or_default();
         let verified = verify_in(&mut memory, job.password.as_bytes(), &job.hash);
+        pool().push(memory);
         let _ = job.answer.send(verified);
     }
 }
@@ -253,11 +274,12 @@ impl PasswordChecker {
         let threads = max_concurrent.max(1);
         let (sender, receiver) = mpsc::channel();
         let receiver = Arc::new(Mutex::new(receiver));
+        let buffers: Buffers = Arc::default();
         for i in 0..threads {
-            let receiver = Arc::clone(&receiver);
+            let (receiver, buffers) = (Arc::clone(&receiver), Arc::clone(&buffers));
             std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
-                .spawn(move || checker_thread(receiver))
+                .spawn(move || checker_thread(receiver, buffers))
                 .map_err(|e| {
                     PasswordError::Argon2(format!("cannot start a checker thread: {e}"))
                 })?;
