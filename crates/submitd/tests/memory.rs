@@ -52,7 +52,7 @@ fn message(i: usize, mib: u64) -> Vec<u8> {
     let target = (mib << 20) as usize;
     let mut n = 0usize;
     while m.len() < target {
-        let lead = if n % 97 == 0 { "." } else { "" };
+        let lead = if n.is_multiple_of(97) { "." } else { "" };
         let line = format!("{lead}{i:04} {n:08} ");
         m.extend_from_slice(line.as_bytes());
         m.extend(std::iter::repeat_n(b'a' + (n % 26) as u8, 996 - line.len()));
