@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use submitd_smtp::{Output, ServerConfig, ServerSession, Transport};
+use submitd_smtp::{Output, Reply, ServerConfig, ServerSession, Transport};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -39,6 +39,15 @@ impl<S: Io> Stream<S> {
             }
             Self::Gone => Err(std::io::ErrorKind::NotConnected.into()),
         }
+    }
+
+    /// Closes the stream politely (TLS close_notify, then FIN).
+    async fn close(&mut self) {
+        let _ = match self {
+            Self::Plain(s) => s.shutdown().await,
+            Self::Tls(s) => s.shutdown().await,
+            Self::Gone => Ok(()),
+        };
     }
 
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
@@ -107,6 +116,33 @@ pub async fn serve_connection<S: Io>(
     let mut driver = Driver::new(session, stream, client, Some(tls), answers, shutdown);
     driver.run().await;
     driver.summary();
+}
+
+/// Answers a connection that may not have a session with `reply` (a
+/// 421) and closes it: after the TLS handshake on an implicit-TLS
+/// listener (so the client can read it), in the clear otherwise (RFC 5321
+/// §3.1 allows a 421 greeting). The whole exchange is bounded by
+/// `timeout`.
+pub(crate) async fn refuse_connection<S: Io>(
+    stream: S,
+    client: &str,
+    transport: Transport,
+    tls: TlsAcceptor,
+    reply: Reply,
+    timeout: Duration,
+) {
+    let refuse = async {
+        let mut stream = Stream::Plain(stream);
+        if transport == Transport::ImplicitTls
+            && stream.upgrade(&tls, timeout, client).await.is_err()
+        {
+            return;
+        }
+        if stream.write(&reply.to_bytes()).await.is_ok() {
+            stream.close().await;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, refuse).await;
 }
 
 /// Serves one connection on the local socket from the local user `user`

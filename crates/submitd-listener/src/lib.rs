@@ -6,11 +6,13 @@
 //!
 //! ```text
 //! TcpListener ─accept─▶ limits (total, per client, unauthenticated) ─▶ driver::serve_connection
+//!     past a limit: driver::refuse_connection ([implicit TLS] ─▶ 421 ─▶ close)
 //!     [implicit TLS] ─▶ ServerSession ◀─bytes─▶ stream (TCP, TLS, unix socket, duplex pipe)
 //!         AuthStart/Response ─▶ answers ─▶ SaslExchange ─▶ LoginGate::login
 //!         CheckSender        ─▶ answers ─▶ SenderPolicy::check_envelope
-//!         StoreMessage       ─▶ answers ─▶ Intake: begin ─▶ prepare
-//!                                   ─▶ SenderPolicy::check_header ─▶ commit ─▶ 250
+//!         MessageStart/Data  ─▶ answers ─▶ Intake: begin ─▶ Draft::write (to the spool)
+//!         StoreMessage       ─▶ answers ─▶ Draft::finish ─▶ SenderPolicy::check_header
+//!                                   ─▶ commit ─▶ 250
 //! UnixListener ─accept─▶ peer uid ─▶ os_user::name_of ─▶ driver::serve_local_connection
 //! ```
 //!
@@ -35,12 +37,13 @@ use tokio_util::task::TaskTracker;
 
 pub use answers::Services;
 pub use driver::{serve_connection, serve_local_connection, Io};
-pub use limits::{ConnectionLimits, Unauthenticated};
+pub use limits::{ConnectionLimits, Refusal, Unauthenticated};
 pub use tls::{
     server_tls_config, single_certificate, CertificateError, CertificateFacts, CertificatePaths,
     Certificates, TlsError,
 };
 
+use driver::refuse_connection;
 use limits::{PerClient, UnauthenticatedCount};
 
 /// How long a TLS handshake may take when the config file does not say.
@@ -51,28 +54,23 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::
 /// answered, then the session gets 421.
 pub const DEFAULT_SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// The next accepted connection with its place among `permits`; `None`
-/// once `shutdown` is cancelled. Accept errors (out of file descriptors
-/// and the like) are logged and retried after a pause.
+/// The next accepted connection; `None` once `shutdown` is cancelled.
+/// Accept errors (out of file descriptors and the like) are logged and
+/// retried after a pause.
 async fn next_connection<T, Fut>(
-    permits: &Arc<Semaphore>,
     shutdown: &CancellationToken,
     mut accept: impl FnMut() -> Fut,
-) -> Option<(T, tokio::sync::OwnedSemaphorePermit)>
+) -> Option<T>
 where
     Fut: std::future::Future<Output = std::io::Result<T>>,
 {
-    let permit = tokio::select! {
-        () = shutdown.cancelled() => return None,
-        permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
-    };
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => return None,
             accepted = accept() => accepted,
         };
         match accepted {
-            Ok(connection) => return Some((connection, permit)),
+            Ok(connection) => return Some(connection),
             Err(e) => {
                 tracing::warn!(target: "submitd::listener", error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -81,7 +79,16 @@ where
     }
 }
 
-/// Accepts connections until `shutdown` is cancelled, within `limits`. On cancellation every session ends with 421 at its next
+/// Refused connections answered at once. Past this a refused connection
+/// is closed without a reply: a flood must not become a flood of TLS
+/// handshakes.
+const REFUSALS_AT_ONCE: usize = 32;
+
+/// Accepts connections until `shutdown` is cancelled, within `limits`. A
+/// connection past a limit is answered `421` (after the TLS handshake on
+/// an implicit-TLS listener, so that the client can read it) and closed,
+/// with a log line: mail clients then say "try again later" instead of a
+/// network error. On cancellation every session ends with 421 at its next
 /// command boundary, after finishing a message in flight. Returns the
 /// tracker of running sessions, to wait on.
 pub async fn serve(
@@ -94,31 +101,52 @@ pub async fn serve(
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(limits.total.max(1)));
+    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let per_client = Arc::new(PerClient::default());
     let unauthenticated = Arc::new(UnauthenticatedCount::default());
     let acceptor = TlsAcceptor::from(tls);
-    while let Some(((tcp, peer), permit)) =
-        next_connection(&permits, &shutdown, || listener.accept()).await
-    {
-        if !per_client.enter(peer.ip(), limits.per_client.max(1)) {
-            tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.per_client, "too many connections from one client; closed");
-            drop(tcp);
-            continue;
-        }
-        let Some(slot) = unauthenticated.enter(limits.unauthenticated.max(1)) else {
-            per_client.leave(peer.ip());
-            tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit = limits.unauthenticated, "too many unauthenticated connections; closed");
-            drop(tcp);
-            continue;
+    while let Some((tcp, peer)) = next_connection(&shutdown, || listener.accept()).await {
+        let _ = tcp.set_nodelay(true);
+        let admitted = match Arc::clone(&permits).try_acquire_owned() {
+            Err(_) => Err(Refusal::Busy),
+            Ok(permit) if !per_client.enter(peer.ip(), limits.per_client.max(1)) => {
+                drop(permit);
+                Err(Refusal::PerClient)
+            }
+            Ok(permit) => match unauthenticated.enter(limits.unauthenticated.max(1)) {
+                Some(slot) => Ok((permit, slot)),
+                None => {
+                    per_client.leave(peer.ip());
+                    Err(Refusal::Unauthenticated)
+                }
+            },
+        };
+        let (permit, slot) = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let limit = refusal.limit(&limits);
+                let answered = Arc::clone(&refusals).try_acquire_owned().ok();
+                tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit, reason = refusal.reason(), answered = answered.is_some(), "connection refused");
+                if let Some(place) = answered {
+                    let (reply, tls) = (refusal.reply(&smtp.hostname), acceptor.clone());
+                    let transport = smtp.transport;
+                    let timeout = services.handshake_timeout().min(limits::REFUSAL_TIMEOUT);
+                    tracker.spawn(async move {
+                        let client = peer.to_string();
+                        refuse_connection(tcp, &client, transport, tls, reply, timeout).await;
+                        drop(place);
+                    });
+                }
+                continue;
+            }
         };
         let per_client = Arc::clone(&per_client);
         let (smtp, acceptor, services) =
             (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            // Replies are written whole (see the driver's `unsent`);
-            // Nagle would only hold them back.
-            let _ = tcp.set_nodelay(true);
+            // Replies are written whole (see the driver's `unsent`); Nagle
+            // would only hold them back (set above).
             serve_connection(tcp, peer, smtp, acceptor, services, Some(slot), shutdown).await;
             per_client.leave(peer.ip());
             drop(permit);
@@ -144,9 +172,17 @@ pub async fn serve_local(
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(LOCAL_SESSIONS));
-    while let Some(((unix, _), permit)) =
-        next_connection(&permits, &shutdown, || listener.accept()).await
-    {
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let Some((unix, _)) = next_connection(&shutdown, || listener.accept()).await else {
+            break;
+        };
         let uid = match unix.peer_cred() {
             Ok(cred) => cred.uid(),
             Err(e) => {

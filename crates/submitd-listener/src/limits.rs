@@ -1,24 +1,33 @@
 //! The bounds on connections of one listener: in all, per client network,
-//! and not yet authenticated. A connection past a bound is closed at once
-//! and logged.
+//! and not yet authenticated. A connection past a bound is answered 421
+//! with the reason (a [`Refusal`]), closed and logged.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use submitd_smtp::Reply;
+
+/// How long a refused client gets to finish its TLS handshake and read
+/// the 421 (at most the listener's handshake timeout).
+pub(crate) const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connection bounds of one listener.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Connections at once in all (further clients wait in the backlog).
+    /// Connections at once in all; further ones get 421 4.3.2.
     pub total: usize,
     /// Connections at once from one client address (IPv6: one /64);
-    /// further ones are closed at once and logged.
+    /// further ones get 421 4.7.0. An office, a school or a household
+    /// behind one NAT address is one client here.
     pub per_client: usize,
-    /// Connections at once that have not (yet) authenticated. A client
-    /// that never logs in holds one of these, so a flood of idle or
-    /// password-guessing connections cannot take every slot from users
-    /// who do log in; further ones are closed at once and logged.
+    /// Connections at once that have not (yet) authenticated; further
+    /// ones get 421 4.7.0. A client that never logs in holds one of these,
+    /// and there are fewer of them than `total`, so a flood of idle or
+    /// password-guessing connections cannot take every place from users
+    /// who do log in (a session gives its place back once it logs in).
     pub unauthenticated: usize,
 }
 
@@ -27,8 +36,57 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             total: 200,
-            per_client: 20,
+            // Postfix's default is 50; 64 lets an office of 60 behind one
+            // address send at once.
+            per_client: 64,
             unauthenticated: 100,
+        }
+    }
+}
+
+/// Why a connection was refused before its session began.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener has as many connections as it takes.
+    Busy,
+    /// The client's address has as many as one address may have.
+    PerClient,
+    /// As many connections as allowed have not logged in yet.
+    Unauthenticated,
+}
+
+impl Refusal {
+    /// The 421 the client reads before the connection closes.
+    pub fn reply(self, hostname: &str) -> Reply {
+        let (code, text) = match self {
+            Self::Busy => ((4, 3, 2), "Too many connections, try again later"),
+            Self::PerClient => (
+                (4, 7, 0),
+                "Too many connections from your address, try again later",
+            ),
+            Self::Unauthenticated => (
+                (4, 7, 0),
+                "Too many connections waiting to log in, try again later",
+            ),
+        };
+        Reply::new(421, code, format!("{hostname} {text}"))
+    }
+
+    /// The log line's word for it.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Busy => "too many connections",
+            Self::PerClient => "too many connections from one client",
+            Self::Unauthenticated => "too many unauthenticated connections",
+        }
+    }
+
+    /// The limit that was reached.
+    pub(crate) fn limit(self, limits: &ConnectionLimits) -> usize {
+        match self {
+            Self::Busy => limits.total,
+            Self::PerClient => limits.per_client,
+            Self::Unauthenticated => limits.unauthenticated,
         }
     }
 }
