@@ -2,7 +2,9 @@
 //! so no caller can forget a step:
 //!
 //! ```text
-//! credentials + client address ─▶ throttle: network blocked? ─yes─▶ TryLater (log: blocked=true)
+//! credentials + client address ─▶ users changed since? ─▶ throttle forgotten
+//!                                     ▼
+//!          throttle: this user from this network, or the network, blocked? ─yes─▶ TryLater (log: blocked=true)
 //!                                     │ no
 //!                                     ▼
 //!                          backend check (argon2id file or Dovecot)
@@ -15,7 +17,10 @@
 //! Unknown users and wrong passwords take the same path: the backend runs
 //! a full check for both (a dummy hash for unknown users) and the reply is
 //! the same. A successful login is never delayed by failures elsewhere;
-//! only failure replies wait (see `throttle.rs`).
+//! only failure replies wait, and only the failing pair (or a network
+//! guessing many names) is blocked (see `throttle.rs`). A reload that
+//! changes the users clears the throttle: failures against the old file
+//! (an empty one, say) must not keep blocking after the fix.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -48,7 +53,8 @@ pub enum LoginOutcome {
 pub struct LoginGate {
     credentials: Arc<CredentialStore>,
     authenticator: Arc<Authenticator>,
-    throttle: Mutex<Throttle>,
+    /// The throttle, and the credential generation it counted under.
+    throttle: Mutex<(Throttle, u64)>,
 }
 
 impl LoginGate {
@@ -58,15 +64,26 @@ impl LoginGate {
         authenticator: Arc<Authenticator>,
         throttle: ThrottleConfig,
     ) -> Self {
+        let generation = credentials.generation();
         Self {
             credentials,
             authenticator,
-            throttle: Mutex::new(Throttle::new(throttle)),
+            throttle: Mutex::new((Throttle::new(throttle), generation)),
         }
     }
 
-    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
-        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+    /// Runs `f` on the throttle, forgotten first if the users changed
+    /// since it last counted.
+    fn with_throttle<R>(&self, f: impl FnOnce(&mut Throttle) -> R) -> R {
+        let mut guard = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        let (throttle, seen) = &mut *guard;
+        let generation = self.credentials.generation();
+        if *seen != generation {
+            throttle.clear();
+            *seen = generation;
+            tracing::info!(target: "submitd::auth", "the users changed: failed-login counts and blocks cleared");
+        }
+        f(throttle)
     }
 
     /// One login attempt from `client` with `credentials`, by `mechanism`.
@@ -79,7 +96,8 @@ impl LoginGate {
         mechanism: Mechanism,
     ) -> LoginOutcome {
         let username = credentials.username.as_str();
-        if let Admission::Blocked { .. } = self.throttle().admit(client, Instant::now()) {
+        let admission = self.with_throttle(|t| t.admit(client, username, Instant::now()));
+        if let Admission::Blocked { .. } = admission {
             tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, username, mechanism.name()));
             return LoginOutcome::TryLater;
         }
@@ -109,7 +127,7 @@ impl LoginGate {
     /// A failure: counted, logged in the fail2ban format, and answered
     /// after the throttle's delay.
     async fn reject(&self, client: IpAddr, username: &str, mechanism: &str) -> LoginOutcome {
-        let delay = self.throttle().failure(client, username, Instant::now());
+        let delay = self.with_throttle(|t| t.failure(client, username, Instant::now()));
         tracing::warn!(target: "submitd::auth", "{}", failure_line(client, username, mechanism));
         tokio::time::sleep(delay).await;
         LoginOutcome::Rejected
@@ -138,6 +156,7 @@ mod tests {
             ThrottleConfig {
                 base_delay: Duration::from_millis(200),
                 block_after,
+                spray_after: block_after,
                 ..ThrottleConfig::default()
             },
         )
@@ -189,5 +208,50 @@ mod tests {
             .login(&credentials("alice", "pw"), other, Mechanism::Plain)
             .await;
         assert!(matches!(outcome, LoginOutcome::Authenticated { .. }));
+    }
+
+    /// An emptied users file is refused on reload (nobody locked out); a
+    /// reload that changes the users clears the blocks failures against
+    /// the old file caused.
+    #[tokio::test(start_paused = true)]
+    async fn reloads_refuse_an_empty_file_and_clear_blocks_when_users_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let gate = gate(dir.path(), 3);
+        let path = dir.path().join("users");
+        let good = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, "").unwrap();
+        let refused = gate.credentials.reload().unwrap_err();
+        assert!(
+            refused.to_string().contains("would leave 0 of 1 users"),
+            "{refused}"
+        );
+        let alice = || credentials("alice", "pw");
+        assert!(matches!(
+            gate.login(&alice(), CLIENT, Mechanism::Plain).await,
+            LoginOutcome::Authenticated { .. }
+        ));
+        // Block the network, then change the users: the block goes.
+        for name in ["x", "y", "z"] {
+            gate.login(&credentials(name, "no"), CLIENT, Mechanism::Plain)
+                .await;
+        }
+        assert_eq!(
+            gate.login(&alice(), CLIENT, Mechanism::Plain).await,
+            LoginOutcome::TryLater
+        );
+        // The same users again change nothing, and clear nothing.
+        std::fs::write(&path, &good).unwrap();
+        assert!(!gate.credentials.reload().unwrap().changed);
+        assert_eq!(
+            gate.login(&alice(), CLIENT, Mechanism::Plain).await,
+            LoginOutcome::TryLater
+        );
+        let bob = hash_password(b"pw2").unwrap();
+        std::fs::write(&path, format!("{good}bob {bob}\n")).unwrap();
+        assert!(gate.credentials.reload().unwrap().changed);
+        assert!(matches!(
+            gate.login(&alice(), CLIENT, Mechanism::Plain).await,
+            LoginOutcome::Authenticated { .. }
+        ));
     }
 }

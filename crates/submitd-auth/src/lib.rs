@@ -53,5 +53,7 @@ pub use password::{hash_password, CheckOutcome, PasswordChecker, IDLE_RELEASE};
 pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs, SendAsError};
 pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep};
 pub use sender_policy::{Account, SenderPolicy, SenderRefusal};
-pub use store::{CredentialStore, LineError, StoreError, User, Users};
+pub use store::{
+    CredentialStore, LineError, Reloaded, StoreError, User, Users, DEFAULT_RELOAD_MAX_DROP,
+};
 pub use throttle::{client_network, failure_line, Admission, Throttle, ThrottleConfig};

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::limits::SendingLimits;
@@ -41,6 +42,19 @@ pub enum StoreError {
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// Reload refused: the new file would drop every user, or more of them
+    /// than the guard allows; the old users stay in force.
+    #[error("{}: reload refused: it would leave {after} of {before} users (more than {max_drop}% gone); the previous users stay in force. If this is meant, restart submitd (a fresh start takes the file as it is) or raise [auth] reload_max_drop", path.display())]
+    TooManyDropped {
+        /// The file.
+        path: PathBuf,
+        /// Users in force.
+        before: usize,
+        /// Users in the new file.
+        after: usize,
+        /// The share, in percent, a reload may drop.
+        max_drop: u8,
     },
     /// Reload refused: the new file has errors, the old users stay in force.
     #[error("{} has {} error(s); the previous users stay in force. First: {}", path.display(), errors.len(), errors.first().map(ToString::to_string).unwrap_or_default())]
@@ -91,7 +105,7 @@ pub struct User {
 }
 
 /// All users of one version of the file.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Users {
     by_name: HashMap<String, User>,
 }
@@ -306,7 +320,27 @@ pub(crate) fn user_from_record(record: &Record) -> Result<User, String> {
 pub struct CredentialStore {
     path: PathBuf,
     current: RwLock<Arc<Users>>,
+    /// Counts reloads that changed the users (the login gate forgets its
+    /// throttle when it moves).
+    generation: AtomicU64,
+    /// The share of users, in percent, a reload may drop.
+    max_drop: AtomicU8,
 }
+
+/// What a reload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Users now in force.
+    pub users: usize,
+    /// Whether they differ from those before.
+    pub changed: bool,
+}
+
+/// The share of users a reload may drop when the config does not say: a
+/// file that would lose more (or all of them: empty, truncated, the wrong
+/// file) is refused, since every login would then fail and every client
+/// address soon be blocked.
+pub const DEFAULT_RELOAD_MAX_DROP: u8 = 50;
 
 impl CredentialStore {
     /// Loads the file at start. Bad lines are returned and skipped; the
@@ -314,18 +348,35 @@ impl CredentialStore {
     pub fn open(path: impl Into<PathBuf>) -> Result<(Self, Vec<LineError>), StoreError> {
         let path = path.into();
         let (users, errors) = Self::read(&path)?;
+        if users.is_empty() {
+            tracing::warn!(target: "submitd::auth", path = %path.display(), "the credential file has no users: every login fails");
+        }
         Ok((
             Self {
                 path,
                 current: RwLock::new(Arc::new(users)),
+                generation: AtomicU64::new(0),
+                max_drop: AtomicU8::new(DEFAULT_RELOAD_MAX_DROP),
             },
             errors,
         ))
     }
 
-    /// Reads the file again (on SIGHUP). If it cannot be read or has any
-    /// error, the users in force stay and the error says why.
-    pub fn reload(&self) -> Result<usize, StoreError> {
+    /// Sets the share of users, in percent (at most 100), a reload may
+    /// drop; 100 turns the guard off.
+    pub fn set_reload_max_drop(&self, percent: u8) {
+        self.max_drop.store(percent.min(100), Ordering::Relaxed);
+    }
+
+    /// How many reloads changed the users so far.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Reads the file again (on SIGHUP). If it cannot be read, has any
+    /// error, or would drop all users or more than the guard allows, the
+    /// users in force stay and the error says why.
+    pub fn reload(&self) -> Result<Reloaded, StoreError> {
         let (users, errors) = Self::read(&self.path)?;
         if !errors.is_empty() {
             return Err(StoreError::Invalid {
@@ -333,13 +384,33 @@ impl CredentialStore {
                 errors,
             });
         }
-        let count = users.len();
         let mut current = self
             .current
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *current = Arc::new(users);
-        Ok(count)
+        let (before, after) = (current.len(), users.len());
+        let max_drop = self.max_drop.load(Ordering::Relaxed);
+        let dropped = before.saturating_sub(after);
+        let too_many = before > 0
+            && max_drop < 100
+            && (after == 0 || dropped * 100 > before * usize::from(max_drop));
+        if too_many {
+            return Err(StoreError::TooManyDropped {
+                path: self.path.clone(),
+                before,
+                after,
+                max_drop,
+            });
+        }
+        let changed = **current != users;
+        if changed {
+            *current = Arc::new(users);
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(Reloaded {
+            users: after,
+            changed,
+        })
     }
 
     /// The users in force now. Cheap: a reference-counted snapshot.
@@ -421,7 +492,13 @@ mod tests {
         let (store, errors) = CredentialStore::open(&path).unwrap();
         assert!(errors.is_empty());
         std::fs::write(&path, format!("alice {HASH}\nbob {HASH}\n")).unwrap();
-        assert_eq!(store.reload().unwrap(), 2);
+        assert_eq!(
+            store.reload().unwrap(),
+            Reloaded {
+                users: 2,
+                changed: true
+            }
+        );
         std::fs::write(&path, format!("carol {HASH}\nbroken\n")).unwrap();
         let error = store.reload().unwrap_err();
         assert!(error.to_string().contains(":2:"), "{error}");

@@ -1,16 +1,31 @@
-//! Brute-force throttling of failed logins.
+//! Brute-force throttling of failed logins, fair to the innocent behind a
+//! shared address.
 //!
-//! Failures are counted per client network (an IPv4 address, or an IPv6
-//! /64, which one subscriber usually holds whole) and per user name. Each
-//! failure's reply is delayed, growing with the count; a network with too
-//! many failures is blocked for a while and gets a temporary failure
-//! without any password check. A *successful* login is never delayed or
-//! blocked because of failures elsewhere: delays apply to failure replies
-//! only and blocks to the failing network only, so an attacker hammering
-//! `alice` from one place cannot lock the real alice out.
+//! Failures are counted per *pair* (client network, user name), per user
+//! name, and per network as the set of distinct user names that failed
+//! from it. A network is an IPv4 address or an IPv6 /64 (one subscriber
+//! usually holds a /64 whole). The rule:
 //!
-//! Memory is bounded: old entries are forgotten after the window, and past
-//! `max_entries` the least recently seen are dropped. The clock is passed in.
+//! * Every failure reply is delayed, doubling from `base_delay` with the
+//!   pair's count or the user's count over all networks, whichever is
+//!   higher, and never longer than `max_delay` (8 s by default: below the
+//!   read timeouts of mail clients and libraries, so the client sees its
+//!   535).
+//! * `block_after` failures of one pair block that pair: that user from
+//!   that network gets 454 without a check, for `block_for`. Other users
+//!   from the same network are not touched: bob's old phone retrying a
+//!   stale password does not lock out carol in the same office.
+//! * `spray_after` distinct user names failing from one network block the
+//!   whole network: that is guessing many accounts, not one person's
+//!   mistake.
+//! * A successful login is never delayed, and is refused only when its own
+//!   pair or its network is blocked.
+//! * When a block ends, its count starts afresh; a count with no failure
+//!   for `window` is forgotten.
+//!
+//! Unknown and known user names are counted alike, so the throttle tells
+//! nothing about which names exist. Memory is bounded: past `max_entries`
+//! per table the least recently seen entries go. The clock is passed in.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,13 +38,17 @@ pub struct ThrottleConfig {
     pub base_delay: Duration,
     /// Longest delay of one failure reply.
     pub max_delay: Duration,
-    /// Failures from one network within the window that block it.
+    /// Failures of one user name from one network within the window that
+    /// block that pair.
     pub block_after: u32,
+    /// Distinct user names failing from one network within the window
+    /// that block the whole network (password spraying).
+    pub spray_after: u32,
     /// How long a block lasts.
     pub block_for: Duration,
     /// Failures older than this are forgotten.
     pub window: Duration,
-    /// Most networks and user names remembered at once (each).
+    /// Most entries remembered at once, per table.
     pub max_entries: usize,
 }
 
@@ -37,8 +56,9 @@ impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
             base_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(20),
+            max_delay: Duration::from_secs(8),
             block_after: 10,
+            spray_after: 10,
             block_for: Duration::from_secs(15 * 60),
             window: Duration::from_secs(3600),
             max_entries: 100_000,
@@ -58,17 +78,27 @@ pub enum Admission {
     },
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Counter {
     failures: u32,
     last: Instant,
     blocked_until: Option<Instant>,
+    /// Networks only: the distinct user names that failed (at most
+    /// `spray_after` of them are kept).
+    names: Vec<String>,
+}
+
+impl Counter {
+    fn blocked(&self, now: Instant) -> Option<Instant> {
+        self.blocked_until.filter(|until| now < *until)
+    }
 }
 
 /// Failure counters.
 #[derive(Debug)]
 pub struct Throttle {
     config: ThrottleConfig,
+    pairs: HashMap<(IpAddr, String), Counter>,
     networks: HashMap<IpAddr, Counter>,
     users: HashMap<String, Counter>,
 }
@@ -94,35 +124,58 @@ impl Throttle {
     pub fn new(config: ThrottleConfig) -> Self {
         Self {
             config,
+            pairs: HashMap::new(),
             networks: HashMap::new(),
             users: HashMap::new(),
         }
     }
 
-    /// Before checking a password from `ip`.
-    pub fn admit(&self, ip: IpAddr, now: Instant) -> Admission {
-        match self
-            .networks
-            .get(&client_network(ip))
-            .and_then(|c| c.blocked_until)
-        {
-            Some(until) if now < until => Admission::Blocked { until },
-            _ => Admission::Allowed,
+    /// Forgets every count and block (the users changed: what failed
+    /// against the old file says nothing about the new one).
+    pub fn clear(&mut self) {
+        self.pairs.clear();
+        self.networks.clear();
+        self.users.clear();
+    }
+
+    /// Before checking a password for `username` from `ip`: blocked when
+    /// the network is blocked for spraying or this pair for its failures.
+    pub fn admit(&self, ip: IpAddr, username: &str, now: Instant) -> Admission {
+        let net = client_network(ip);
+        let network = self.networks.get(&net).and_then(|c| c.blocked(now));
+        let pair = self
+            .pairs
+            .get(&(net, username.to_lowercase()))
+            .and_then(|c| c.blocked(now));
+        match network.max(pair) {
+            Some(until) => Admission::Blocked { until },
+            None => Admission::Allowed,
         }
     }
 
     /// Records a failed login; returns how long to wait before replying.
     pub fn failure(&mut self, ip: IpAddr, username: &str, now: Instant) -> Duration {
         let config = self.config.clone();
-        let net = bump(&mut self.networks, client_network(ip), now, &config);
-        if net.failures >= config.block_after {
-            let until = now + config.block_for;
-            if let Some(counter) = self.networks.get_mut(&client_network(ip)) {
-                counter.blocked_until = Some(until);
+        let net = client_network(ip);
+        let name = username.to_lowercase();
+        let pair = bump(&mut self.pairs, (net, name.clone()), now, &config);
+        if pair.failures >= config.block_after {
+            if let Some(counter) = self.pairs.get_mut(&(net, name.clone())) {
+                counter.blocked_until = Some(now + config.block_for);
             }
         }
-        let user = bump(&mut self.users, username.to_lowercase(), now, &config);
-        let worst = net.failures.max(user.failures);
+        let user = bump(&mut self.users, name.clone(), now, &config).failures;
+        bump(&mut self.networks, net, now, &config);
+        if let Some(network) = self.networks.get_mut(&net) {
+            let spray_after = config.spray_after.max(1) as usize;
+            if !network.names.contains(&name) && network.names.len() < spray_after {
+                network.names.push(name);
+            }
+            if network.names.len() >= spray_after && network.blocked(now).is_none() {
+                network.blocked_until = Some(now + config.block_for);
+            }
+        }
+        let worst = pair.failures.max(user);
         let factor = 2u32.saturating_pow(worst.saturating_sub(1).min(31));
         config
             .base_delay
@@ -136,8 +189,8 @@ impl Throttle {
     }
 }
 
-/// Counts one failure under `key`, forgetting stale counts and keeping the
-/// map within bounds.
+/// Counts one failure under `key`: a count whose block has ended, or with
+/// no failure for the window, starts afresh; the map stays within bounds.
 fn bump<K: std::hash::Hash + Eq + Clone>(
     map: &mut HashMap<K, Counter>,
     key: K,
@@ -146,8 +199,7 @@ fn bump<K: std::hash::Hash + Eq + Clone>(
 ) -> Counter {
     if map.len() >= config.max_entries && !map.contains_key(&key) {
         map.retain(|_, c| {
-            now.saturating_duration_since(c.last) < config.window
-                || c.blocked_until.is_some_and(|until| now < until)
+            now.saturating_duration_since(c.last) < config.window || c.blocked(now).is_some()
         });
         while map.len() >= config.max_entries {
             let oldest = map
@@ -164,13 +216,17 @@ fn bump<K: std::hash::Hash + Eq + Clone>(
         failures: 0,
         last: now,
         blocked_until: None,
+        names: Vec::new(),
     });
-    if now.saturating_duration_since(counter.last) >= config.window {
+    let block_over = counter.blocked_until.is_some_and(|until| now >= until);
+    if block_over || now.saturating_duration_since(counter.last) >= config.window {
         counter.failures = 0;
+        counter.blocked_until = None;
+        counter.names.clear();
     }
     counter.failures = counter.failures.saturating_add(1);
     counter.last = now;
-    *counter
+    counter.clone()
 }
 
 /// The log line for one failed login, in a stable form that a fail2ban
@@ -197,14 +253,19 @@ mod tests {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(8),
             block_after: 5,
+            spray_after: 4,
             block_for: Duration::from_secs(600),
             window: Duration::from_secs(3600),
             max_entries: 100,
         }
     }
 
+    fn blocked(t: &Throttle, addr: &str, user: &str, now: Instant) -> bool {
+        matches!(t.admit(ip(addr), user, now), Admission::Blocked { .. })
+    }
+
     #[test]
-    fn delays_grow_and_networks_get_blocked() {
+    fn delays_grow_and_the_failing_pair_is_blocked() {
         let mut t = Throttle::new(config());
         let now = Instant::now();
         let delays: Vec<u64> = (0..5)
@@ -212,18 +273,75 @@ mod tests {
             .collect();
         assert_eq!(delays, [1, 2, 4, 8, 8]);
         assert_eq!(
-            t.admit(ip("192.0.2.1"), now),
+            t.admit(ip("192.0.2.1"), "Alice", now),
             Admission::Blocked {
                 until: now + Duration::from_secs(600)
             }
         );
-        // Another network is not blocked, and its success is not delayed:
-        // delays are returned for failures only.
-        assert_eq!(t.admit(ip("198.51.100.9"), now), Admission::Allowed);
-        assert_eq!(
-            t.admit(ip("192.0.2.1"), now + Duration::from_secs(601)),
-            Admission::Allowed
+        // Another user from the same network, and the same user from
+        // another network, are not blocked by it.
+        assert!(!blocked(&t, "192.0.2.1", "carol", now));
+        assert!(!blocked(&t, "198.51.100.9", "alice", now));
+        assert!(!blocked(
+            &t,
+            "192.0.2.1",
+            "alice",
+            now + Duration::from_secs(601)
+        ));
+    }
+
+    /// The office case: bob's old phone keeps failing; carol, behind the
+    /// same address, logs in.
+    #[test]
+    fn one_stale_password_does_not_lock_out_the_neighbours() {
+        let mut t = Throttle::new(ThrottleConfig::default());
+        let now = Instant::now();
+        let mut longest = Duration::ZERO;
+        for i in 0..12 {
+            let at = now + Duration::from_secs(i * 30);
+            longest = longest.max(t.failure(ip("203.0.113.5"), "bob", at));
+        }
+        assert!(longest < Duration::from_secs(15), "{longest:?}");
+        let later = now + Duration::from_secs(400);
+        assert!(blocked(&t, "203.0.113.5", "bob", later));
+        assert!(!blocked(&t, "203.0.113.5", "carol", later));
+    }
+
+    #[test]
+    fn guessing_many_names_blocks_the_network_only() {
+        let mut t = Throttle::new(config());
+        let now = Instant::now();
+        for name in ["a", "b", "c"] {
+            t.failure(ip("192.0.2.9"), name, now);
+        }
+        // The same name again is no evidence of spraying.
+        t.failure(ip("192.0.2.9"), "C", now);
+        assert!(!blocked(&t, "192.0.2.9", "dave", now));
+        t.failure(ip("192.0.2.9"), "d", now);
+        assert!(blocked(&t, "192.0.2.9", "dave", now), "4 names: sprayed");
+        assert!(!blocked(&t, "192.0.2.10", "dave", now));
+    }
+
+    #[test]
+    fn a_block_that_ended_starts_the_count_afresh() {
+        let mut t = Throttle::new(config());
+        let now = Instant::now();
+        for _ in 0..5 {
+            t.failure(ip("192.0.2.1"), "bob", now);
+        }
+        assert!(blocked(&t, "192.0.2.1", "bob", now));
+        let after = now + Duration::from_secs(601);
+        t.failure(ip("192.0.2.1"), "bob", after);
+        assert!(
+            !blocked(&t, "192.0.2.1", "bob", after),
+            "one more stale password does not block again at once"
         );
+        for _ in 0..4 {
+            t.failure(ip("192.0.2.1"), "bob", after);
+        }
+        assert!(blocked(&t, "192.0.2.1", "bob", after));
+        t.clear();
+        assert!(!blocked(&t, "192.0.2.1", "bob", after));
     }
 
     #[test]
@@ -239,28 +357,22 @@ mod tests {
             Duration::from_secs(8)
         );
         // But no network is blocked by that.
-        assert_eq!(t.admit(ip("203.0.113.50"), now), Admission::Allowed);
+        assert!(!blocked(&t, "203.0.113.50", "alice", now));
     }
 
     #[test]
     fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
         let mut t = Throttle::new(config());
         let now = Instant::now();
-        for i in 1..=5 {
+        for i in 1..=4 {
             t.failure(ip(&format!("2001:db8:1:2::{i:x}")), &format!("u{i}"), now);
         }
-        assert!(matches!(
-            t.admit(ip("2001:db8:1:2:ffff::1"), now),
-            Admission::Blocked { .. }
-        ));
-        assert_eq!(t.admit(ip("2001:db8:1:3::1"), now), Admission::Allowed);
+        assert!(blocked(&t, "2001:db8:1:2:ffff::1", "x", now));
+        assert!(!blocked(&t, "2001:db8:1:3::1", "x", now));
         for _ in 0..5 {
             t.failure(ip("::ffff:192.0.2.8"), "x", now);
         }
-        assert!(matches!(
-            t.admit(ip("192.0.2.8"), now),
-            Admission::Blocked { .. }
-        ));
+        assert!(blocked(&t, "192.0.2.8", "x", now));
     }
 
     #[test]
@@ -291,6 +403,7 @@ mod tests {
         }
         let (networks, users) = t.entries();
         assert!(networks <= 100 && users <= 100, "{networks} {users}");
+        assert!(t.pairs.len() <= 100);
         // The most recent ones are the ones kept.
         let last = IpAddr::V4(999u32.to_be_bytes().into());
         assert_eq!(

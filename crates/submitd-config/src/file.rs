@@ -73,6 +73,8 @@ pub(crate) struct Auth {
     pub(crate) dovecot_socket: Option<PathBuf>,
     #[serde(default)]
     pub(crate) dovecot_timeout: Option<String>,
+    #[serde(default)]
+    pub(crate) reload_max_drop: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

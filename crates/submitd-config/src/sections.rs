@@ -167,7 +167,21 @@ impl<'a> Context<'a> {
                 ))
             }
         };
+        let reload_max_drop = match auth.reload_max_drop.as_deref() {
+            None => submitd_auth::DEFAULT_RELOAD_MAX_DROP,
+            Some(text) => text
+                .strip_suffix('%')
+                .and_then(|n| n.trim().parse::<u8>().ok())
+                .filter(|n| *n <= 100)
+                .ok_or_else(|| {
+                    self.err(
+                        "auth.reload_max_drop",
+                        "must be a share such as \"50%\" (from \"0%\" to \"100%\"; \"100%\" turns the guard off)",
+                    )
+                })?,
+        };
         Ok(AuthSettings {
+            reload_max_drop,
             users: self.abs(&auth.users),
             backend,
             max_concurrent_checks: auth

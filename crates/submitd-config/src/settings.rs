@@ -85,6 +85,9 @@ pub struct AuthSettings {
     pub max_concurrent_checks: usize,
     /// The failed-login throttle, with `failure_delay` as its first delay.
     pub throttle: ThrottleConfig,
+    /// `reload_max_drop`: the share of users, in percent, a reload may
+    /// drop ("100%" turns the guard off).
+    pub reload_max_drop: u8,
 }
 
 /// `[queue]`.

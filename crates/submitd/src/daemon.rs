@@ -96,6 +96,7 @@ async fn start(settings: &Settings) -> Result<Running, String> {
     for error in &errors {
         tracing::error!("{error}");
     }
+    credentials.set_reload_max_drop(settings.auth.reload_max_drop);
     let credentials = Arc::new(credentials);
     let (tls, certificates) =
         server_tls_config(&settings.tls.certificates).map_err(|e| e.to_string())?;
@@ -208,7 +209,11 @@ fn reload(settings: &Settings, running: &Running) {
     states.extend(now);
     notify(&states);
     match running.credentials.reload() {
-        Ok(n) => tracing::info!(users = n, "credential file reloaded"),
+        Ok(reloaded) => tracing::info!(
+            users = reloaded.users,
+            changed = reloaded.changed,
+            "credential file reloaded"
+        ),
         Err(e) => tracing::error!("{e}"),
     }
     let errors = running.certificates.reload();

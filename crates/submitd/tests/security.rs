@@ -489,6 +489,72 @@ async fn brute_force_from_one_network_is_blocked() {
     assert!(reply.starts_with("235 "), "{reply}");
 }
 
+/// One AUTH PLAIN from `source` in a fresh session; the reply.
+async fn try_login(w: &World, source: IpAddr, user: &str, password: &str) -> String {
+    let mut s = connect(w.implicit, Some(source)).await.tls(&w.ca).await;
+    assert!(s.reply().await.starts_with("220 "));
+    s.command("EHLO c").await;
+    s.command(&format!("AUTH PLAIN {}", base64_plain(user, password)))
+        .await
+}
+
+/// Behind one address (an office, a school): one user's stale password
+/// blocks that user from there, not the neighbours; guessing many names
+/// from an address blocks the address, and only it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_spares_the_neighbours_and_blocks_sprayers() {
+    let w = world();
+    let office = IpAddr::V4(Ipv4Addr::new(127, 0, 4, 1));
+    for i in 0..12 {
+        let reply = try_login(&w, office, "u0", &format!("stale{i}")).await;
+        assert!(
+            reply.starts_with("535 ") || reply.starts_with("454 "),
+            "{reply}"
+        );
+    }
+    let reply = try_login(&w, office, "u1", PASSWORD).await;
+    assert!(reply.starts_with("235 "), "a neighbour: {reply}");
+    let reply = try_login(&w, office, "u0", PASSWORD).await;
+    assert!(reply.starts_with("454 4.7.0"), "the stale one: {reply}");
+
+    let sprayer = IpAddr::V4(Ipv4Addr::new(127, 0, 5, 1));
+    for i in 0..20 {
+        let reply = try_login(&w, sprayer, &format!("name{i}"), "guess").await;
+        assert!(
+            reply.starts_with("535 ") || reply.starts_with("454 "),
+            "{reply}"
+        );
+    }
+    let reply = try_login(&w, sprayer, "u2", PASSWORD).await;
+    assert!(
+        reply.starts_with("454 4.7.0"),
+        "the sprayer's address: {reply}"
+    );
+    let reply = try_login(&w, office, "u2", PASSWORD).await;
+    assert!(reply.starts_with("235 "), "another address: {reply}");
+}
+
+/// An emptied users file on SIGHUP is refused: the users in force keep
+/// working, and the failures nobody caused never block anyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_users_file_is_refused_on_reload() {
+    let w = world();
+    let users = w._dir.path().join("users");
+    let before = std::fs::read_to_string(&users).unwrap();
+    std::fs::write(&users, "").unwrap();
+    common::signal(w.daemon.child.id(), "HUP");
+    assert!(w.daemon.wait_log(
+        "reload refused: it would leave 0 of",
+        Duration::from_secs(10)
+    ));
+    let client = IpAddr::V4(Ipv4Addr::new(127, 0, 6, 1));
+    for _ in 0..15 {
+        let reply = try_login(&w, client, "alice", PASSWORD).await;
+        assert!(reply.starts_with("235 "), "{reply}");
+    }
+    std::fs::write(&users, before).unwrap();
+}
+
 /// Deterministic junk (xorshift), so a failure can be replayed.
 fn junk(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;

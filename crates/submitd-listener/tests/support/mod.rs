@@ -31,6 +31,7 @@ pub(crate) fn services(
         ThrottleConfig {
             base_delay: Duration::from_millis(10),
             block_after,
+            spray_after: block_after,
             ..ThrottleConfig::default()
         },
     );
