@@ -90,6 +90,8 @@ pub(crate) struct Queue {
     pub(crate) directory: PathBuf,
     #[serde(default)]
     pub(crate) lifetime: Option<String>,
+    #[serde(default)]
+    pub(crate) min_free: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

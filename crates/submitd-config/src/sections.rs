@@ -137,6 +137,19 @@ impl<'a> Context<'a> {
         }
     }
 
+    /// A share such as "5%", from 0 to `max` percent.
+    fn percent(&self, key: &str, text: &str, max: u8) -> Result<u8, ConfigError> {
+        text.strip_suffix('%')
+            .and_then(|n| n.trim().parse::<u8>().ok())
+            .filter(|n| *n <= max)
+            .ok_or_else(|| {
+                self.err(
+                    key,
+                    &format!("must be a share such as \"5%\", from \"0%\" to \"{max}%\""),
+                )
+            })
+    }
+
     fn auth(&self, auth: &file::Auth) -> Result<AuthSettings, ConfigError> {
         let throttle = ThrottleConfig::default();
         let failure_delay = self.duration(
@@ -169,16 +182,7 @@ impl<'a> Context<'a> {
         };
         let reload_max_drop = match auth.reload_max_drop.as_deref() {
             None => submitd_auth::DEFAULT_RELOAD_MAX_DROP,
-            Some(text) => text
-                .strip_suffix('%')
-                .and_then(|n| n.trim().parse::<u8>().ok())
-                .filter(|n| *n <= 100)
-                .ok_or_else(|| {
-                    self.err(
-                        "auth.reload_max_drop",
-                        "must be a share such as \"50%\" (from \"0%\" to \"100%\"; \"100%\" turns the guard off)",
-                    )
-                })?,
+            Some(text) => self.percent("auth.reload_max_drop", text, 100)?,
         };
         Ok(AuthSettings {
             reload_max_drop,
@@ -196,7 +200,12 @@ impl<'a> Context<'a> {
 
     fn queue(&self, queue: &file::Queue) -> Result<QueueSettings, ConfigError> {
         let retry = RetryPolicy::default();
+        let min_free = match queue.min_free.as_deref() {
+            None => submitd_relay::DEFAULT_MIN_FREE,
+            Some(text) => self.percent("queue.min_free", text, 50)?,
+        };
         Ok(QueueSettings {
+            min_free,
             directory: self.abs(&queue.directory),
             retry: RetryPolicy {
                 lifetime: self.duration("queue.lifetime", &queue.lifetime, retry.lifetime)?,

@@ -97,6 +97,9 @@ pub struct QueueSettings {
     pub directory: PathBuf,
     /// The retry schedule, with `lifetime`.
     pub retry: RetryPolicy,
+    /// `min_free`: the share of the queue's disk, in percent, kept free
+    /// (new messages get 452 4.3.1 below it).
+    pub min_free: u8,
 }
 
 /// One upstream (`[[relay.upstream]]`, `[[relay.sender_upstream]]`).

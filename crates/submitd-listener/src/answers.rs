@@ -7,7 +7,8 @@
 //!
 //! ```text
 //! AuthStart / AuthResponse ─▶ SaslExchange ─▶ LoginGate::login ─▶ AuthAnswer
-//! CheckSender ─▶ SenderPolicy::resolve + check_envelope ─▶ Verdict
+//! CheckSender ─▶ Intake::admit (room in the queue?) ─▶ SenderPolicy::resolve
+//!               + check_envelope ─▶ Verdict
 //! MessageStart ─▶ SenderPolicy::resolve ─▶ Intake::begin ─▶ Draft
 //! MessageData ─▶ Draft::write (streams to the spool; awaited, so a slow
 //!                disk stops the reading from the client)
@@ -201,6 +202,10 @@ impl Answers {
     /// Answers [`submitd_smtp::Output::CheckSender`] for the session's
     /// user `user`.
     pub(crate) fn sender(&self, user: Option<&str>, mail_from: &MailFrom) -> Verdict {
+        // No room in the queue: refused before anything else is read.
+        if let Err(e) = self.services.intake.admit(mail_from.params.size) {
+            return Verdict::Reject(e.reply());
+        }
         let policy = &self.services.policy;
         let checked = user
             .ok_or(SenderRefusal::AccountGone)

@@ -33,6 +33,7 @@ use submitd_smtp::{Message, Reply};
 
 use crate::prepare::{header_end, inspect, HeaderLimits, HeaderSenders, PrepareError, TraceInfo};
 use crate::runner::Relay;
+use crate::space::{NoSpace, SpaceGuard, DEFAULT_MIN_FREE};
 use crate::spool::{QueueId, Spool, SpoolError, SpoolFile, StoredEnvelope};
 
 /// Content gathered before it is written to the spool: one write (on the
@@ -48,6 +49,10 @@ pub enum IntakeError {
     /// The spool could not store it: the client should try again later.
     #[error("cannot queue the message: {0}")]
     Spool(#[from] SpoolError),
+    /// The spool's disk is below its free-space floor (or would be with
+    /// this message): refused before its content is read.
+    #[error(transparent)]
+    NoSpace(#[from] NoSpace),
 }
 
 impl IntakeError {
@@ -57,6 +62,11 @@ impl IntakeError {
     pub fn reply(&self) -> Reply {
         match self {
             Self::Refused(e) => e.reply(),
+            Self::NoSpace(_) => Reply::new(
+                452,
+                (4, 3, 1),
+                "Insufficient system storage: cannot take messages now; try again later",
+            ),
             Self::Spool(e) if e.is_disk_full() => Reply::new(
                 452,
                 (4, 3, 1),
@@ -89,6 +99,7 @@ pub struct Intake {
     hostname: Arc<str>,
     privacy: bool,
     header: HeaderLimits,
+    space: Arc<SpaceGuard>,
 }
 
 impl Intake {
@@ -97,13 +108,29 @@ impl Intake {
     /// `privacy` leaves the client's name and address out of it. Headers
     /// are bounded by the default [`HeaderLimits`].
     pub fn new(relay: Relay, hostname: &str, privacy: bool) -> Self {
+        let relay_dir = relay.spool.root().to_owned();
         Self {
             spool: relay.spool.clone(),
             relay,
             hostname: hostname.into(),
             privacy,
             header: HeaderLimits::default(),
+            space: Arc::new(SpaceGuard::new(&relay_dir, DEFAULT_MIN_FREE)),
         }
+    }
+
+    /// The same intake keeping `percent` of the spool's disk free (0: no
+    /// floor).
+    pub fn with_min_free(mut self, percent: u8) -> Self {
+        self.space = Arc::new(SpaceGuard::new(self.spool.root(), percent));
+        self
+    }
+
+    /// Whether a message declared (by MAIL's SIZE) to be `declared` octets
+    /// may come in: refused while the spool's disk is below its floor, or
+    /// would be with it. Ask at MAIL, before the content is read.
+    pub fn admit(&self, declared: Option<u64>) -> Result<(), IntakeError> {
+        self.space.admit(declared).map_err(IntakeError::NoSpace)
     }
 
     /// The same intake with other bounds on a message's header.

@@ -22,7 +22,7 @@
 //! `rustls-native-certs` for the system's CA roots, `rustls-pki-types` for
 //! PEM CA files, `mail-parser` for From:/Sender: address lists (only of
 //! fields this crate found itself), `memchr` to find the header's end in
-//! what arrives, `crc32fast` to detect damaged queue
+//! what arrives, `rustix` for the free space of the spool's disk (statvfs), `crc32fast` to detect damaged queue
 //! files, `getrandom` for queue ids and retry jitter, `tokio` for the
 //! blocking pool, the workers and group commit, `tokio-util` for the
 //! shutdown token and the workers' tracker, `tracing` for log lines,
@@ -39,6 +39,7 @@ pub mod retry;
 pub mod route;
 mod runner;
 mod schedule;
+pub mod space;
 pub mod spool;
 pub mod upstream;
 
@@ -53,6 +54,7 @@ pub use prepare::{
 pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use route::{Route, RouteId, SenderRoute, DOWN_FOR};
 pub use runner::{PassFigures, Relay, RelayConfig};
+pub use space::{free_space, NoSpace, Space, SpaceGuard, DEFAULT_MIN_FREE};
 pub use spool::{
     unix_now, Content, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError,
     SpoolFile, StoredEnvelope,

@@ -93,6 +93,11 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
         }
     }
     queue(&settings.queue.directory, &mut found);
+    free_space(
+        &settings.queue.directory,
+        settings.queue.min_free,
+        &mut found,
+    );
     let routes = crate::wiring::route(settings).and_then(|route| {
         let senders = crate::wiring::sender_routes(settings)?;
         Ok((route, senders))
@@ -213,6 +218,34 @@ fn credentials(path: &Path, found: &mut Findings) {
                 path.display()
             ));
         }
+    }
+}
+
+/// The queue disk's free space against `[queue] min_free`.
+fn free_space(root: &Path, min_free: u8, found: &mut Findings) {
+    let Ok(space) = submitd_relay::free_space(root) else {
+        found.warning(format!(
+            "queue: {}: cannot tell its free space",
+            root.display()
+        ));
+        return;
+    };
+    let mib = |n: u64| n / (1024 * 1024);
+    let floor = space.total / 100 * u64::from(min_free);
+    let text = format!(
+        "queue disk: {} MiB free of {} MiB (new messages are refused below {} MiB, min_free {min_free}%)",
+        mib(space.available),
+        mib(space.total),
+        mib(floor)
+    );
+    if space.available < floor {
+        found.problem(format!(
+            "{text}: below the floor now, every new message gets 452; free space or move [queue] directory"
+        ));
+    } else if space.available < floor.saturating_mul(2) {
+        found.warning(format!("{text}: close to the floor"));
+    } else {
+        found.ok(text);
     }
 }
 

@@ -117,7 +117,8 @@ pub(crate) fn services(
         settings.auth.throttle.clone(),
     );
     let policy = SenderPolicy::new(credentials, authenticator, SendingLimits::defaults());
-    let intake = Intake::new(relay, &settings.hostname, settings.privacy);
+    let intake = Intake::new(relay, &settings.hostname, settings.privacy)
+        .with_min_free(settings.queue.min_free);
     Ok(Services::new(
         gate,
         policy,

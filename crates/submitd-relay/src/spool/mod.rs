@@ -96,6 +96,7 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
 
 #[derive(Debug)]
 struct Dirs {
+    root: PathBuf,
     tmp: PathBuf,
     msg: PathBuf,
     state: PathBuf,
@@ -166,6 +167,11 @@ impl Spool {
         })
     }
 
+    /// The spool's folder.
+    pub fn root(&self) -> &Path {
+        &self.dirs.root
+    }
+
     /// Whether a server holds the queue's lock now.
     pub fn is_locked(root: &Path) -> bool {
         let Ok(file) = File::open(root.join("lock")) else {
@@ -176,6 +182,7 @@ impl Spool {
 
     fn dirs(root: &Path) -> Result<Dirs, SpoolError> {
         let dirs = Dirs {
+            root: root.to_owned(),
             tmp: root.join("tmp"),
             msg: root.join("msg"),
             state: root.join("state"),
