@@ -145,7 +145,7 @@ impl<'a> Context<'a> {
             .ok_or_else(|| {
                 self.err(
                     key,
-                    &format!("must be a share such as \"5%\", from \"0%\" to \"{max}%\""),
+                    format!("must be a share such as \"5%\", from \"0%\" to \"{max}%\""),
                 )
             })
     }
