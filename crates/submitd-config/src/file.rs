@@ -143,6 +143,8 @@ pub(crate) struct Limits {
     pub(crate) unauthenticated_connections: Option<usize>,
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) shutdown_grace: Option<String>,
+    pub(crate) command_deadline: Option<String>,
+    pub(crate) min_data_rate: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

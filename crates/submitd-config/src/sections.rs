@@ -333,6 +333,19 @@ impl<'a> Context<'a> {
             &limits.session_duration,
             session.session_duration,
         )?;
+        session.command_deadline = self.duration(
+            "limits.command_deadline",
+            &limits.command_deadline,
+            session.command_deadline,
+        )?;
+        if let Some(rate) = &limits.min_data_rate {
+            session.min_data_rate = parse_size(rate).filter(|r| *r > 0).ok_or_else(|| {
+                self.err(
+                    "limits.min_data_rate",
+                    format!("{rate:?} is not a rate in octets per second, such as \"1K\""),
+                )
+            })?;
+        }
         Ok(LimitSettings {
             session,
             handshake_timeout: self.duration(

@@ -28,6 +28,8 @@ use submitd_auth::{
 use submitd_relay::{Draft, Intake, Origin};
 use submitd_smtp::{AuthAnswer, MailFrom, Message, Reply, Secret, Verdict};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::limits::Unauthenticated;
 
 /// What every connection's questions are answered with; one per daemon.
@@ -125,6 +127,17 @@ impl Answers {
     /// How long a TLS handshake may take.
     pub(crate) fn handshake_timeout(&self) -> Duration {
         self.services.handshake_timeout
+    }
+
+    /// The session's place among the unauthenticated is gone (evicted).
+    pub(crate) fn unauthenticated_gone(&mut self) {
+        self.unauthenticated = None;
+    }
+
+    /// Cancelled if this session, not yet logged in, must give its place
+    /// to a newer connection; `None` once logged in (or unbounded).
+    pub(crate) fn eviction(&self) -> Option<CancellationToken> {
+        self.unauthenticated.as_ref().map(|u| u.evicted().clone())
     }
 
     /// The client as log lines name it.

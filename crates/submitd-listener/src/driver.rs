@@ -106,7 +106,13 @@ pub async fn serve_connection<S: Io>(
     let mut stream = Stream::Plain(stream);
     if smtp.transport == Transport::ImplicitTls {
         let timeout = services.handshake_timeout();
-        if let Err(reason) = stream.upgrade(&tls, timeout, &client).await {
+        let evicted = unauthenticated.as_ref().map(|u| u.evicted().clone());
+        let handshake = stream.upgrade(&tls, timeout, &client);
+        let upgraded = tokio::select! {
+            upgraded = handshake => upgraded,
+            () = cancelled(evicted) => Err("closed for a newer connection (too many waiting to log in)".into()),
+        };
+        if let Err(reason) = upgraded {
             tracing::info!(target: "submitd::session", client = %peer, %reason, "TLS handshake failed");
             return;
         }
@@ -143,6 +149,14 @@ pub(crate) async fn refuse_connection<S: Io>(
         }
     };
     let _ = tokio::time::timeout(timeout, refuse).await;
+}
+
+/// Waits for `token` to be cancelled; forever without one.
+async fn cancelled(token: Option<CancellationToken>) {
+    match token {
+        Some(token) => token.cancelled().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves one connection on the local socket from the local user `user`
@@ -267,12 +281,22 @@ impl<S: Io> Driver<S> {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
             }
+            let eviction = self.answers.eviction();
             let read = tokio::select! {
                 // On shutdown the machine ends the session with 421 at the
                 // next point between commands (a message in flight first).
                 () = self.shutdown.cancelled(), if !self.shutdown_seen => {
                     self.shutdown_seen = true;
                     self.session.shutdown();
+                    continue;
+                }
+                // Not logged in, and the place is needed for a newer
+                // connection: 421 and close.
+                () = cancelled(eviction) => {
+                    if self.session.evict() {
+                        tracing::info!(target: "submitd::session", client = %self.client, "closed to make room: too many connections waiting to log in");
+                    }
+                    self.answers.unauthenticated_gone();
                     continue;
                 }
                 read = tokio::time::timeout(wait, self.stream.read(&mut buf)) => read,

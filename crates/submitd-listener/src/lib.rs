@@ -27,6 +27,7 @@ mod limits;
 pub mod tls;
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use submitd_smtp::ServerConfig;
 use tokio::net::TcpListener;
@@ -44,10 +45,13 @@ pub use tls::{
 };
 
 use driver::refuse_connection;
-use limits::{PerClient, UnauthenticatedCount};
+use limits::{PerClient, UnauthenticatedSet};
 
 /// How long a TLS handshake may take when the config file does not say.
-pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A handshake takes well under a second even on a poor mobile link; a
+/// connection that has not finished it in 10 s holds a place among the
+/// unauthenticated for nothing (slowloris).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long sessions get to finish after shutdown is asked for (SIGTERM)
 /// when the config file does not say: a message in flight is finished and
@@ -103,7 +107,7 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.total.max(1)));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
     let per_client = Arc::new(PerClient::default());
-    let unauthenticated = Arc::new(UnauthenticatedCount::default());
+    let unauthenticated = Arc::new(UnauthenticatedSet::default());
     let acceptor = TlsAcceptor::from(tls);
     while let Some((tcp, peer)) = next_connection(&shutdown, || listener.accept()).await {
         let _ = tcp.set_nodelay(true);
@@ -113,13 +117,15 @@ pub async fn serve(
                 drop(permit);
                 Err(Refusal::PerClient)
             }
-            Ok(permit) => match unauthenticated.enter(limits.unauthenticated.max(1)) {
-                Some(slot) => Ok((permit, slot)),
-                None => {
-                    per_client.leave(peer.ip());
-                    Err(Refusal::Unauthenticated)
+            Ok(permit) => {
+                match unauthenticated.enter(limits.unauthenticated.max(1), Instant::now()) {
+                    Some(slot) => Ok((permit, slot)),
+                    None => {
+                        per_client.leave(peer.ip());
+                        Err(Refusal::Unauthenticated)
+                    }
                 }
-            },
+            }
         };
         let (permit, slot) = match admitted {
             Ok(admitted) => admitted,

@@ -4,11 +4,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use submitd_smtp::Reply;
+use tokio_util::sync::CancellationToken;
 
 /// How long a refused client gets to finish its TLS handshake and read
 /// the 421 (at most the listener's handshake timeout).
@@ -118,28 +118,101 @@ impl PerClient {
     }
 }
 
-/// Counts connections that have not authenticated; a [`Unauthenticated`]
-/// slot gives its place back when the session logs in or ends.
+/// Connections that have not authenticated, oldest first, each with the
+/// token that ends it. When the bound is full, the oldest one that has
+/// had [`EVICT_AFTER`] to log in gives its place to the newcomer: a client
+/// that stalls (a half-done handshake, a trickled command) then costs the
+/// attacker its place, not a real user theirs.
 #[derive(Debug, Default)]
-pub(crate) struct UnauthenticatedCount(AtomicUsize);
+pub(crate) struct UnauthenticatedSet(Mutex<Slots>);
 
-/// One connection's place among the unauthenticated ones.
+#[derive(Debug, Default)]
+struct Slots {
+    next: u64,
+    open: std::collections::BTreeMap<u64, (Instant, CancellationToken)>,
+}
+
+/// How long a connection has to log in before it can be evicted for a
+/// newer one (TLS and AUTH take well under a second).
+pub(crate) const EVICT_AFTER: Duration = Duration::from_secs(3);
+
+/// One connection's place among the unauthenticated ones; given back when
+/// dropped (at login, or when the session ends).
 #[derive(Debug)]
-pub struct Unauthenticated(Arc<UnauthenticatedCount>);
+pub struct Unauthenticated {
+    set: Arc<UnauthenticatedSet>,
+    id: u64,
+    evicted: CancellationToken,
+}
 
-impl UnauthenticatedCount {
-    pub(crate) fn enter(self: &Arc<Self>, max: usize) -> Option<Unauthenticated> {
-        self.0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Unauthenticated(Arc::clone(self)))
+impl Unauthenticated {
+    /// Cancelled when this connection's place is taken by a newer one: the
+    /// session must end.
+    pub fn evicted(&self) -> &CancellationToken {
+        &self.evicted
+    }
+}
+
+impl UnauthenticatedSet {
+    /// A place for a new connection at `now`, evicting the oldest one if
+    /// the set is full and it has had its time; `None` if none can go.
+    pub(crate) fn enter(self: &Arc<Self>, max: usize, now: Instant) -> Option<Unauthenticated> {
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if slots.open.len() >= max {
+            let (&oldest, &(since, _)) = slots.open.iter().next()?;
+            if now.saturating_duration_since(since) < EVICT_AFTER {
+                return None;
+            }
+            if let Some((_, token)) = slots.open.remove(&oldest) {
+                token.cancel();
+            }
+        }
+        let id = slots.next;
+        slots.next += 1;
+        let evicted = CancellationToken::new();
+        slots.open.insert(id, (now, evicted.clone()));
+        Some(Unauthenticated {
+            set: Arc::clone(self),
+            id,
+            evicted,
+        })
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().map(|s| s.open.len()).unwrap_or(0)
     }
 }
 
 impl Drop for Unauthenticated {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, Ordering::AcqRel);
+        let mut slots = self.set.0.lock().unwrap_or_else(|p| p.into_inner());
+        slots.open.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_gives_way_once_it_had_its_time() {
+        let set = Arc::new(UnauthenticatedSet::default());
+        let t0 = Instant::now();
+        let first = set.enter(2, t0).unwrap();
+        let second = set.enter(2, t0 + Duration::from_secs(1)).unwrap();
+        assert!(
+            set.enter(2, t0 + Duration::from_secs(2)).is_none(),
+            "too young to go"
+        );
+        let third = set.enter(2, t0 + EVICT_AFTER).unwrap();
+        assert!(first.evicted().is_cancelled());
+        assert!(!second.evicted().is_cancelled());
+        assert_eq!(set.len(), 2);
+        drop(first);
+        assert_eq!(set.len(), 2, "an evicted place is not given back twice");
+        drop(second);
+        drop(third);
+        assert_eq!(set.len(), 0);
     }
 }

@@ -374,3 +374,52 @@ async fn unauthenticated_connections_are_bounded_and_sni_chooses_the_certificate
     assert!(greeted, "a closed session kept its unauthenticated place");
     shutdown.cancel();
 }
+
+/// Connections that stall (a TLS handshake never finished, a command
+/// trickled) fill the unauthenticated bound; once they have had their few
+/// seconds, a new client takes the place of the oldest, which is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_give_way_to_new_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = world(dir.path());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        Arc::new(ServerConfig::new("mx.test", Transport::ImplicitTls)),
+        Arc::clone(&w.tls),
+        Arc::clone(&w.services),
+        ConnectionLimits {
+            total: 100,
+            per_client: 100,
+            unauthenticated: 2,
+        },
+        shutdown.clone(),
+    ));
+    // Two connections that send half a ClientHello and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        use tokio::io::AsyncWriteExt;
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02]).await.unwrap();
+        stalled.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    // A real client gets in, twice, each time in the place of a stalled one.
+    for _ in 0..2 {
+        let mut client = tls_connect(&w.ca, port, "localhost").await.unwrap();
+        assert!(read_reply(&mut client).await.starts_with("220 "));
+    }
+    for mut tcp in stalled {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0) | Err(_))),
+            "the stalled one is closed"
+        );
+    }
+    shutdown.cancel();
+}

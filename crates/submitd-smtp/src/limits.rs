@@ -32,6 +32,16 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Longest a whole session may last, whatever the client does.
     pub session_duration: Duration,
+    /// Longest one command line (or AUTH line) may take to arrive, from
+    /// its first octet to its CRLF. The idle timeout alone would let a
+    /// client trickle one octet every few minutes and hold the session
+    /// (slowloris); this bounds the line as a whole. Also the grace before
+    /// message content is held to `min_data_rate`.
+    pub command_deadline: Duration,
+    /// Slowest message content accepted, in octets per second: DATA or a
+    /// BDAT chunk must have arrived by `command_deadline` plus its size at
+    /// this rate after it began (Postfix's `smtpd_min_data_rate`).
+    pub min_data_rate: u64,
 }
 
 impl Default for Limits {
@@ -46,6 +56,8 @@ impl Default for Limits {
             errors: 20,
             idle_timeout: Duration::from_secs(300),
             session_duration: Duration::from_secs(3600),
+            command_deadline: Duration::from_secs(60),
+            min_data_rate: 1024,
         }
     }
 }

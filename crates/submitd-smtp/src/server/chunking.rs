@@ -75,6 +75,7 @@ impl ServerSession {
             last,
             refusal,
         });
+        self.start_content_clock();
     }
 
     pub(super) fn step_chunk(&mut self) -> bool {
@@ -101,6 +102,7 @@ impl ServerSession {
             }
         }
         self.pos = end;
+        self.content_read(take as usize);
         if done {
             if let State::Chunk(chunk) = std::mem::replace(&mut self.state, State::Command) {
                 self.finish_chunk(chunk);

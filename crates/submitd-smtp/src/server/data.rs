@@ -38,6 +38,7 @@ impl ServerSession {
         }
         let limits = &self.config.limits;
         self.state = State::Data(BodyReceiver::new(limits.message_size, limits.data_line));
+        self.start_content_clock();
         self.reply(Reply::bare(354, "End data with <CR><LF>.<CR><LF>"));
     }
 
@@ -51,7 +52,12 @@ impl ServerSession {
         }
         let progress = receiver.feed_data(buf);
         let (data, faulted) = (receiver.take(), receiver.fault().is_some());
+        let consumed = match progress {
+            Progress::End(n) => n,
+            _ => buf.len(),
+        };
         self.pass_on(data, faulted);
+        self.content_read(consumed);
         match progress {
             Progress::NeedMore => {
                 self.pos = self.input.len();

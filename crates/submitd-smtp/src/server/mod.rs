@@ -32,7 +32,7 @@ mod starttls;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::address::ClientName;
 use crate::body::BodyReceiver;
@@ -97,6 +97,12 @@ pub enum CloseReason {
     /// A BDAT chunk larger than the whole message may be: it is neither
     /// read nor skipped.
     ChunkTooBig,
+    /// A command line took longer than the command deadline, or message
+    /// content arrived slower than the minimum rate (slowloris).
+    TooSlow,
+    /// The session had not logged in and its place was needed for a newer
+    /// connection ([`ServerSession::evict`]).
+    Evicted,
     /// The server is shutting down.
     Shutdown,
 }
@@ -253,6 +259,14 @@ pub struct ServerSession {
     errors: u32,
     started: Instant,
     last_input: Instant,
+    /// The time of the last input or timeout, for clocks that start in
+    /// the middle of processing.
+    now: Instant,
+    /// When the line being read began (its first octet arrived).
+    line_started: Option<Instant>,
+    /// When the DATA content or BDAT chunk being read began, and octets
+    /// of it read since.
+    content_clock: Option<(Instant, u64)>,
     shutting_down: bool,
 }
 
@@ -305,6 +319,9 @@ impl ServerSession {
             errors: 0,
             started: now,
             last_input: now,
+            now,
+            line_started: None,
+            content_clock: None,
             shutting_down: false,
         };
         let greeting = Reply::bare(220, format!("{} ESMTP ready", session.config.hostname));
@@ -323,8 +340,48 @@ impl ServerSession {
         if !bytes.is_empty() {
             self.last_input = now;
         }
+        self.now = now;
         self.input.extend_from_slice(bytes);
         self.process();
+    }
+
+    /// Starts the line clock when a line is left half-read, stops it when
+    /// none is.
+    fn track_line(&mut self, now: Instant) {
+        let mid_line = match self.state {
+            State::SkipLine => true,
+            State::Command | State::AuthContinuation => self.input.len() > self.pos,
+            _ => false,
+        };
+        if !mid_line {
+            self.line_started = None;
+        } else if self.line_started.is_none() {
+            self.line_started = Some(now);
+        }
+    }
+
+    /// Starts the content clock (DATA content or a BDAT chunk begins).
+    fn start_content_clock(&mut self) {
+        self.content_clock = Some((self.now, 0));
+    }
+
+    /// Counts `octets` of content read.
+    fn content_read(&mut self, octets: usize) {
+        if let Some((_, read)) = self.content_clock.as_mut() {
+            *read = read.saturating_add(octets as u64);
+        }
+    }
+
+    /// When the line or the content being read must be complete.
+    fn slow_deadline(&self) -> Option<Instant> {
+        let limits = &self.config.limits;
+        match self.state {
+            State::Data(_) | State::Chunk(_) => self.content_clock.map(|(started, read)| {
+                let rate = limits.min_data_rate.max(1);
+                started + limits.command_deadline + Duration::from_secs(read / rate)
+            }),
+            _ => self.line_started.map(|at| at + limits.command_deadline),
+        }
     }
 
     /// Tells the machine the time is `now`. Call when [`Self::poll_timeout`]
@@ -333,6 +390,7 @@ impl ServerSession {
         if !self.waiting_for_client() {
             return;
         }
+        self.now = now;
         let host = self.config.hostname.clone();
         if now >= self.started + self.config.limits.session_duration {
             self.reply(Reply::new(
@@ -348,6 +406,18 @@ impl ServerSession {
                 format!("{host} Timeout waiting for input, closing connection"),
             ));
             self.close(CloseReason::IdleTimeout);
+        } else if self.slow_deadline().is_some_and(|at| now >= at) {
+            let what = if matches!(self.state, State::Data(_) | State::Chunk(_)) {
+                "Message content arriving too slowly"
+            } else {
+                "Command not received in time"
+            };
+            self.reply(Reply::new(
+                421,
+                (4, 4, 2),
+                format!("{host} {what}, closing connection"),
+            ));
+            self.close(CloseReason::TooSlow);
         }
     }
 
@@ -357,7 +427,10 @@ impl ServerSession {
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.waiting_for_client().then(|| {
             let limits = &self.config.limits;
-            (self.started + limits.session_duration).min(self.last_input + limits.idle_timeout)
+            let deadline =
+                (self.started + limits.session_duration).min(self.last_input + limits.idle_timeout);
+            self.slow_deadline()
+                .map_or(deadline, |slow| slow.min(deadline))
         })
     }
 
@@ -385,6 +458,30 @@ impl ServerSession {
     pub fn shutdown(&mut self) {
         self.shutting_down = true;
         self.process();
+    }
+
+    /// The caller needs this session's place for a newer connection (the
+    /// bound on sessions that have not logged in is full and this one is
+    /// the oldest): `421 4.7.0` and close, at once. Only a session that
+    /// has not authenticated can be evicted (it has no message in flight);
+    /// returns whether this one was.
+    pub fn evict(&mut self) -> bool {
+        // Not while a question is open (the caller is answering it) nor
+        // once logged in.
+        if self.auth_user.is_some() || !self.waiting_for_client() {
+            return false;
+        }
+        if matches!(self.state, State::AuthContinuation) {
+            self.outputs.push_back(Output::AuthCancelled);
+        }
+        let host = self.config.hostname.clone();
+        self.reply(Reply::new(
+            421,
+            (4, 7, 0),
+            format!("{host} Too many connections waiting to log in; closing the oldest"),
+        ));
+        self.close(CloseReason::Evicted);
+        true
     }
 
     /// Whether the session has ended.
@@ -551,5 +648,6 @@ impl ServerSession {
             self.input.drain(..self.pos);
             self.pos = 0;
         }
+        self.track_line(self.now);
     }
 }

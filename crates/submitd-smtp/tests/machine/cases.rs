@@ -557,3 +557,28 @@ fn a_message_begun_is_aborted_by_rset_and_by_close() {
     );
     assert_eq!(driver.stored_messages().count(), 0);
 }
+
+/// A session that has not logged in can be evicted at once with 421 (an
+/// AUTH exchange in progress is cancelled); a logged-in one cannot.
+#[test]
+fn only_sessions_that_have_not_logged_in_are_evicted() {
+    let mut driver = Driver::new(implicit());
+    driver.feed(b"EHLO client.example\r\nAUTH LOGIN\r\n");
+    driver.take_items();
+    assert!(driver.session.evict());
+    driver.drain();
+    let items = driver.take_items();
+    assert_eq!(
+        items[0],
+        Item::Line(
+            "421 4.7.0 mx.test Too many connections waiting to log in; closing the oldest".into()
+        )
+    );
+    assert_eq!(closes(&items), vec![CloseReason::Evicted]);
+    assert!(!driver.session.evict(), "closed already");
+
+    let mut driver = Driver::new(implicit());
+    driver.feed(LOGIN);
+    assert!(!driver.session.evict());
+    assert!(!driver.session.is_closed());
+}

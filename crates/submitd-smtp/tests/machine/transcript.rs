@@ -123,6 +123,8 @@ fn parse(path: &Path) -> Transcript {
                     "auth_line" => limits.auth_line = number() as usize,
                     "idle" => limits.idle_timeout = Duration::from_secs(number()),
                     "session" => limits.session_duration = Duration::from_secs(number()),
+                    "command_deadline" => limits.command_deadline = Duration::from_secs(number()),
+                    "min_data_rate" => limits.min_data_rate = number(),
                     _ => panic!("{where_}: unknown config key {key}"),
                 }
             }
