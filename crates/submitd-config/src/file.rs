@@ -141,6 +141,7 @@ pub(crate) struct Limits {
     pub(crate) connections: Option<usize>,
     pub(crate) connections_per_client: Option<usize>,
     pub(crate) unauthenticated_connections: Option<usize>,
+    pub(crate) connection_rate: Option<u32>,
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) shutdown_grace: Option<String>,
     pub(crate) command_deadline: Option<String>,

@@ -100,6 +100,7 @@ impl<'a> Context<'a> {
             unauthenticated: limits
                 .unauthenticated_connections
                 .unwrap_or(defaults.unauthenticated),
+            rate: limits.connection_rate.unwrap_or(defaults.rate),
         };
         let mut out = Vec::new();
         for (i, l) in listen.iter().enumerate() {

@@ -30,7 +30,7 @@ use submitd_smtp::{AuthAnswer, MailFrom, Message, Reply, Secret, Verdict};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::limits::Unauthenticated;
+use crate::limits::{KnownNetworks, Unauthenticated};
 
 /// What every connection's questions are answered with; one per daemon.
 #[derive(Debug)]
@@ -39,6 +39,8 @@ pub struct Services {
     policy: SenderPolicy,
     intake: Intake,
     handshake_timeout: Duration,
+    /// Networks that logged in lately (for the unauthenticated bound).
+    known: KnownNetworks,
 }
 
 impl Services {
@@ -55,7 +57,13 @@ impl Services {
             policy,
             intake,
             handshake_timeout,
+            known: KnownNetworks::default(),
         }
+    }
+
+    /// Whether `ip`'s network logged in successfully lately.
+    pub(crate) fn known_network(&self, ip: IpAddr) -> bool {
+        self.known.is_known(ip, Instant::now())
     }
 
     /// How long a TLS handshake may take.
@@ -203,8 +211,10 @@ impl Answers {
         self.sasl = None;
         match outcome {
             LoginOutcome::Authenticated { user } => {
-                // Logged in: the place among the unauthenticated is free.
+                // Logged in: the place among the unauthenticated is free,
+                // and the network is known to be a user's.
                 self.unauthenticated = None;
+                self.services.known.logged_in(ip, Instant::now());
                 AuthAnswer::Success { user }
             }
             LoginOutcome::Rejected => AuthAnswer::Failure,

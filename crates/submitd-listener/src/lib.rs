@@ -45,7 +45,7 @@ pub use tls::{
 };
 
 use driver::refuse_connection;
-use limits::{PerClient, UnauthenticatedSet};
+use limits::{Answering, ConnectionRate, PerClient, RefusalLog, UnauthenticatedSet};
 
 /// How long a TLS handshake may take when the config file does not say.
 /// A handshake takes well under a second even on a poor mobile link; a
@@ -106,10 +106,32 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let permits = Arc::new(Semaphore::new(limits.total.max(1)));
     let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
+    let answering = Arc::new(Answering::default());
     let per_client = Arc::new(PerClient::default());
     let unauthenticated = Arc::new(UnauthenticatedSet::default());
+    let rate = ConnectionRate::new(limits.rate, limits.per_client.saturating_mul(2));
+    let refusal_log = Arc::new(RefusalLog::default());
+    {
+        // The refusals of each second in one line.
+        let (log, shutdown) = (Arc::clone(&refusal_log), shutdown.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => log.flush(),
+                }
+            }
+            log.flush();
+        });
+    }
     let acceptor = TlsAcceptor::from(tls);
     while let Some((tcp, peer)) = next_connection(&shutdown, || listener.accept()).await {
+        if !rate.admit(peer.ip(), Instant::now()) {
+            let refusal = Refusal::Rate;
+            refusal_log.refused(peer.ip(), refusal.reason(), refusal.limit(&limits), false);
+            continue;
+        }
         let _ = tcp.set_nodelay(true);
         let admitted = match Arc::clone(&permits).try_acquire_owned() {
             Err(_) => Err(Refusal::Busy),
@@ -118,7 +140,13 @@ pub async fn serve(
                 Err(Refusal::PerClient)
             }
             Ok(permit) => {
-                match unauthenticated.enter(limits.unauthenticated.max(1), Instant::now()) {
+                let known = services.known_network(peer.ip());
+                match unauthenticated.enter(
+                    peer.ip(),
+                    known,
+                    limits.unauthenticated.max(1),
+                    Instant::now(),
+                ) {
                     Some(slot) => Ok((permit, slot)),
                     None => {
                         per_client.leave(peer.ip());
@@ -131,8 +159,11 @@ pub async fn serve(
             Ok(admitted) => admitted,
             Err(refusal) => {
                 let limit = refusal.limit(&limits);
-                let answered = Arc::clone(&refusals).try_acquire_owned().ok();
-                tracing::warn!(target: "submitd::listener", client = %peer.ip(), limit, reason = refusal.reason(), answered = answered.is_some(), "connection refused");
+                let answered = answering.begin(peer.ip()).and_then(|one| {
+                    let place = Arc::clone(&refusals).try_acquire_owned().ok()?;
+                    Some((one, place))
+                });
+                refusal_log.refused(peer.ip(), refusal.reason(), limit, answered.is_some());
                 if let Some(place) = answered {
                     let (reply, tls) = (refusal.reply(&smtp.hostname), acceptor.clone());
                     let transport = smtp.transport;

@@ -156,6 +156,7 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
                 total: 100,
                 per_client: 3,
                 unauthenticated: 100,
+                rate: 0,
             },
             shutdown.clone(),
         ));
@@ -317,6 +318,7 @@ async fn unauthenticated_connections_are_bounded_and_sni_chooses_the_certificate
             total: 100,
             per_client: 100,
             unauthenticated: 2,
+            rate: 0,
         },
         shutdown.clone(),
     ));
@@ -394,6 +396,7 @@ async fn stalled_connections_give_way_to_new_clients() {
             total: 100,
             per_client: 100,
             unauthenticated: 2,
+            rate: 0,
         },
         shutdown.clone(),
     ));
