@@ -104,6 +104,12 @@ impl Relay {
         let outcome = match self.deliver(id, &envelope, content, connection).await {
             // A damaged file: not the upstream's doing, nothing recorded.
             Err(DeliveryError::Content(e)) => return Err(e),
+            // Stopping: nothing was delivered and nothing is recorded; the
+            // message is tried at the next start as if this never began.
+            Err(e @ DeliveryError::Abandoned { .. }) => {
+                tracing::info!(target: "submitd::relay", %id, error = %e, "delivery abandoned; tried again at the next start");
+                return Ok(Some(now));
+            }
             outcome => outcome,
         };
         let result = match &outcome {
@@ -207,7 +213,9 @@ impl Relay {
             Some(held) => connection.insert(held),
             None => connection.insert((route, self.open(route, upstreams).await?)),
         };
-        let sent = open.send_content(envelope, content, eight_bit).await;
+        let sent = open
+            .send_content(envelope, content, eight_bit, &self.abandon)
+            .await;
         if sent.is_err() {
             *connection = None;
         }

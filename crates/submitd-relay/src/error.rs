@@ -87,6 +87,14 @@ pub enum DeliveryError {
     /// end of data. Not the upstream's doing: the attempt is not recorded.
     #[error("queued message unreadable: {0}")]
     Content(#[source] crate::spool::SpoolError),
+    /// The server is stopping and the transfer had not reached its end of
+    /// data: the connection was dropped so the upstream discards it, and
+    /// the attempt is not recorded.
+    #[error("{upstream}: transfer abandoned before its end of data: the server is stopping")]
+    Abandoned {
+        /// `host:port`.
+        upstream: String,
+    },
     /// No upstream of the route could be opened; one error each, in order.
     #[error("{}", join(.0))]
     AllFailed(Vec<DeliveryError>),
@@ -125,6 +133,7 @@ impl DeliveryError {
             | Self::ConnectTimeout { .. }
             | Self::Io { .. }
             | Self::Closed { .. }
+            | Self::Abandoned { .. }
             | Self::Maildir(_) => false,
             Self::Content(_) => true,
         }

@@ -102,6 +102,9 @@ pub struct Relay {
     idle_connection: Duration,
     wake: Arc<Notify>,
     schedule: Arc<Mutex<Schedule>>,
+    /// Cancelled when the stop's grace runs out: transfers that have not
+    /// sent their end of data are abandoned (see [`Relay::abandon_transfers`]).
+    pub(crate) abandon: CancellationToken,
 }
 
 impl Relay {
@@ -116,7 +119,18 @@ impl Relay {
             idle_connection: config.idle_connection,
             wake: Arc::new(Notify::new()),
             schedule: Arc::new(Mutex::new(Schedule::default())),
+            abandon: CancellationToken::new(),
         }
+    }
+
+    /// The stop's grace has run out: every transfer that has not yet sent
+    /// its end of data drops its connection before it does, so the
+    /// upstream discards the message and it stays queued, untried, for the
+    /// next start: delivered once, not twice. A transfer that has sent its
+    /// end of data waits for the reply and records it. Call after
+    /// cancelling the token given to [`Relay::run`].
+    pub fn abandon_transfers(&self) {
+        self.abandon.cancel();
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {

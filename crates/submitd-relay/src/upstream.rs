@@ -21,6 +21,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::error::{DeliveryError, TlsFailure};
 use crate::spool::{Content, CONTENT_PIECE};
 
@@ -265,16 +267,28 @@ impl Connection {
         self.outcome(None).await
     }
 
+    /// Drops the connection; the transfer in progress is abandoned.
+    fn abandoned(&mut self) -> DeliveryError {
+        self.stream = Stream::Gone;
+        DeliveryError::Abandoned {
+            upstream: self.name.clone(),
+        }
+    }
+
     /// Relays one queued message read from the spool in pieces as it is
     /// sent (memory per delivery: one piece, not the message). A message
     /// whose file turns out damaged is abandoned before its end of data
     /// (the connection is dropped, so the upstream discards it) and
     /// reported as [`DeliveryError::Content`].
+    ///
+    /// Once `abandon` is cancelled, a transfer that has not sent its end
+    /// of data drops the connection instead ([`DeliveryError::Abandoned`]).
     pub async fn send_content(
         &mut self,
         envelope: &Envelope,
         content: Content,
         eight_bit: bool,
+        abandon: &CancellationToken,
     ) -> Result<MessageOutcome, DeliveryError> {
         let size = content.size();
         if self
@@ -284,14 +298,14 @@ impl Connection {
         {
             return Err(self.closed());
         }
-        self.outcome(Some(content)).await
+        self.outcome(Some((content, abandon))).await
     }
 
     /// Drives the message given to the machine to its outcome, streaming
     /// `content` when the machine asks for it.
     async fn outcome(
         &mut self,
-        mut content: Option<Content>,
+        mut content: Option<(Content, &CancellationToken)>,
     ) -> Result<MessageOutcome, DeliveryError> {
         loop {
             match self.run().await? {
@@ -309,7 +323,7 @@ impl Connection {
                     }
                 }
                 Step::SendContent => match content.take() {
-                    Some(content) => self.stream_content(content).await?,
+                    Some((content, abandon)) => self.stream_content(content, abandon).await?,
                     None => return Err(self.closed()),
                 },
                 Step::Ready => continue,
@@ -319,9 +333,16 @@ impl Connection {
 
     /// Reads `content` on the blocking pool a piece at a time and writes
     /// each piece, dot-stuffed by the machine, before reading the next.
-    async fn stream_content(&mut self, mut content: Content) -> Result<(), DeliveryError> {
+    async fn stream_content(
+        &mut self,
+        mut content: Content,
+        abandon: &CancellationToken,
+    ) -> Result<(), DeliveryError> {
         let mut buf = Vec::with_capacity(CONTENT_PIECE);
         loop {
+            if abandon.is_cancelled() {
+                return Err(self.abandoned());
+            }
             let read = tokio::task::spawn_blocking(move || {
                 let more = content.next_piece(&mut buf);
                 (content, buf, more)
@@ -366,7 +387,10 @@ impl Connection {
                     _ => return Err(self.closed()),
                 }
             }
-            self.write(&out).await?;
+            tokio::select! {
+                written = self.write(&out) => written?,
+                () = abandon.cancelled() => return Err(self.abandoned()),
+            }
         }
     }
 

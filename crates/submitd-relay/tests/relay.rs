@@ -431,3 +431,53 @@ async fn content_is_streamed_checked_and_abandoned_when_damaged() {
         .join(damaged.as_str());
     assert!(corrupt.exists(), "the damaged file is kept for a person");
 }
+
+/// A stop whose grace has run out abandons a transfer before its end of
+/// data: the upstream stores nothing, the message stays queued with no
+/// attempt recorded, and the next start delivers it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_abandons_a_transfer_before_its_end_of_data() {
+    let setup = setup();
+    let ca = TestCa::new();
+    let slow = FakeSmarthost::start(
+        &ca,
+        &["localhost"],
+        Transport::ImplicitTls,
+        Fault::SlowData(Duration::from_millis(50)),
+    )
+    .await;
+    let relay = relay(
+        &setup,
+        Route::Upstreams(vec![upstream(&setup, &ca, slow.addr.port())]),
+        RetryPolicy::default(),
+    );
+    let mut big = b"From: alice@example.org\r\nSubject: big\r\n\r\n".to_vec();
+    while big.len() < 8 << 20 {
+        big.extend_from_slice(b"a line of a large attachment, slow to send\r\n");
+    }
+    let id = queue_message(&setup.spool, &["bob@example.net"], &big);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(relay.clone().run(shutdown.clone()));
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    shutdown.cancel();
+    relay.abandon_transfers();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .expect("the relay stops at once")
+        .unwrap();
+    assert!(slow.messages().is_empty(), "the upstream stored nothing");
+    assert_eq!(setup.spool.list().unwrap(), vec![id.clone()]);
+    assert_eq!(
+        setup.spool.state(&id, 1).unwrap().attempts,
+        0,
+        "nothing recorded"
+    );
+
+    // The next start delivers it, once.
+    let (fake, relay) =
+        with_fake(&setup, &["localhost"], Fault::None, RetryPolicy::default()).await;
+    relay.run_once().await;
+    assert_eq!(fake.messages().len(), 1);
+    assert!(fake.messages()[0].data == big);
+    assert!(setup.spool.list().unwrap().is_empty());
+}

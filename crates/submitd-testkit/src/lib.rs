@@ -110,6 +110,9 @@ pub enum Fault {
     /// Answer the first this many messages (over all connections) with
     /// 451 after DATA, then accept.
     TempFailFirst(u32),
+    /// Read message content slowly: wait this long after each read during
+    /// DATA (TCP then slows the sender down).
+    SlowData(std::time::Duration),
 }
 
 /// What the fake smarthost saw.
@@ -276,6 +279,9 @@ async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         let n = stream.read(&mut buf).await?;
         if n == 0 {
             return Ok(false);
+        }
+        if let (Fault::SlowData(wait), Some(_)) = (fault, data_octets.as_ref()) {
+            tokio::time::sleep(wait).await;
         }
         if let (Fault::DropDuringData(limit), Some(count)) = (fault, data_octets.as_mut()) {
             *count += n;

@@ -61,6 +61,8 @@ struct Running {
     certificates: Arc<Certificates>,
     listeners: Vec<JoinHandle<TaskTracker>>,
     relay: JoinHandle<()>,
+    /// For abandoning transfers when the stop's grace runs out.
+    relay_handle: submitd_relay::Relay,
     local_socket: Option<PathBuf>,
     shutdown: CancellationToken,
 }
@@ -153,12 +155,14 @@ async fn start(settings: &Settings) -> Result<Running, String> {
         }
         None => None,
     };
+    let relay_handle = relay.clone();
     let relay = tokio::spawn(relay.run(shutdown.clone()));
     Ok(Running {
         credentials,
         certificates,
         listeners,
         relay,
+        relay_handle,
         local_socket,
         shutdown,
     })
@@ -229,6 +233,10 @@ fn reload(settings: &Settings, running: &Running) {
     notify(&[sd_notify::NotifyState::Ready]);
 }
 
+/// How long deliveries that sent their end of data get, after the grace,
+/// for the upstream's reply.
+const AFTER_ABANDON: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Stops listening, lets sessions and deliveries finish within the grace
 /// period, then ends them.
 async fn stop(settings: &Settings, running: Running) {
@@ -250,13 +258,24 @@ async fn stop(settings: &Settings, running: Running) {
             }
         }
     }
-    let relay = running.relay;
-    let abort = relay.abort_handle();
-    if tokio::time::timeout_at(deadline, relay).await.is_err() {
-        // A delivery still in flight: its message is tried again at the
-        // next start (its state was not saved), never lost.
-        tracing::warn!("deliveries still running after the grace period; stopped");
-        abort.abort();
+    let mut relay = running.relay;
+    if tokio::time::timeout_at(deadline, &mut relay).await.is_err() {
+        // Transfers still under way: those before their end of data drop
+        // their connection (the upstream discards them; they are tried at
+        // the next start, so delivered once), those after it get a moment
+        // for the upstream's reply, which is recorded.
+        tracing::warn!("deliveries still running after the grace period; abandoning those not yet at their end of data");
+        running.relay_handle.abandon_transfers();
+        if tokio::time::timeout(AFTER_ABANDON, &mut relay)
+            .await
+            .is_err()
+        {
+            // Waiting for an upstream's reply after the end of data: the
+            // message may be delivered again at the next start (at least
+            // once), never lost.
+            tracing::warn!("a delivery still waited for its upstream's reply; stopped");
+            relay.abort();
+        }
     }
     if let Some(socket) = running.local_socket {
         let _ = std::fs::remove_file(socket);
