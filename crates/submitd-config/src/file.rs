@@ -145,6 +145,7 @@ pub(crate) struct Limits {
     pub(crate) handshake_timeout: Option<String>,
     pub(crate) shutdown_grace: Option<String>,
     pub(crate) command_deadline: Option<String>,
+    pub(crate) memory_budget: Option<String>,
     pub(crate) min_data_rate: Option<String>,
 }
 

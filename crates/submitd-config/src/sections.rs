@@ -359,6 +359,15 @@ impl<'a> Context<'a> {
                 &limits.shutdown_grace,
                 submitd_listener::DEFAULT_SHUTDOWN_GRACE,
             )?,
+            memory_budget: match &limits.memory_budget {
+                None => None,
+                Some(size) => Some(parse_size(size).filter(|n| *n > 0).ok_or_else(|| {
+                    self.err(
+                        "limits.memory_budget",
+                        format!("{size:?} is not a size, such as \"512M\""),
+                    )
+                })?),
+            },
         })
     }
 

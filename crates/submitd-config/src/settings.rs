@@ -157,6 +157,10 @@ pub struct LimitSettings {
     pub handshake_timeout: Duration,
     /// `shutdown_grace`: how long sessions get to finish on SIGTERM.
     pub shutdown_grace: Duration,
+    /// `memory_budget`: resident memory above which sessions read more
+    /// slowly and a warning is logged; `None`: chosen at start from the
+    /// cgroup's limit or the machine's memory.
+    pub memory_budget: Option<u64>,
 }
 
 /// `[local]`: the socket for the machine's own cron jobs and scripts

@@ -18,6 +18,7 @@
 //! ```
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,8 @@ pub struct Services {
     handshake_timeout: Duration,
     /// Networks that logged in lately (for the unauthenticated bound).
     known: KnownNetworks,
+    /// Set while the daemon's memory is above its budget.
+    memory_pressure: Arc<AtomicBool>,
 }
 
 impl Services {
@@ -58,7 +61,21 @@ impl Services {
             intake,
             handshake_timeout,
             known: KnownNetworks::default(),
+            memory_pressure: Arc::default(),
         }
+    }
+
+    /// Sessions read more slowly while `flag` is set (the daemon's memory
+    /// is above its budget): TCP pushes back on the clients, and none of
+    /// them gets an error.
+    pub fn with_memory_pressure(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.memory_pressure = flag;
+        self
+    }
+
+    /// Whether the daemon's memory is above its budget now.
+    pub(crate) fn memory_pressure(&self) -> bool {
+        self.memory_pressure.load(Ordering::Acquire)
     }
 
     /// Whether `ip`'s network logged in successfully lately.
@@ -135,6 +152,11 @@ impl Answers {
     /// How long a TLS handshake may take.
     pub(crate) fn handshake_timeout(&self) -> Duration {
         self.services.handshake_timeout
+    }
+
+    /// Whether the daemon's memory is above its budget now.
+    pub(crate) fn memory_pressure(&self) -> bool {
+        self.services.memory_pressure()
     }
 
     /// The session's place among the unauthenticated is gone (evicted).

@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::answers::{Answers, Client, Services};
 use crate::limits::Unauthenticated;
 
+/// The pause before each read while the daemon's memory is above its
+/// budget.
+const PRESSURE_PAUSE: Duration = Duration::from_millis(200);
+
 /// A byte stream a session runs over.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
@@ -280,6 +284,12 @@ impl<S: Io> Driver<S> {
                 // Only while a question is open, which `act` answers at once.
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 continue;
+            }
+            if self.answers.memory_pressure() {
+                // Memory above its budget: read more slowly, and TCP pushes
+                // back on the client (bounded well inside the machine's
+                // deadlines, so no client is cut off for it).
+                tokio::time::sleep(PRESSURE_PAUSE).await;
             }
             let eviction = self.answers.eviction();
             let read = tokio::select! {

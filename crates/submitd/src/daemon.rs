@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::{demo, sockets, wiring};
+use crate::{demo, memory, sockets, wiring};
 
 /// Tells systemd (if it started us) how we are; a no-op otherwise.
 fn notify(states: &[sd_notify::NotifyState<'_>]) {
@@ -103,12 +103,23 @@ async fn start(settings: &Settings) -> Result<Running, String> {
     let (tls, certificates) =
         server_tls_config(&settings.tls.certificates).map_err(|e| e.to_string())?;
     let relay = wiring::relay(settings, spool)?;
-    let services = Arc::new(wiring::services(
-        settings,
-        Arc::clone(&credentials),
-        relay.clone(),
-    )?);
     let shutdown = CancellationToken::new();
+    let pressure = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    match memory::budget(settings.limits.memory_budget) {
+        Some(budget) => {
+            tracing::info!(budget_mib = budget.octets >> 20, source = %budget.source, "memory budget");
+            tokio::spawn(memory::watch(
+                budget,
+                Arc::clone(&pressure),
+                shutdown.clone(),
+            ));
+        }
+        None => tracing::warn!("memory budget: cannot read the memory limit or size; none kept"),
+    }
+    let services = Arc::new(
+        wiring::services(settings, Arc::clone(&credentials), relay.clone())?
+            .with_memory_pressure(pressure),
+    );
     let mut listeners = Vec::new();
     let mut inherited = sockets::inherited(settings)?;
     for listen in &settings.listen {

@@ -25,6 +25,7 @@ mod commands;
 mod daemon;
 mod demo;
 mod import;
+mod memory;
 mod sendmail;
 mod sockets;
 mod wiring;

@@ -4,7 +4,9 @@
 //! message size and connection limits (but for the per-client one: every
 //! client here comes from 127.0.0.1). submitd relays them to aiosmtpd.
 //!
-//! The daemon's resident memory is sampled from `/proc` throughout: the
+//! The daemon runs in a cgroup with a 2 GiB memory limit (a small VPS; the
+//! test creates it: root, as in CI), and must say so in its memory budget
+//! line. Its resident memory is sampled from `/proc` throughout: the
 //! peak (VmHWM) must stay under MEMORY_PEAK_MB (default 300), and once
 //! every message is delivered (and the password checkers' idle time has
 //! passed) its RSS must be back within 50 MB of what it was idle. The
@@ -68,6 +70,129 @@ fn concurrent_big_messages_keep_memory_bounded_and_arrive_exact() {
     let sessions = env_or("MEMORY_SESSIONS", 100) as usize;
     let mib = env_or("MEMORY_MIB", 20);
     let peak_limit_mb = env_or("MEMORY_PEAK_MB", 300);
+    let cgroup = Cgroup::create(2 << 30);
+    let run = run(sessions, mib, "", Some(&cgroup), None);
+    assert!(
+        run.log.iter().any(|l| l.contains("memory budget")
+            && l.contains("80% of the cgroup's memory limit of 2048 MiB")),
+        "the budget follows the cgroup's limit"
+    );
+    assert!(
+        run.peak_kib / 1024 <= peak_limit_mb,
+        "peak RSS {} MB over {peak_limit_mb} MB",
+        run.peak_kib / 1024
+    );
+    assert!(
+        run.after_kib.saturating_sub(run.idle_kib) <= 50 * 1024,
+        "RSS after ({} MB) not within 50 MB of idle ({} MB)",
+        run.after_kib / 1024,
+        run.idle_kib / 1024
+    );
+}
+
+/// A budget below what the uploads take: the daemon says so once, reads
+/// more slowly meanwhile (no client gets an error), says when it is back
+/// under, and every message arrives.
+#[test]
+fn over_its_memory_budget_the_daemon_slows_down_and_says_so() {
+    let run = run(
+        10,
+        3,
+        "memory_budget = \"24M\"\n",
+        None,
+        Some("memory back under its budget"),
+    );
+    let above = run
+        .log
+        .iter()
+        .filter(|l| l.contains("memory above its budget"))
+        .count();
+    assert!(above >= 1, "no warning before the budget was passed");
+    assert!(
+        run.log
+            .iter()
+            .any(|l| l.contains("memory back under its budget")),
+        "no word when it fell back"
+    );
+}
+
+/// What one run measured.
+struct Run {
+    idle_kib: u64,
+    peak_kib: u64,
+    after_kib: u64,
+    log: Vec<String>,
+}
+
+/// A cgroup (v2, or v1's memory controller) with a memory limit, removed
+/// when dropped.
+struct Cgroup {
+    dir: std::path::PathBuf,
+}
+
+impl Cgroup {
+    fn create(limit: u64) -> Self {
+        let name = format!("submitd-test-{}", std::process::id());
+        let v2 = std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        let (dir, file) = if v2 {
+            (
+                std::path::Path::new("/sys/fs/cgroup").join(&name),
+                "memory.max",
+            )
+        } else {
+            (
+                std::path::Path::new("/sys/fs/cgroup/memory").join(&name),
+                "memory.limit_in_bytes",
+            )
+        };
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(file), limit.to_string()))
+            .unwrap_or_else(|e| {
+                panic!("this test runs the daemon in a memory cgroup ({}): run it as root, as CI does ({e})", dir.display())
+            });
+        Self { dir }
+    }
+
+    /// A shell line that moves itself into the cgroup, then runs the rest.
+    fn wrap(&self, command: &std::process::Command) -> std::process::Command {
+        let mut sh = std::process::Command::new("sh");
+        sh.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                self.dir.display()
+            ))
+            .arg(command.get_program())
+            .args(command.get_args());
+        for (key, value) in command.get_envs() {
+            if let Some(value) = value {
+                sh.env(key, value);
+            }
+        }
+        sh
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// `sessions` lettre clients, `mib` MiB each at once, through a daemon
+/// with `limits` added to its `[limits]`, in `cgroup` if given; before the
+/// stop, waits (bounded) for a log line with `wait_for`.
+fn run(
+    sessions: usize,
+    mib: u64,
+    limits: &str,
+    cgroup: Option<&Cgroup>,
+    wait_for: Option<&str>,
+) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     common::certificates(d, &["submitd", "upstream"]);
@@ -103,7 +228,7 @@ password_file = "upstream.pass"
 ca_file = "ca.pem"
 [limits]
 connections_per_client = {sessions}
-"#,
+{limits}"#,
             port = upstream.port,
         ),
     )
@@ -121,7 +246,10 @@ connections_per_client = {sessions}
             command.env(key, value);
         }
     }
-    let daemon = common::start(command);
+    let daemon = common::start(match cgroup {
+        Some(cgroup) => cgroup.wrap(&command),
+        None => command,
+    });
     let pid = daemon.child.id();
     let port = daemon.implicit.unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -201,18 +329,17 @@ connections_per_client = {sessions}
         submitted_in.as_secs_f64(),
         delivered_in.as_secs_f64()
     );
-    assert!(
-        peak_kib / 1024 <= peak_limit_mb,
-        "peak RSS {} MB over {peak_limit_mb} MB",
-        peak_kib / 1024
-    );
-    assert!(
-        after_kib.saturating_sub(idle_kib) <= 50 * 1024,
-        "RSS after ({} MB) not within 50 MB of idle ({} MB)",
-        after_kib / 1024,
-        idle_kib / 1024
-    );
+    if let Some(text) = wait_for {
+        daemon.wait_log(text, Duration::from_secs(30));
+    }
+    let log = daemon.log.lock().unwrap().clone();
     assert!(daemon.stop(), "a clean stop");
+    Run {
+        idle_kib,
+        peak_kib,
+        after_kib,
+        log,
+    }
 }
 
 /// One lettre submission over implicit TLS as alice. lettre ends DATA
