@@ -111,8 +111,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Chat<S> {
         self.send(&format!("AUTH PLAIN {blob}")).await
     }
 
-    /// A whole transaction; returns the reply to the end of data.
-    async fn message(&mut self, from: &str, header_from: &str) -> String {
+    /// MAIL from `from`, RCPT to bob, DATA: each must be taken.
+    async fn envelope(&mut self, from: &str) {
         assert!(self
             .send(&format!("MAIL FROM:<{from}>"))
             .await
@@ -122,6 +122,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Chat<S> {
             .await
             .starts_with("250"));
         assert!(self.send("DATA").await.starts_with("354"));
+    }
+
+    /// A whole transaction; returns the reply to the end of data.
+    async fn message(&mut self, from: &str, header_from: &str) -> String {
+        self.envelope(from).await;
         self.send(&format!(
             "From: {header_from}\r\nTo: bob@example.net\r\nSubject: hi\r\n\r\nhello\r\n."
         ))
@@ -357,18 +362,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Chat<S> {
     /// MAIL, RCPT and DATA, then `content` as is (already dot-stuffed and
     /// ended); returns the reply to the end of data.
     async fn raw_message(&mut self, content: &[u8]) -> String {
-        assert!(self
-            .send("MAIL FROM:<alice@example.org>")
-            .await
-            .starts_with("250"));
-        assert!(self
-            .send("RCPT TO:<bob@example.net>")
-            .await
-            .starts_with("250"));
-        assert!(self.send("DATA").await.starts_with("354"));
+        self.raw_data(content).await;
+        self.reply().await
+    }
+
+    /// MAIL, RCPT and DATA, then `content` as is, without waiting for any
+    /// reply after it.
+    async fn raw_data(&mut self, content: &[u8]) {
+        self.envelope("alice@example.org").await;
         self.0.get_mut().write_all(content).await.unwrap();
         self.0.get_mut().flush().await.unwrap();
-        self.reply().await
     }
 }
 
@@ -451,21 +454,11 @@ async fn a_message_cut_off_mid_data_leaves_nothing_in_the_spool() {
     let world = world(10);
     let mut chat = world.implicit().await;
     assert!(chat.login("alice", "pw").await.starts_with("235"));
-    assert!(chat
-        .send("MAIL FROM:<alice@example.org>")
-        .await
-        .starts_with("250"));
-    assert!(chat
-        .send("RCPT TO:<bob@example.net>")
-        .await
-        .starts_with("250"));
-    assert!(chat.send("DATA").await.starts_with("354"));
     let mut part = b"From: alice@example.org\r\n\r\n".to_vec();
     while part.len() < 1 << 20 {
         part.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
     }
-    chat.0.get_mut().write_all(&part).await.unwrap();
-    chat.0.get_mut().flush().await.unwrap();
+    chat.raw_data(&part).await;
     // Written in part: the spool holds a file for it now.
     for _ in 0..200 {
         if world.in_tmp() == 1 {

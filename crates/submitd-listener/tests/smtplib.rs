@@ -306,22 +306,7 @@ async fn unauthenticated_connections_are_bounded_and_sni_chooses_the_certificate
     use tokio::io::AsyncWriteExt;
     let dir = tempfile::tempdir().unwrap();
     let w = world(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(serve(
-        listener,
-        Arc::new(ServerConfig::new("mx.test", Transport::ImplicitTls)),
-        Arc::clone(&w.tls),
-        Arc::clone(&w.services),
-        ConnectionLimits {
-            total: 100,
-            per_client: 100,
-            unauthenticated: 2,
-            rate: 0,
-        },
-        shutdown.clone(),
-    ));
+    let (port, shutdown) = implicit_listener(&w, 2).await;
 
     // SNI: asking for a name under *.example.net gets that certificate
     // (the handshake verifies it), any other name the default.
@@ -384,22 +369,7 @@ async fn unauthenticated_connections_are_bounded_and_sni_chooses_the_certificate
 async fn stalled_connections_give_way_to_new_clients() {
     let dir = tempfile::tempdir().unwrap();
     let w = world(dir.path());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let shutdown = CancellationToken::new();
-    tokio::spawn(serve(
-        listener,
-        Arc::new(ServerConfig::new("mx.test", Transport::ImplicitTls)),
-        Arc::clone(&w.tls),
-        Arc::clone(&w.services),
-        ConnectionLimits {
-            total: 100,
-            per_client: 100,
-            unauthenticated: 2,
-            rate: 0,
-        },
-        shutdown.clone(),
-    ));
+    let (port, shutdown) = implicit_listener(&w, 2).await;
     // Two connections that send half a ClientHello and stall.
     let mut stalled = Vec::new();
     for _ in 0..2 {
@@ -425,4 +395,27 @@ async fn stalled_connections_give_way_to_new_clients() {
         );
     }
     shutdown.cancel();
+}
+
+/// An implicit-TLS listener of `w` on a free port with room for
+/// `unauthenticated` sessions that have not logged in (and no other bound
+/// in the way); its port and the token that stops it.
+async fn implicit_listener(w: &World, unauthenticated: usize) -> (u16, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(serve(
+        listener,
+        Arc::new(ServerConfig::new("mx.test", Transport::ImplicitTls)),
+        Arc::clone(&w.tls),
+        Arc::clone(&w.services),
+        ConnectionLimits {
+            total: 100,
+            per_client: 100,
+            unauthenticated,
+            rate: 0,
+        },
+        shutdown.clone(),
+    ));
+    (port, shutdown)
 }

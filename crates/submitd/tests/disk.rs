@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{start_upstream_on, Daemon};
+use common::{free_port, start_upstream_on, Daemon};
 
 /// One submission with smtplib: `sized` declares SIZE on MAIL (as
 /// `sendmail()` does); otherwise MAIL, RCPT and DATA are sent without it.
@@ -77,14 +77,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Grows a filler file on the tmpfs until only `leave` octets are free
 /// (tmpfs counts pages written, so they are written).
 fn fill(fs: &Tmpfs, leave: u64) {
@@ -111,40 +103,10 @@ fn a_full_disk_answers_452_loses_nothing_and_recovers_by_itself() {
     let d = dir.path();
     let fs = Tmpfs::mount(&d.join("disk"), "16m");
     common::certificates(d, &["submitd", "upstream"]);
-    let hash = submitd_auth::hash_password(b"pw").unwrap();
-    std::fs::write(
-        d.join("users"),
-        format!("alice {hash} send-as=alice@example.org\n"),
-    )
-    .unwrap();
+    common::alice(d);
     common::password_file(&d.join("upstream.pass"), "secret");
     let up_port = free_port();
-    let config = d.join("submitd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"hostname = "localhost"
-[[listen]]
-address = "127.0.0.1:0"
-mode = "implicit"
-[tls]
-certificate = "submitd.crt"
-key = "submitd.key"
-[auth]
-users = "users"
-[queue]
-directory = "disk/queue"
-[[relay.upstream]]
-host = "localhost"
-port = {up_port}
-tls = "implicit"
-username = "alice"
-password_file = "upstream.pass"
-ca_file = "ca.pem"
-"#
-        ),
-    )
-    .unwrap();
+    let config = common::config(d, "disk/queue", &common::upstream_section(up_port));
     let daemon = common::start(Daemon::command(&config));
     let port = daemon.implicit.unwrap();
     let ca = d.join("ca.pem");

@@ -45,23 +45,8 @@ print("sent", sent)
 fn one_address_gets_its_share_and_the_rest_read_421() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::certificates(d, &["submitd"]);
-    let hash = submitd_auth::hash_password(b"pw").unwrap();
-    std::fs::write(
-        d.join("users"),
-        format!("alice {hash} send-as=alice@example.org\n"),
-    )
-    .unwrap();
-    let config = d.join("submitd.toml");
     // Default limits: no [limits] section at all.
-    std::fs::write(
-        &config,
-        "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
-         [tls]\ncertificate = \"submitd.crt\"\nkey = \"submitd.key\"\n[auth]\nusers = \"users\"\n\
-         [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n",
-    )
-    .unwrap();
-    let daemon = common::start(common::Daemon::command(&config));
+    let daemon = common::start_maildir(d);
     let port = daemon.implicit.unwrap();
     let per_client = ConnectionLimits::default().per_client;
     assert!(per_client >= 60, "an office of 60 fits the default");

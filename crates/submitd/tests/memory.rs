@@ -21,14 +21,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{start_upstream, Daemon};
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use common::{env_or, start_upstream, Daemon};
 
 /// `VmRSS` and `VmHWM` of a process, in KiB.
 fn rss_kib(pid: u32) -> (u64, u64) {
@@ -197,42 +190,13 @@ fn run(
     let d = dir.path();
     common::certificates(d, &["submitd", "upstream"]);
     let upstream = start_upstream(d, &d.join("upstream.crt"), &d.join("upstream.key"));
-    let hash = submitd_auth::hash_password(b"pw").unwrap();
-    std::fs::write(
-        d.join("users"),
-        format!("alice {hash} send-as=alice@example.org\n"),
-    )
-    .unwrap();
+    common::alice(d);
     common::password_file(&d.join("upstream.pass"), "secret");
-    let config = d.join("submitd.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"hostname = "localhost"
-[[listen]]
-address = "127.0.0.1:0"
-mode = "implicit"
-[tls]
-certificate = "submitd.crt"
-key = "submitd.key"
-[auth]
-users = "users"
-[queue]
-directory = "queue"
-[[relay.upstream]]
-host = "localhost"
-port = {port}
-tls = "implicit"
-username = "alice"
-password_file = "upstream.pass"
-ca_file = "ca.pem"
-[limits]
-connections_per_client = {sessions}
-{limits}"#,
-            port = upstream.port,
-        ),
-    )
-    .unwrap();
+    let rest = format!(
+        "{}[limits]\nconnections_per_client = {sessions}\n{limits}",
+        common::upstream_section(upstream.port)
+    );
+    let config = common::config(d, "queue", &rest);
     // As the shipped unit runs it: its Environment= lines (the allocator
     // setting) apply here too.
     let mut command = Daemon::command(&config);

@@ -18,22 +18,7 @@ use std::process::Command;
 fn a_legitimate_client_gets_through_slow_connections() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    common::certificates(d, &["submitd"]);
-    let hash = submitd_auth::hash_password(b"pw").unwrap();
-    std::fs::write(
-        d.join("users"),
-        format!("alice {hash} send-as=alice@example.org\n"),
-    )
-    .unwrap();
-    let config = d.join("submitd.toml");
-    std::fs::write(
-        &config,
-        "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
-         [tls]\ncertificate = \"submitd.crt\"\nkey = \"submitd.key\"\n[auth]\nusers = \"users\"\n\
-         [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n",
-    )
-    .unwrap();
-    let daemon = common::start(common::Daemon::command(&config));
+    let daemon = common::start_maildir(d);
     let port = daemon.implicit.unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/slowloris.py");
     let output = Command::new("python3")

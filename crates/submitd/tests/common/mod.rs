@@ -330,3 +330,66 @@ pub(crate) fn password_file(path: &Path, password: &str) {
     std::fs::write(path, format!("{password}\n")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
+
+/// A users file `dir/users` with `alice`, password `pw`, who may send as
+/// alice@example.org.
+pub(crate) fn alice(dir: &Path) {
+    let hash = submitd_auth::hash_password(b"pw").unwrap();
+    std::fs::write(
+        dir.join("users"),
+        format!("alice {hash} send-as=alice@example.org\n"),
+    )
+    .unwrap();
+}
+
+/// `dir/submitd.toml`: one implicit-TLS listener on a free port with
+/// `dir/submitd.crt` (from [`certificates`]), `dir/users`, the queue in
+/// `queue`, then `rest` (the relay and any limits) as given.
+pub(crate) fn config(dir: &Path, queue: &str, rest: &str) -> PathBuf {
+    let path = dir.join("submitd.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
+             [tls]\ncertificate = \"submitd.crt\"\nkey = \"submitd.key\"\n[auth]\nusers = \"users\"\n\
+             [queue]\ndirectory = \"{queue}\"\n{rest}"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The `[[relay.upstream]]` section for aiosmtpd on `port` (as alice, with
+/// `upstream.pass` and `ca.pem` in the config's folder).
+pub(crate) fn upstream_section(port: u16) -> String {
+    format!(
+        "[[relay.upstream]]\nhost = \"localhost\"\nport = {port}\ntls = \"implicit\"\n\
+         username = \"alice\"\npassword_file = \"upstream.pass\"\nca_file = \"ca.pem\"\n"
+    )
+}
+
+/// A number from the environment, or `default`.
+pub(crate) fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A loopback port free now.
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The daemon with the default limits in `dir`: [`certificates`],
+/// [`alice`], delivering into `dir/Maildir`.
+pub(crate) fn start_maildir(dir: &Path) -> Daemon {
+    certificates(dir, &["submitd"]);
+    alice(dir);
+    let config = config(dir, "queue", "[relay]\nmaildir = \"Maildir\"\n");
+    start(Daemon::command(&config))
+}
