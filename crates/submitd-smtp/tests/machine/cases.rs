@@ -582,3 +582,28 @@ fn only_sessions_that_have_not_logged_in_are_evicted() {
     assert!(!driver.session.evict());
     assert!(!driver.session.is_closed());
 }
+
+/// What the driver records (replies, stored messages) is the same however
+/// the input is split into reads; the number of pieces a message came in
+/// is not part of it. (Found by the fuzzer: `StoredMessage` compared its
+/// piece count.)
+#[test]
+fn the_split_into_reads_changes_nothing_recorded() {
+    let mut stream = LOGIN.to_vec();
+    stream.extend_from_slice(
+        b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.net>\r\n\
+          BDAT 8\r\n12345678BDAT 8\r\n12345678BDAT 2 LAST\r\nxyQUIT\r\n",
+    );
+    let mut whole = Driver::new(implicit());
+    whole.feed(&stream);
+    let mut octets = Driver::new(implicit());
+    for octet in &stream {
+        octets.feed(std::slice::from_ref(octet));
+    }
+    assert_eq!(whole.items, octets.items);
+    let pieces: Vec<usize> = [&whole, &octets]
+        .iter()
+        .map(|d| d.stored_messages().next().unwrap().pieces)
+        .collect();
+    assert!(pieces[0] < pieces[1], "{pieces:?}");
+}
