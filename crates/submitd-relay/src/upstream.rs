@@ -343,18 +343,26 @@ impl Connection {
             if abandon.is_cancelled() {
                 return Err(self.abandoned());
             }
-            let read = tokio::task::spawn_blocking(move || {
-                let more = content.next_piece(&mut buf);
-                (content, buf, more)
-            })
-            .await;
-            let Ok((returned, piece, more)) = read else {
-                self.stream = Stream::Gone;
-                return Err(DeliveryError::Content(
-                    crate::spool::SpoolError::WriteStopped,
-                ));
+            // A small message came whole with the header's read, and the
+            // end needs none: only a read of the file goes to the blocking
+            // pool.
+            let more = if content.next_reads_file() {
+                let read = tokio::task::spawn_blocking(move || {
+                    let more = content.next_piece(&mut buf);
+                    (content, buf, more)
+                })
+                .await;
+                let Ok((returned, piece, more)) = read else {
+                    self.stream = Stream::Gone;
+                    return Err(DeliveryError::Content(
+                        crate::spool::SpoolError::WriteStopped,
+                    ));
+                };
+                (content, buf) = (returned, piece);
+                more
+            } else {
+                content.next_piece(&mut buf)
             };
-            (content, buf) = (returned, piece);
             let accepted = match more {
                 Ok(true) => self.session.send_content(&buf),
                 Ok(false) => {

@@ -358,6 +358,13 @@ impl Content {
         Ok(eight_bit)
     }
 
+    /// Whether the next [`Content::next_piece`] reads the file (and so
+    /// blocks); the first piece often came with the header, and the end
+    /// needs no read.
+    pub fn next_reads_file(&self) -> bool {
+        self.first.is_empty() && self.read < self.size
+    }
+
     /// Puts the next piece of content into `buf` (replacing what it held):
     /// `Ok(true)` with a piece, `Ok(false)` at the end once the content
     /// matched its checksum, an error if it did not or cannot be read.
