@@ -391,33 +391,20 @@ impl ServerSession {
             return;
         }
         self.now = now;
-        let host = self.config.hostname.clone();
+        let timeout = (4, 4, 2);
         if now >= self.started + self.config.limits.session_duration {
-            self.reply(Reply::new(
-                421,
-                (4, 4, 2),
-                format!("{host} Session time limit reached, closing connection"),
-            ));
-            self.close(CloseReason::SessionTimeLimit);
+            let text = "Session time limit reached, closing connection";
+            self.close_421(timeout, text, CloseReason::SessionTimeLimit);
         } else if now >= self.last_input + self.config.limits.idle_timeout {
-            self.reply(Reply::new(
-                421,
-                (4, 4, 2),
-                format!("{host} Timeout waiting for input, closing connection"),
-            ));
-            self.close(CloseReason::IdleTimeout);
+            let text = "Timeout waiting for input, closing connection";
+            self.close_421(timeout, text, CloseReason::IdleTimeout);
         } else if self.slow_deadline().is_some_and(|at| now >= at) {
-            let what = if matches!(self.state, State::Data(_) | State::Chunk(_)) {
-                "Message content arriving too slowly"
+            let text = if matches!(self.state, State::Data(_) | State::Chunk(_)) {
+                "Message content arriving too slowly, closing connection"
             } else {
-                "Command not received in time"
+                "Command not received in time, closing connection"
             };
-            self.reply(Reply::new(
-                421,
-                (4, 4, 2),
-                format!("{host} {what}, closing connection"),
-            ));
-            self.close(CloseReason::TooSlow);
+            self.close_421(timeout, text, CloseReason::TooSlow);
         }
     }
 
@@ -471,16 +458,8 @@ impl ServerSession {
         if self.auth_user.is_some() || !self.waiting_for_client() {
             return false;
         }
-        if matches!(self.state, State::AuthContinuation) {
-            self.outputs.push_back(Output::AuthCancelled);
-        }
-        let host = self.config.hostname.clone();
-        self.reply(Reply::new(
-            421,
-            (4, 7, 0),
-            format!("{host} Too many connections waiting to log in; closing the oldest"),
-        ));
-        self.close(CloseReason::Evicted);
+        let text = "Too many connections waiting to log in; closing the oldest";
+        self.close_421((4, 7, 0), text, CloseReason::Evicted);
         true
     }
 
@@ -540,13 +519,8 @@ impl ServerSession {
         self.reply(reply);
         self.errors += 1;
         if self.errors >= self.config.limits.errors && !self.is_closed() {
-            let host = self.config.hostname.clone();
-            self.reply(Reply::new(
-                421,
-                (4, 7, 0),
-                format!("{host} Too many errors, closing connection"),
-            ));
-            self.close(CloseReason::TooManyErrors);
+            let text = "Too many errors, closing connection";
+            self.close_421((4, 7, 0), text, CloseReason::TooManyErrors);
         }
     }
 
@@ -560,7 +534,19 @@ impl ServerSession {
         )
     }
 
+    /// `421 <code> <hostname> <text>`, then close.
+    fn close_421(&mut self, code: (u8, u16, u16), text: &str, reason: CloseReason) {
+        let reply = Reply::new(421, code, format!("{} {text}", self.config.hostname));
+        self.reply(reply);
+        self.close(reason);
+    }
+
+    /// Ends the session: an AUTH exchange in progress is cancelled (the
+    /// caller drops its mechanism), a message begun is aborted.
     fn close(&mut self, reason: CloseReason) {
+        if matches!(self.state, State::AuthContinuation) {
+            self.outputs.push_back(Output::AuthCancelled);
+        }
         self.state = State::Closed;
         self.input = Vec::new();
         self.pos = 0;
@@ -622,16 +608,8 @@ impl ServerSession {
                     State::Command | State::SkipLine | State::AuthContinuation
                 )
             {
-                if matches!(self.state, State::AuthContinuation) {
-                    self.outputs.push_back(Output::AuthCancelled);
-                }
-                let host = self.config.hostname.clone();
-                self.reply(Reply::new(
-                    421,
-                    (4, 3, 2),
-                    format!("{host} Service shutting down, try again later"),
-                ));
-                self.close(CloseReason::Shutdown);
+                let text = "Service shutting down, try again later";
+                self.close_421((4, 3, 2), text, CloseReason::Shutdown);
                 return;
             }
             let progressed = match self.state {

@@ -607,3 +607,39 @@ fn the_split_into_reads_changes_nothing_recorded() {
         .collect();
     assert!(pieces[0] < pieces[1], "{pieces:?}");
 }
+
+/// However a session in the middle of an AUTH exchange ends (the idle
+/// timeout, the command deadline, shutdown, eviction), the caller is told
+/// to drop the mechanism's state.
+#[test]
+fn a_session_closed_mid_auth_cancels_the_exchange() {
+    type End = fn(&mut ServerSession, Instant);
+    let ends: [(&str, End); 3] = [
+        ("idle", |s, now| {
+            s.handle_timeout(now + Duration::from_secs(301))
+        }),
+        ("shutdown", |s, _| s.shutdown()),
+        ("evict", |s, _| {
+            s.evict();
+        }),
+    ];
+    for (name, end) in ends {
+        let now = Instant::now();
+        let mut session = ServerSession::new(Arc::new(implicit()), now);
+        session.handle_input(now, b"EHLO c\r\nAUTH LOGIN\r\n");
+        while let Some(output) = session.poll_output() {
+            if let Output::AuthStart { .. } = output {
+                session
+                    .answer_auth(AuthAnswer::Challenge(b"Username:".to_vec()))
+                    .unwrap();
+            }
+        }
+        end(&mut session, now);
+        let mut cancelled = false;
+        while let Some(output) = session.poll_output() {
+            cancelled |= matches!(output, Output::AuthCancelled);
+        }
+        assert!(cancelled, "{name}");
+        assert!(session.is_closed(), "{name}");
+    }
+}
