@@ -68,6 +68,10 @@ struct Running {
 }
 
 async fn run(settings: Settings) -> Result<(), String> {
+    // Before anything says "ready": a SIGHUP that arrives between the
+    // ready line and the handler would otherwise kill the daemon (the
+    // default action), which is what a flaky test once showed.
+    let signals = Signals::install()?;
     let running = start(&settings).await?;
     notify(&[sd_notify::NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
@@ -80,7 +84,7 @@ async fn run(settings: Settings) -> Result<(), String> {
         });
     }
     tracing::info!("ready");
-    wait_for_signals(&settings, &running).await?;
+    signals.wait(&settings, &running).await;
     stop(&settings, running).await;
     Ok(())
 }
@@ -202,16 +206,34 @@ fn bind_local(
     Ok(listener)
 }
 
-/// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
-async fn wait_for_signals(settings: &Settings, running: &Running) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    loop {
-        tokio::select! {
-            _ = hangup.recv() => reload(settings, running),
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+/// The signals the daemon answers, installed before it starts.
+struct Signals {
+    hangup: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, String> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install = |kind: SignalKind| {
+            signal(kind).map_err(|e| format!("cannot install a signal handler: {e}"))
+        };
+        Ok(Self {
+            hangup: install(SignalKind::hangup())?,
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Reloads on SIGHUP; returns on SIGTERM or SIGINT.
+    async fn wait(mut self, settings: &Settings, running: &Running) {
+        loop {
+            tokio::select! {
+                _ = self.hangup.recv() => reload(settings, running),
+                _ = self.terminate.recv() => return,
+                _ = self.interrupt.recv() => return,
+            }
         }
     }
 }
