@@ -42,6 +42,23 @@ impl Authenticator {
         }
     }
 
+    /// What a verified login is bound to in the cache besides its login
+    /// and password: the stored hash it would be checked against (so a new
+    /// password or a revoked app password never meets an old entry), or
+    /// nothing for Dovecot, whose hashes submitd does not see. `None`: no
+    /// such user in the file, so there is nothing a hit could be.
+    pub fn cache_binding<'a>(
+        &self,
+        users: &'a Users,
+        login: &str,
+        password: &str,
+    ) -> Option<&'a str> {
+        match self {
+            Self::Local(_) => crate::password::stored_hash(users, login, password),
+            Self::Dovecot(_) => Some(""),
+        }
+    }
+
     /// The user whose policy applies to `name`, logged in by this backend;
     /// `None` when a local user is no longer in the file.
     pub fn policy_user<'a>(&self, users: &'a Users, name: &str) -> Option<Cow<'a, User>> {

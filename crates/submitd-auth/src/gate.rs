@@ -7,7 +7,10 @@
 //!          throttle: this user from this network, or the network, blocked? ─yes─▶ TryLater (log: blocked=true)
 //!                                     │ no
 //!                                     ▼
-//!                          backend check (argon2id file or Dovecot)
+//!                 verified-credential cache: a hit ─▶ Authenticated (no argon2)
+//!                                     │ miss (always, for any failure)
+//!                                     ▼
+//!                          backend check (argon2id file or Dovecot) ─ ok ─▶ remembered
 //!          Authenticated ◀─ ok ───────┤─── unavailable ─▶ TryLater
 //!          (log: authenticated)       │ wrong / unknown user / malformed exchange
 //!                                     ▼
@@ -27,10 +30,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::backend::Authenticator;
+use crate::cache::{Verified, VerifiedCache};
 use crate::password::CheckOutcome;
 use crate::sasl::{Credentials, Mechanism};
 use crate::store::CredentialStore;
 use crate::throttle::{failure_line, Admission, Throttle, ThrottleConfig};
+
+/// The cache's clock: tokio's, so tests can move it; the same as the
+/// system's monotonic clock otherwise.
+fn cache_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// How a login attempt ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,6 +65,8 @@ pub struct LoginGate {
     authenticator: Arc<Authenticator>,
     /// The throttle, and the credential generation it counted under.
     throttle: Mutex<(Throttle, u64)>,
+    /// Logins verified lately (none: every login pays the full check).
+    cache: Option<VerifiedCache>,
 }
 
 impl LoginGate {
@@ -69,7 +81,14 @@ impl LoginGate {
             credentials,
             authenticator,
             throttle: Mutex::new((Throttle::new(throttle), generation)),
+            cache: None,
         }
+    }
+
+    /// Remembers verified logins in `cache` (see `cache.rs`).
+    pub fn with_cache(mut self, cache: VerifiedCache) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Runs `f` on the throttle, forgotten first if the users changed
@@ -102,13 +121,34 @@ impl LoginGate {
             return LoginOutcome::TryLater;
         }
         let users = self.credentials.users();
+        let password = credentials.password.as_str();
+        // The epoch is read before the users: a reload in between makes a
+        // success count under the older epoch, which is then not kept.
+        let epoch = self.credentials.reloads();
+        let binding = self
+            .cache
+            .as_ref()
+            .and_then(|_| self.authenticator.cache_binding(&users, username, password));
+        if let (Some(cache), Some(binding)) = (&self.cache, binding) {
+            if let Some(hit) = cache.get(username, password, binding, epoch, cache_now()) {
+                tracing::info!(target: "submitd::auth", client = %client, user = %hit.user, app_password = hit.app_password.as_deref().unwrap_or("-"), cached = true, "authenticated");
+                return LoginOutcome::Authenticated { user: hit.user };
+            }
+        }
         let checked = self
             .authenticator
-            .check(&users, username, &credentials.password, client)
+            .check(&users, username, password, client)
             .await;
         match checked {
             CheckOutcome::Authenticated { user, app_password } => {
                 tracing::info!(target: "submitd::auth", client = %client, %user, app_password = app_password.as_deref().unwrap_or("-"), "authenticated");
+                if let (Some(cache), Some(binding)) = (&self.cache, binding) {
+                    let verified = Verified {
+                        user: user.clone(),
+                        app_password,
+                    };
+                    cache.insert(username, password, binding, epoch, verified, cache_now());
+                }
                 LoginOutcome::Authenticated { user }
             }
             CheckOutcome::Rejected => self.reject(client, username, mechanism.name()).await,
@@ -142,6 +182,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
+    use crate::cache::VerifiedCache;
     use crate::password::{hash_password, PasswordChecker};
 
     fn gate(dir: &Path, block_after: u32) -> LoginGate {
@@ -253,5 +294,60 @@ mod tests {
             gate.login(&alice(), CLIENT, Mechanism::Plain).await,
             LoginOutcome::Authenticated { .. }
         ));
+    }
+
+    /// The cache skips argon2 for a login verified lately, never for a
+    /// failure, and forgets on every reload and on a new password.
+    #[tokio::test(start_paused = true)]
+    async fn the_cache_skips_argon2_only_for_verified_logins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let hash = hash_password(b"pw").unwrap();
+        std::fs::write(&path, format!("alice {hash}\nbob {hash}\n")).unwrap();
+        let (store, _) = CredentialStore::open(&path).unwrap();
+        let checker = Arc::new(Authenticator::Local(PasswordChecker::new(1).unwrap()));
+        let checks = {
+            let checker = Arc::clone(&checker);
+            move || match &*checker {
+                Authenticator::Local(c) => c.verifications(),
+                Authenticator::Dovecot(_) => 0,
+            }
+        };
+        let gate = LoginGate::new(Arc::new(store), checker, ThrottleConfig::default())
+            .with_cache(VerifiedCache::new(Duration::from_secs(3600), 100).unwrap());
+        let login = |name: &'static str, password: &'static str| {
+            let gate = &gate;
+            async move {
+                gate.login(&credentials(name, password), CLIENT, Mechanism::Plain)
+                    .await
+            }
+        };
+        let ok = |user: &str| LoginOutcome::Authenticated { user: user.into() };
+        assert_eq!(login("alice", "pw").await, ok("alice"));
+        assert_eq!(checks(), 1);
+        assert_eq!(login("ALICE", "pw").await, ok("alice"));
+        assert_eq!(login("alice", "pw").await, ok("alice"));
+        assert_eq!(checks(), 1, "two hits");
+        // Failures are checked in full every time, cached or not.
+        for (name, password) in [("alice", "wrong"), ("alice", "wrong"), ("nobody", "pw")] {
+            assert_eq!(login(name, password).await, LoginOutcome::Rejected);
+        }
+        assert_eq!(checks(), 4);
+        // A reload of the same file (SIGHUP) forgets.
+        assert!(!gate.credentials.reload().unwrap().changed);
+        assert_eq!(login("alice", "pw").await, ok("alice"));
+        assert_eq!(checks(), 5);
+        // A new password: the old one no longer works, from the first try.
+        let new = hash_password(b"new").unwrap();
+        std::fs::write(&path, format!("alice {new}\nbob {hash}\n")).unwrap();
+        assert!(gate.credentials.reload().unwrap().changed);
+        assert_eq!(login("alice", "pw").await, LoginOutcome::Rejected);
+        assert_eq!(login("alice", "new").await, ok("alice"));
+        assert_eq!(login("alice", "new").await, ok("alice"));
+        assert_eq!(checks(), 7);
+        // The TTL runs out.
+        tokio::time::advance(Duration::from_secs(3601)).await;
+        assert_eq!(login("alice", "new").await, ok("alice"));
+        assert_eq!(checks(), 8);
     }
 }

@@ -12,6 +12,8 @@
 //!  gate::LoginGate::login(credentials, client address):
 //!      throttle::Throttle::admit(ip) ──────────┤ blocked? → try later
 //!                                              ▼
+//!      cache::VerifiedCache: verified within the TTL? → authenticated
+//!                                              ▼ miss
 //!      store::CredentialStore::users() ─▶ backend::Authenticator::check
 //!        Local: password::PasswordChecker (one argon2id run on its own
 //!               threads, bounded; unknown users = dummy hash)
@@ -26,13 +28,15 @@
 //!  edit::* ─▶ the `user` commands, rewriting the file atomically
 //! ```
 //!
-//! Dependencies: `argon2` for hashing, `getrandom` for app passwords,
+//! Dependencies: `argon2` for hashing, `aws-lc-rs` (already the TLS
+//! crypto) for the cache's HMAC-SHA-256 and its random key, `getrandom` for app passwords,
 //! `tokio` for the semaphore that bounds concurrent checks and the Dovecot
 //! socket, `base64` for Dovecot's PLAIN response, `rpassword` to read a password without echo, `tracing` for the
 //! limit warning, `thiserror` for typed errors, `zeroize` so passwords do
 //! not linger in memory.
 
 pub mod backend;
+pub mod cache;
 pub mod dovecot;
 pub mod edit;
 pub mod gate;
@@ -46,6 +50,7 @@ pub mod store;
 pub mod throttle;
 
 pub use backend::{local_policy_user, Authenticator};
+pub use cache::{CacheKeyError, Verified, VerifiedCache};
 pub use dovecot::DovecotAuth;
 pub use gate::{LoginGate, LoginOutcome};
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};

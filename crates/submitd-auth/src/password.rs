@@ -242,6 +242,12 @@ fn select<'a>(users: &'a Users, login: &str, password: &str) -> Target<'a> {
     }
 }
 
+/// The hash a login with `password` is checked against, if the user
+/// exists and has one (the app password its id names, else the main one).
+pub(crate) fn stored_hash<'a>(users: &'a Users, login: &str, password: &str) -> Option<&'a str> {
+    select(users, login, password).hash
+}
+
 /// Checks passwords off the async threads, on threads of its own, a
 /// bounded number at once.
 pub struct PasswordChecker {

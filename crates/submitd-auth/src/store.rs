@@ -323,6 +323,9 @@ pub struct CredentialStore {
     /// Counts reloads that changed the users (the login gate forgets its
     /// throttle when it moves).
     generation: AtomicU64,
+    /// Counts every reload asked for, whatever came of it (the
+    /// verified-credential cache is flushed when it moves).
+    reloads: AtomicU64,
     /// The share of users, in percent, a reload may drop.
     max_drop: AtomicU8,
 }
@@ -356,6 +359,7 @@ impl CredentialStore {
                 path,
                 current: RwLock::new(Arc::new(users)),
                 generation: AtomicU64::new(0),
+                reloads: AtomicU64::new(0),
                 max_drop: AtomicU8::new(DEFAULT_RELOAD_MAX_DROP),
             },
             errors,
@@ -373,10 +377,16 @@ impl CredentialStore {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// How many reloads were asked for so far, whatever came of them.
+    pub fn reloads(&self) -> u64 {
+        self.reloads.load(Ordering::Acquire)
+    }
+
     /// Reads the file again (on SIGHUP). If it cannot be read, has any
     /// error, or would drop all users or more than the guard allows, the
     /// users in force stay and the error says why.
     pub fn reload(&self) -> Result<Reloaded, StoreError> {
+        self.reloads.fetch_add(1, Ordering::AcqRel);
         let (users, errors) = Self::read(&self.path)?;
         if !errors.is_empty() {
             return Err(StoreError::Invalid {

@@ -75,6 +75,10 @@ pub(crate) struct Auth {
     pub(crate) dovecot_timeout: Option<String>,
     #[serde(default)]
     pub(crate) reload_max_drop: Option<String>,
+    #[serde(default)]
+    pub(crate) cache_ttl: Option<String>,
+    #[serde(default)]
+    pub(crate) dovecot_cache: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

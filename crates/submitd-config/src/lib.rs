@@ -255,6 +255,42 @@ maildir = "Maildir"
     }
 
     #[test]
+    fn the_verified_cache_is_on_for_the_file_and_asked_for_with_dovecot() {
+        let with = |extra: &str| {
+            load(&MINIMAL.replace(
+                "users = \"users\"\n",
+                &format!("users = \"users\"\n{extra}"),
+            ))
+        };
+        let hour = Some(Duration::from_secs(3600));
+        assert_eq!(with("").unwrap().auth.verified_cache, hour);
+        assert_eq!(
+            with("cache_ttl = \"10m\"\n").unwrap().auth.verified_cache,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(
+            with("cache_ttl = \"0s\"\n").unwrap().auth.verified_cache,
+            None
+        );
+        let dovecot = "backend = \"dovecot\"\ndovecot_socket = \"/x\"\n";
+        assert_eq!(with(dovecot).unwrap().auth.verified_cache, None);
+        assert_eq!(
+            with(&format!("{dovecot}dovecot_cache = true\n"))
+                .unwrap()
+                .auth
+                .verified_cache,
+            hour
+        );
+        let e = with("dovecot_cache = true\n").unwrap_err();
+        assert!(
+            e.contains("key `auth.dovecot_cache`: is only for backend"),
+            "{e}"
+        );
+        let e = with("cache_ttl = \"soon\"\n").unwrap_err();
+        assert!(e.contains("key `auth.cache_ttl`"), "{e}");
+    }
+
+    #[test]
     fn additional_certificates_follow_the_default() {
         let s = load(&MINIMAL.replace(
             "key = \"key.pem\"\n",

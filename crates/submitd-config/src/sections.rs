@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig};
+use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig, VerifiedCache};
 use submitd_listener::{CertificatePaths, ConnectionLimits};
 use submitd_relay::{RelayConfig, RetryPolicy};
 use submitd_smtp::Transport;
@@ -185,8 +185,26 @@ impl<'a> Context<'a> {
             None => submitd_auth::DEFAULT_RELOAD_MAX_DROP,
             Some(text) => self.percent("auth.reload_max_drop", text, 100)?,
         };
+        let ttl = self.duration(
+            "auth.cache_ttl",
+            &auth.cache_ttl,
+            VerifiedCache::DEFAULT_TTL,
+        )?;
+        let verified_cache = match (&backend, auth.dovecot_cache) {
+            (PasswordBackend::File, Some(_)) => {
+                return Err(self.err(
+                    "auth.dovecot_cache",
+                    "is only for backend = \"dovecot\" (the file backend's cache is `cache_ttl`); remove the key",
+                ))
+            }
+            // Dovecot's passwords change where submitd cannot see: its
+            // cache is asked for, never assumed.
+            (PasswordBackend::Dovecot { .. }, None | Some(false)) => None,
+            _ => Some(ttl).filter(|ttl| !ttl.is_zero()),
+        };
         Ok(AuthSettings {
             reload_max_drop,
+            verified_cache,
             users: self.abs(&auth.users),
             backend,
             max_concurrent_checks: auth

@@ -88,6 +88,10 @@ pub struct AuthSettings {
     /// `reload_max_drop`: the share of users, in percent, a reload may
     /// drop ("100%" turns the guard off).
     pub reload_max_drop: u8,
+    /// How long a verified login skips the full check (`cache_ttl`);
+    /// `None` when the cache is off ("0s", or Dovecot without
+    /// `dovecot_cache = true`).
+    pub verified_cache: Option<Duration>,
 }
 
 /// `[queue]`.

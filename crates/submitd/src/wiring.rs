@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use submitd_auth::{
     Authenticator, CredentialStore, DovecotAuth, LoginGate, PasswordChecker, SenderPolicy,
-    SendingLimits,
+    SendingLimits, VerifiedCache,
 };
 use submitd_config::{PasswordBackend, RouteSettings, Settings, UpstreamSettings};
 use submitd_listener::Services;
@@ -111,11 +111,16 @@ pub(crate) fn services(
     relay: Relay,
 ) -> Result<Services, String> {
     let authenticator = Arc::new(authenticator(settings)?);
-    let gate = LoginGate::new(
+    let mut gate = LoginGate::new(
         Arc::clone(&credentials),
         Arc::clone(&authenticator),
         settings.auth.throttle.clone(),
     );
+    if let Some(ttl) = settings.auth.verified_cache {
+        let cache =
+            VerifiedCache::new(ttl, VerifiedCache::DEFAULT_CAPACITY).map_err(|e| e.to_string())?;
+        gate = gate.with_cache(cache);
+    }
     let policy = SenderPolicy::new(credentials, authenticator, SendingLimits::defaults());
     let intake = Intake::new(relay, &settings.hostname, settings.privacy)
         .with_min_free(settings.queue.min_free);

@@ -555,6 +555,46 @@ async fn an_emptied_users_file_is_refused_on_reload() {
     std::fs::write(&users, before).unwrap();
 }
 
+/// A login verified lately skips argon2, but never outlives its password:
+/// a wrong password after a success is still refused, and after a
+/// password change and SIGHUP the old password fails at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_login_never_outlives_its_password() {
+    let w = world();
+    let client = IpAddr::V4(Ipv4Addr::new(127, 0, 7, 1));
+    let cached = |w: &World| {
+        let log = w.daemon.log.lock().unwrap();
+        log.iter().filter(|l| l.contains("cached=true")).count()
+    };
+    for _ in 0..3 {
+        let reply = try_login(&w, client, "alice", PASSWORD).await;
+        assert!(reply.starts_with("235 "), "{reply}");
+    }
+    assert!(w.daemon.wait_log("cached=true", Duration::from_secs(5)));
+    assert_eq!(cached(&w), 2, "the second and third login skip argon2");
+    let reply = try_login(&w, client, "alice", "not it").await;
+    assert!(
+        reply.starts_with("535 5.7.8"),
+        "a failure is never cached: {reply}"
+    );
+
+    let users = w._dir.path().join("users");
+    let before = std::fs::read_to_string(&users).unwrap();
+    let new = submitd_auth::hash_password(b"new horse").unwrap();
+    let mut text: Vec<String> = before.lines().map(str::to_owned).collect();
+    text[0] = format!("alice {new} send-as=alice@example.org");
+    std::fs::write(&users, text.join("\n") + "\n").unwrap();
+    common::signal(w.daemon.child.id(), "HUP");
+    assert!(w
+        .daemon
+        .wait_log("credential file reloaded", Duration::from_secs(10)));
+    let reply = try_login(&w, client, "alice", PASSWORD).await;
+    assert!(reply.starts_with("535 "), "the old password: {reply}");
+    let reply = try_login(&w, client, "alice", "new horse").await;
+    assert!(reply.starts_with("235 "), "the new one: {reply}");
+    assert_eq!(cached(&w), 2, "nothing from before the change was a hit");
+}
+
 /// Deterministic junk (xorshift), so a failure can be replayed.
 fn junk(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed | 1;
