@@ -248,8 +248,22 @@ pub fn server_tls_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::clone(&certificates) as Arc<dyn ResolvesServerCert>);
     config.ignore_client_order = true;
+    // Resumption: a phone or laptop that connects for every message skips
+    // the certificate and signature on its next handshake. TLS 1.3 tickets
+    // (and TLS 1.2 tickets) are sealed with keys that live only in memory
+    // and rotate every 6 hours (rustls's `Ticketer`); TLS 1.2 clients
+    // without tickets resume from a bounded session-id cache. TLS 1.3
+    // resumption here always runs a fresh key exchange (psk_dhe_ke), so it
+    // keeps forward secrecy; 0-RTT early data stays off (replayable).
+    config.ticketer =
+        rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| TlsError::Config(e.to_string()))?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
+    config.max_early_data_size = 0;
     Ok((Arc::new(config), certificates))
 }
+
+/// TLS 1.2 sessions remembered by id (about 200 octets each).
+const SESSION_CACHE: usize = 4096;
 
 /// The one-pair case: a certificate and its key.
 pub fn single_certificate(cert: &Path, key: &Path) -> Vec<CertificatePaths> {

@@ -233,6 +233,62 @@ fn s_client(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// One `openssl s_client` handshake held open for a second (TLS 1.3
+/// tickets come after the handshake), saving or resuming a session.
+fn s_client_session(port: u16, ca: &Path, session: (&str, &Path), args: &[&str]) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_return_error",
+            "-CAfile",
+        ])
+        .arg(ca)
+        .arg(session.0)
+        .arg(session.1)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    drop(child.stdin.take());
+    let output = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// A second handshake resumes the first one's session: TLS 1.3 tickets,
+/// TLS 1.2 tickets, TLS 1.2 session ids, on both listeners.
+fn resumption_checks(ca: &Path, implicit: u16, starttls: u16) {
+    let dir = tempfile::tempdir().unwrap();
+    let session = dir.path().join("session.pem");
+    let cases: [(u16, &[&str], &str); 4] = [
+        (implicit, &["-tls1_3"], "TLSv1.3"),
+        (implicit, &["-tls1_2"], "TLSv1.2"),
+        (implicit, &["-tls1_2", "-no_ticket"], "TLSv1.2"),
+        (starttls, &["-starttls", "smtp"], "TLSv1.3"),
+    ];
+    for (port, args, version) in cases {
+        let _ = std::fs::remove_file(&session);
+        let first = s_client_session(port, ca, ("-sess_out", &session), args);
+        assert!(
+            first.contains(&format!("New, {version}")),
+            "{args:?}: {first}"
+        );
+        let second = s_client_session(port, ca, ("-sess_in", &session), args);
+        assert!(
+            second.contains(&format!("Reused, {version}")),
+            "{args:?} did not resume: {second}"
+        );
+    }
+}
+
 fn tls_checks(ca: &Path, implicit: u16, starttls: u16) {
     // Old versions: the client is let down to security level 0 so that it
     // really offers them, and the server must refuse.
@@ -329,6 +385,7 @@ ca_file = "ca.pem"
     let (implicit, starttls) = (daemon.implicit.unwrap(), daemon.starttls.unwrap());
 
     tls_checks(&ca_file, implicit, starttls);
+    resumption_checks(&ca_file, implicit, starttls);
 
     type Client = fn(&Path, &Path, u16, bool) -> String;
     let clients: [Client; 5] = [swaks, msmtp, curl, smtplib, lettre];
