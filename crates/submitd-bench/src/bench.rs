@@ -1,12 +1,19 @@
 //! The whole-path benchmark, in one run so its figures are ratios of one
-//! machine's state: fake smarthosts (in this process, over TLS) are the
-//! sinks, one keeping messages in memory, one writing and fsyncing each
-//! before its 250 as a real MTA does; the real `submitd` binary relays to
-//! the durable one; the load goes straight to each sink (the physical
-//! limits here) and through submitd (TLS, AUTH, policy, prepare, fsynced
-//! spool, relay, TLS again), at each concurrency. Then half load, fresh connections, handshakes and
-//! argon2 alone, and the memory of idle sessions. Writes `results.md` and
-//! `throughput.svg`.
+//! machine's state: fake smarthosts (in this process, over TLS, on a
+//! runtime of their own whose threads are named `sink`) are the sinks, one
+//! keeping messages in memory, one writing and fsyncing each before its
+//! 250 as a real MTA does; the real `submitd` binary relays to one of them
+//! (`--relay-to`, the memory sink by default, as issue 13 measures); the
+//! load goes straight to each sink (the physical limits here) and through
+//! submitd (TLS, AUTH, policy, prepare, fsynced spool, relay, TLS again),
+//! at each concurrency. For each whole-path run: the messages delivered by
+//! the time the clients finished against those accepted (is the relay
+//! keeping up?), and the CPU per message of submitd, of the sink and of
+//! the load clients (from /proc: submitd's process, this process's
+//! threads by name). Then half load, fresh connections (TLS and AUTH per
+//! message: cold, with the verified-login cache warm, and with TLS
+//! resumption too), handshakes and argon2 alone, and the memory of idle
+//! sessions. Writes `results.md` and `throughput.svg`.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -41,6 +48,85 @@ pub(crate) struct Plan {
     pub(crate) out: PathBuf,
     /// submitd's `[relay] connections`.
     pub(crate) relay_connections: usize,
+    /// The sink submitd relays to.
+    pub(crate) relay_to: SinkKind,
+    /// Logins of the fresh-connection runs.
+    pub(crate) fresh_logins: usize,
+}
+
+/// Which fake smarthost submitd relays to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SinkKind {
+    /// Keeps messages in memory: the limit is TLS and SMTP alone.
+    Memory,
+    /// Writes and fsyncs each message before its 250.
+    Durable,
+}
+
+/// CPU time of one run, per message.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CpuPerMessage {
+    /// The submitd process.
+    pub(crate) submitd: Duration,
+    /// The sinks' threads.
+    pub(crate) sink: Duration,
+    /// The load clients' threads (everything else in this process).
+    pub(crate) load: Duration,
+}
+
+/// CPU times so far: submitd's process, this process's sink threads and
+/// its other threads.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuSample {
+    submitd: Duration,
+    sink: Duration,
+    load: Duration,
+}
+
+/// utime + stime from a /proc `stat` line (fields 14 and 15, after the
+/// command name in parentheses), in USER_HZ ticks (100 a second on Linux).
+fn stat_cpu(stat: &str) -> Option<(String, Duration)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    let fields: Vec<&str> = stat.get(close + 2..)?.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some((comm, Duration::from_millis(ticks * 10)))
+}
+
+fn cpu_sample(submitd: u32) -> CpuSample {
+    let mut sample = CpuSample::default();
+    if let Some((_, t)) = std::fs::read_to_string(format!("/proc/{submitd}/stat"))
+        .ok()
+        .as_deref()
+        .and_then(stat_cpu)
+    {
+        sample.submitd = t;
+    }
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            if let Some((comm, t)) = stat_cpu(&stat) {
+                if comm.starts_with("sink") {
+                    sample.sink += t;
+                } else {
+                    sample.load += t;
+                }
+            }
+        }
+    }
+    sample
+}
+
+impl CpuSample {
+    fn per_message(self, before: Self, messages: usize) -> CpuPerMessage {
+        let n = u32::try_from(messages.max(1)).unwrap_or(u32::MAX);
+        CpuPerMessage {
+            submitd: self.submitd.saturating_sub(before.submitd) / n,
+            sink: self.sink.saturating_sub(before.sink) / n,
+            load: self.load.saturating_sub(before.load) / n,
+        }
+    }
 }
 
 /// One point of the sweep.
@@ -54,6 +140,13 @@ pub(crate) struct Point {
     pub(crate) direct: Report,
     /// Through submitd; `elapsed` runs to the last arrival at the sink.
     pub(crate) whole: Report,
+    /// Of the whole path: messages at the sink when the clients finished,
+    /// as a share of those accepted.
+    pub(crate) delivered_share: f64,
+    /// CPU per message of the whole path, by process.
+    pub(crate) cpu: CpuPerMessage,
+    /// CPU per message of the direct run to the same sink.
+    pub(crate) direct_cpu: CpuPerMessage,
 }
 
 /// A running submitd, killed when dropped.
@@ -115,27 +208,80 @@ fn start_submitd(binary: &Path, config: &Path) -> Result<Daemon, String> {
     Err("submitd did not get ready within 30 s".into())
 }
 
+/// The sinks' runtime, shut down without waiting when dropped (a runtime
+/// may not be dropped from inside another one otherwise).
+struct SinkRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for SinkRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 struct World {
     _dir: tempfile::TempDir,
-    /// Durable: submitd relays here.
-    sink: FakeSmarthost,
+    durable_sink: FakeSmarthost,
     memory_sink: FakeSmarthost,
+    relay_to: SinkKind,
     daemon: Daemon,
     direct: Target,
     direct_memory: Target,
     through: Target,
+    _sinks: SinkRuntime,
+}
+
+impl World {
+    /// The sink submitd relays to.
+    fn sink(&self) -> &FakeSmarthost {
+        match self.relay_to {
+            SinkKind::Memory => &self.memory_sink,
+            SinkKind::Durable => &self.durable_sink,
+        }
+    }
+
+    /// The direct path to the sink submitd relays to.
+    fn direct_to_sink(&self) -> &Target {
+        match self.relay_to {
+            SinkKind::Memory => &self.direct_memory,
+            SinkKind::Durable => &self.direct,
+        }
+    }
 }
 
 async fn world(plan: &Plan) -> Result<World, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
-    let ca = TestCa::new();
-    let memory_sink =
-        FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await;
+    let ca = Arc::new(TestCa::new());
+    let sinks = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sink")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("sink runtime: {e}"))?;
     let sink_dir = d.join("sink");
     std::fs::create_dir_all(&sink_dir).map_err(|e| e.to_string())?;
-    let sink =
-        FakeSmarthost::start_durable(&ca, &["localhost"], Transport::ImplicitTls, sink_dir).await;
+    let (memory_sink, sink) = {
+        let ca = Arc::clone(&ca);
+        sinks
+            .spawn(async move {
+                let memory =
+                    FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None)
+                        .await;
+                let durable = FakeSmarthost::start_durable(
+                    &ca,
+                    &["localhost"],
+                    Transport::ImplicitTls,
+                    sink_dir,
+                )
+                .await;
+                (memory, durable)
+            })
+            .await
+            .map_err(|e| format!("sinks: {e}"))?
+    };
+    let sinks = SinkRuntime(Some(sinks));
     let write = |name: &str, text: &str| {
         std::fs::write(d.join(name), text).map_err(|e| format!("{name}: {e}"))
     };
@@ -144,12 +290,13 @@ async fn world(plan: &Plan) -> Result<World, String> {
     write("cert.pem", &cert)?;
     write("key.pem", &key)?;
     let hash = submitd_auth::hash_password(b"load password").map_err(|e| e.to_string())?;
-    write(
-        "users",
-        &format!(
-            "load {hash} send-as=load@example.org max-messages=100000000/h,100000000/d max-recipients=100000000/h,100000000/d\n"
-        ),
-    )?;
+    let limits = "send-as=load@example.org max-messages=100000000/h,100000000/d max-recipients=100000000/h,100000000/d";
+    let mut users = format!("load {hash} {limits}\n");
+    // The fresh-connection runs' devices: load0, load1, …
+    for i in 0..plan.fresh_logins {
+        users.push_str(&format!("load{i} {hash} {limits}\n"));
+    }
+    write("users", &users)?;
     write("upstream.pass", "secret\n")?;
     std::fs::set_permissions(
         d.join("upstream.pass"),
@@ -185,7 +332,10 @@ connections = {many}
 connections_per_client = {many}
 unauthenticated_connections = {many}
 "#,
-            port = sink.addr.port(),
+            port = match plan.relay_to {
+                SinkKind::Memory => memory_sink.addr.port(),
+                SinkKind::Durable => sink.addr.port(),
+            },
             relay = plan.relay_connections
         ),
     )?;
@@ -218,35 +368,54 @@ unauthenticated_connections = {many}
     };
     Ok(World {
         _dir: dir,
-        sink,
+        durable_sink: sink,
         memory_sink,
+        relay_to: plan.relay_to,
         daemon,
         direct,
         direct_memory,
         through,
+        _sinks: sinks,
     })
+}
+
+/// A whole-path run: the report (`elapsed` to the last arrival at the
+/// sink), the share delivered by the time the clients finished, and the
+/// CPU per message.
+struct Through {
+    report: Report,
+    delivered_share: f64,
+    cpu: CpuPerMessage,
 }
 
 /// Runs load through submitd and waits for every accepted message to
 /// arrive at the sink; `elapsed` becomes the time to the last arrival.
-async fn through(w: &World, spec: Spec, limit: Duration) -> Result<Report, String> {
-    w.sink.clear_messages();
+async fn through(w: &World, spec: Spec, limit: Duration) -> Result<Through, String> {
+    let sink = w.sink();
+    sink.clear_messages();
+    let cpu_before = cpu_sample(w.daemon.child.id());
     let start = Instant::now();
     let mut report = load::run(&w.through, spec).await?;
+    let delivered_by_end = sink.message_count();
     let deadline = Instant::now() + limit;
-    while w.sink.message_count() < report.sent {
+    while sink.message_count() < report.sent {
         if Instant::now() > deadline {
             return Err(format!(
                 "only {} of {} accepted messages reached the sink in time",
-                w.sink.message_count(),
+                sink.message_count(),
                 report.sent
             ));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     report.elapsed = start.elapsed();
-    w.sink.clear_messages();
-    Ok(report)
+    let cpu = cpu_sample(w.daemon.child.id()).per_message(cpu_before, report.sent);
+    sink.clear_messages();
+    Ok(Through {
+        delivered_share: delivered_by_end as f64 / report.sent.max(1) as f64,
+        report,
+        cpu,
+    })
 }
 
 fn ms(d: Duration) -> String {
@@ -258,7 +427,13 @@ fn ms(d: Duration) -> String {
 struct Extras {
     half_rate: f64,
     half: Report,
-    fresh: Report,
+    /// Fresh connections: every login new to the cache, no resumption.
+    fresh_cold: Report,
+    /// The same logins again: the cache warm, still no resumption.
+    fresh_warm: Report,
+    /// Warm cache and TLS resumption: a returning device.
+    fresh_resumed: Report,
+    fresh_cpu: [CpuPerMessage; 3],
     handshakes: f64,
     argon2: f64,
     idle_line: String,
@@ -302,6 +477,8 @@ fn spec(plan: &Plan, concurrency: usize) -> Spec {
         fresh: false,
         rate: None,
         time_limit: plan.time_limit,
+        resume: true,
+        user_pool: 0,
     }
 }
 
@@ -312,7 +489,8 @@ async fn warm(w: &World, plan: &Plan) -> Result<(), String> {
         messages: 50,
         ..spec(plan, 2)
     };
-    load::run(&w.direct, few).await?;
+    load::run(w.direct_to_sink(), few).await?;
+    w.sink().clear_messages();
     through(w, few, plan.time_limit).await?;
     Ok(())
 }
@@ -321,19 +499,37 @@ async fn warm(w: &World, plan: &Plan) -> Result<(), String> {
 async fn sweep(w: &World, plan: &Plan) -> Result<Vec<Point>, String> {
     let spec = |c| spec(plan, c);
     let mut points = Vec::new();
+    let pid = w.daemon.child.id();
     for &c in &plan.concurrency {
+        let before = cpu_sample(pid);
         let direct_memory = load::run(&w.direct_memory, spec(c)).await?;
+        let memory_cpu = cpu_sample(pid).per_message(before, direct_memory.sent);
         w.memory_sink.clear_messages();
+        let before = cpu_sample(pid);
         let direct = load::run(&w.direct, spec(c)).await?;
-        w.sink.clear_messages();
-        let whole = through(w, spec(c), plan.time_limit * 2).await?;
+        let durable_cpu = cpu_sample(pid).per_message(before, direct.sent);
+        w.durable_sink.clear_messages();
+        let Through {
+            report: whole,
+            delivered_share,
+            cpu,
+        } = through(w, spec(c), plan.time_limit * 2).await?;
+        let direct_cpu = match w.relay_to {
+            SinkKind::Memory => memory_cpu,
+            SinkKind::Durable => durable_cpu,
+        };
         eprintln!(
-            "c={c}: direct to memory {:.0}/s; direct to durable {:.0}/s p99 {} ms; whole path {:.0}/s p99 {} ms",
+            "c={c}: direct to memory {:.0}/s; direct to durable {:.0}/s p99 {} ms; whole path {:.0}/s (accepted {:.0}/s, {:.2} delivered by the end) p99 {} ms; CPU/msg submitd {} us, sink {} us, clients {} us",
             direct_memory.rate(),
             direct.rate(),
             ms(direct.percentile(0.99)),
             whole.rate(),
-            ms(whole.percentile(0.99))
+            whole.submit_rate(),
+            delivered_share,
+            ms(whole.percentile(0.99)),
+            cpu.submitd.as_micros(),
+            cpu.sink.as_micros(),
+            cpu.load.as_micros(),
         );
         for r in [&direct_memory, &direct, &whole] {
             if let Some(e) = &r.first_error {
@@ -345,6 +541,9 @@ async fn sweep(w: &World, plan: &Plan) -> Result<Vec<Point>, String> {
             direct_memory,
             direct,
             whole,
+            delivered_share,
+            cpu,
+            direct_cpu,
         });
     }
     Ok(points)
@@ -377,19 +576,24 @@ async fn extras(w: &World, plan: &Plan, pid: u32, best: &Best<'_>) -> Result<Ext
         },
         plan.time_limit * 2,
     )
-    .await?;
+    .await?
+    .report;
 
-    // Fresh connections: TLS and AUTH (argon2) for every message.
-    let fresh = through(
-        w,
-        Spec {
-            fresh: true,
-            messages: 200.min(plan.messages),
-            ..spec(4)
-        },
-        plan.time_limit * 2,
-    )
-    .await?;
+    // Fresh connections: TLS and AUTH for every message, 16 at once, each
+    // login a different device. Cold: new to the cache (one argon2 run
+    // each) and no TLS resumption; warm: the same logins again; resumed:
+    // warm and resuming the TLS session.
+    let logins = plan.fresh_logins.max(1);
+    let fresh = |resume: bool| Spec {
+        fresh: true,
+        messages: logins,
+        user_pool: logins,
+        resume,
+        ..spec(16)
+    };
+    let cold = through(w, fresh(false), plan.time_limit * 2).await?;
+    let warm = through(w, fresh(false), plan.time_limit * 2).await?;
+    let resumed = through(w, fresh(true), plan.time_limit * 2).await?;
     let handshakes = load::handshakes(&w.through, 4, 400).await?;
     let argon2 = argon2_rate(200).await?;
 
@@ -417,58 +621,86 @@ async fn extras(w: &World, plan: &Plan, pid: u32, best: &Best<'_>) -> Result<Ext
     Ok(Extras {
         half_rate,
         half,
-        fresh,
+        fresh_cpu: [cold.cpu, warm.cpu, resumed.cpu],
+        fresh_cold: cold.report,
+        fresh_warm: warm.report,
+        fresh_resumed: resumed.report,
         handshakes,
         argon2,
         idle_line,
     })
 }
 
+/// The direct path to the sink submitd relays to, at this point.
+fn direct_of(plan: &Plan, p: &Point) -> f64 {
+    match plan.relay_to {
+        SinkKind::Memory => p.direct_memory.rate(),
+        SinkKind::Durable => p.direct.rate(),
+    }
+}
+
+fn us(d: Duration) -> u128 {
+    d.as_micros()
+}
+
 fn markdown(plan: &Plan, points: &[Point], best: &Best<'_>, extras: &Extras) -> String {
     let Extras {
         half_rate,
         half,
-        fresh,
+        fresh_cold,
+        fresh_warm,
+        fresh_resumed,
+        fresh_cpu,
         handshakes,
         argon2,
         idle_line,
     } = extras;
-    let (best_direct, best_memory, best) = (best.direct, best.memory, best.whole);
+    let sink = match plan.relay_to {
+        SinkKind::Memory => "the memory sink",
+        SinkKind::Durable => "the durable sink",
+    };
     let mut md = String::new();
     md.push_str(&format!(
-        "Messages of {} octets, {} per run, one recipient; loopback TLS 1.3 both ways; submitd relays over {} connections.\n\n",
+        "Messages of {} octets, {} per run, one recipient; loopback TLS 1.3 both ways; submitd relays to {sink} over {} connections. CPU per message: submitd's process, the sinks' threads and the load clients' threads (/proc, 10 ms ticks), divided by the messages of the run.\n\n",
         plan.size, plan.messages, plan.relay_connections
     ));
-    md.push_str("| concurrency | direct, memory sink msg/s | direct, durable sink msg/s | whole path msg/s | of which submitted msg/s | whole / durable direct | whole MB/s | submit p50 ms | submit p99 ms | durable direct p99 ms |\n");
-    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    md.push_str("| clients | direct to the sink msg/s | whole path msg/s | whole / direct | accepted msg/s | delivered / accepted when the clients finished | submit p50 ms | submit p99 ms | CPU µs/msg: submitd | sink | clients | sink + clients, direct | direct, other sink msg/s |\n");
+    md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for p in points {
+        let direct = direct_of(plan, p);
+        let other = match plan.relay_to {
+            SinkKind::Memory => p.direct.rate(),
+            SinkKind::Durable => p.direct_memory.rate(),
+        };
         md.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.1} | {} | {} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
             p.concurrency,
-            p.direct_memory.rate(),
-            p.direct.rate(),
+            direct,
             p.whole.rate(),
+            p.whole.rate() / direct.max(1e-9),
             p.whole.submit_rate(),
-            p.whole.rate() / p.direct.rate().max(1e-9),
-            p.whole.megabytes_per_second(),
+            p.delivered_share,
             ms(p.whole.percentile(0.5)),
             ms(p.whole.percentile(0.99)),
-            ms(p.direct.percentile(0.99)),
+            us(p.cpu.submitd),
+            us(p.cpu.sink),
+            us(p.cpu.load),
+            us(p.direct_cpu.sink + p.direct_cpu.load),
+            other,
         ));
     }
+    let best_direct = match plan.relay_to {
+        SinkKind::Memory => best.memory,
+        SinkKind::Durable => best.direct,
+    };
+    let best = best.whole;
     md.push_str("\n| figure | value | how |\n| --- | ---: | --- |\n");
     md.push_str(&format!(
-        "| whole path, best, as a fraction of the durable direct limit | {:.2} | {:.0} msg/s (c={}) / {:.0} msg/s (best direct to the durable sink) |\n",
+        "| whole path, best, / direct to the same sink, best | {:.2} | {:.0} msg/s (c={}) / {:.0} msg/s |\n",
         best.whole.rate() / best_direct.max(1e-9),
         best.whole.rate(),
         best.concurrency,
         best_direct
-    ));
-    md.push_str(&format!(
-        "| whole path, best, as a fraction of the memory-sink limit | {:.2} | {:.0} msg/s / {:.0} msg/s (best direct, no disk at the sink) |\n",
-        best.whole.rate() / best_memory.max(1e-9),
-        best.whole.rate(),
-        best_memory
     ));
     md.push_str(&format!(
         "| p99 submission latency at half load | {} ms | paced at {:.0} msg/s, c={}; p50 {} ms |\n",
@@ -477,9 +709,24 @@ fn markdown(plan: &Plan, points: &[Point], best: &Best<'_>, extras: &Extras) -> 
         best.concurrency,
         ms(half.percentile(0.5))
     ));
+    let fresh_rows = [
+        ("fresh connection + AUTH per message, cold (each login new to the cache, full TLS handshake)", fresh_cold, fresh_cpu[0]),
+        ("the same logins again, cache warm, full TLS handshake", fresh_warm, fresh_cpu[1]),
+        ("the same, cache warm and TLS resumed", fresh_resumed, fresh_cpu[2]),
+    ];
+    for (name, report, cpu) in fresh_rows {
+        md.push_str(&format!(
+            "| {name} | {:.1} /s | c=16, {} logins; submitd {} µs CPU each; p99 {} ms |\n",
+            report.rate(),
+            report.sent,
+            us(cpu.submitd),
+            ms(report.percentile(0.99)),
+        ));
+    }
     md.push_str(&format!(
-        "| fresh-connection submissions | {:.1} /s | a new TLS connection and AUTH per message, c=4 |\n",
-        fresh.rate()
+        "| warm / cold fresh-login rate | {:.1} (resumed: {:.1}) | |\n",
+        fresh_warm.rate() / fresh_cold.rate().max(1e-9),
+        fresh_resumed.rate() / fresh_cold.rate().max(1e-9),
     ));
     md.push_str(&format!(
         "| TLS handshakes alone | {handshakes:.0} /s | connect, TLS 1.3, greeting, c=4 |\n"

@@ -47,6 +47,12 @@ pub(crate) struct Spec {
     pub(crate) rate: Option<f64>,
     /// Stop starting messages after this long, whatever is left.
     pub(crate) time_limit: Duration,
+    /// TLS session resumption between fresh connections (rustls's client
+    /// cache); off: every connection a full handshake.
+    pub(crate) resume: bool,
+    /// Log in as `<user>0` … `<user>{n-1}` in turn (message i as user
+    /// i mod n) instead of `<user>`: many devices, each once per round.
+    pub(crate) user_pool: usize,
 }
 
 /// What one load run measured.
@@ -120,7 +126,14 @@ pub(crate) fn message(from: &str, to: &str, size: usize) -> Vec<u8> {
 }
 
 impl Target {
-    fn upstream(&self) -> Result<Upstream, String> {
+    fn upstream(&self, resume: bool) -> Result<Upstream, String> {
+        let mut tls_config =
+            client_tls_config(self.ca_file.as_deref()).map_err(|e| e.to_string())?;
+        if !resume {
+            let mut config = (*tls_config).clone();
+            config.resumption = rustls::client::Resumption::disabled();
+            tls_config = Arc::new(config);
+        }
         Ok(Upstream {
             host: self.host.clone(),
             port: self.port,
@@ -129,7 +142,7 @@ impl Target {
                 self.user.clone(),
                 Arc::new(self.password.as_bytes().to_vec()),
             )),
-            tls_config: client_tls_config(self.ca_file.as_deref()).map_err(|e| e.to_string())?,
+            tls_config,
             connect_timeout: Duration::from_secs(30),
         })
     }
@@ -150,7 +163,19 @@ struct Shared {
 /// Runs `spec` against `target`; bounded by the message count and the
 /// time limit.
 pub(crate) async fn run(target: &Target, spec: Spec) -> Result<Report, String> {
-    let upstream = Arc::new(target.upstream()?);
+    let upstream = Arc::new(target.upstream(spec.resume)?);
+    // One upstream per login of the pool (they share the TLS session cache).
+    let pool: Arc<Vec<Upstream>> = Arc::new(
+        (0..spec.user_pool)
+            .map(|i| Upstream {
+                credentials: upstream
+                    .credentials
+                    .as_ref()
+                    .map(|(user, password)| (format!("{user}{i}"), Arc::clone(password))),
+                ..(*upstream).clone()
+            })
+            .collect(),
+    );
     let envelope = Arc::new(target.envelope()?);
     let data = Arc::new(message(&target.from, &target.to, spec.size));
     let next = Arc::new(AtomicUsize::new(0));
@@ -159,8 +184,9 @@ pub(crate) async fn run(target: &Target, spec: Spec) -> Result<Report, String> {
     let deadline = start + spec.time_limit;
     let mut workers = Vec::new();
     for worker in 0..spec.concurrency.max(1) {
-        let (upstream, envelope, data, next, shared) = (
+        let (upstream, pool, envelope, data, next, shared) = (
             Arc::clone(&upstream),
+            Arc::clone(&pool),
             Arc::clone(&envelope),
             Arc::clone(&data),
             Arc::clone(&next),
@@ -179,8 +205,11 @@ pub(crate) async fn run(target: &Target, spec: Spec) -> Result<Report, String> {
                     tokio::time::sleep_until(at.into()).await;
                 }
                 let began = Instant::now();
-                let result =
-                    send_one(&upstream, &envelope, &data, &mut connection, spec.fresh).await;
+                let login = match pool.len() {
+                    0 => &*upstream,
+                    n => &pool[i % n],
+                };
+                let result = send_one(login, &envelope, &data, &mut connection, spec.fresh).await;
                 let latency = began.elapsed();
                 let mut s = shared.lock().unwrap_or_else(|p| p.into_inner());
                 match result {

@@ -103,6 +103,12 @@ enum Command {
         /// Stop after this long whatever is left ("60s").
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         time_limit: Duration,
+        /// No TLS session resumption: every fresh connection a full handshake.
+        #[arg(long)]
+        no_resume: bool,
+        /// Log in as USER0 … USER{N-1} in turn (many devices).
+        #[arg(long, default_value_t = 0)]
+        user_pool: usize,
     },
     /// Hold idle TLS sessions open.
     Idle {
@@ -147,6 +153,13 @@ enum Command {
         /// submitd's `[relay] connections` (deliveries at once).
         #[arg(long, default_value_t = 4)]
         relay_connections: usize,
+        /// The sink submitd relays to (and the direct path it is compared
+        /// with): kept in memory, or written and fsynced like a real MTA.
+        #[arg(long, value_enum, default_value = "memory")]
+        relay_to: bench::SinkKind,
+        /// Logins for the fresh-connection runs (each once cold, then again warm).
+        #[arg(long, default_value_t = 200)]
+        fresh_logins: usize,
     },
 }
 
@@ -223,6 +236,8 @@ async fn run(command: Command) -> Result<(), String> {
             fresh,
             rate,
             time_limit,
+            no_resume,
+            user_pool,
         } => {
             let report = load::run(
                 &target.target()?,
@@ -233,6 +248,8 @@ async fn run(command: Command) -> Result<(), String> {
                     fresh,
                     rate,
                     time_limit,
+                    resume: !no_resume,
+                    user_pool,
                 },
             )
             .await?;
@@ -275,6 +292,8 @@ async fn run(command: Command) -> Result<(), String> {
             time_limit,
             out,
             relay_connections,
+            relay_to,
+            fresh_logins,
         } => {
             let submitd = match submitd {
                 Some(path) => path,
@@ -291,6 +310,8 @@ async fn run(command: Command) -> Result<(), String> {
                 time_limit,
                 out: out.clone(),
                 relay_connections,
+                relay_to,
+                fresh_logins,
             })
             .await?;
             println!("{md}");

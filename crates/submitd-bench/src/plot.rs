@@ -214,6 +214,9 @@ mod tests {
                 direct_memory: report(200 * c, 1),
                 direct: report(100 * c, 2),
                 whole: report(50 * c, 5),
+                delivered_share: 1.0,
+                cpu: Default::default(),
+                direct_cpu: Default::default(),
             })
             .collect();
         let svg = svg(&points);

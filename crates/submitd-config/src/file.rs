@@ -96,6 +96,8 @@ pub(crate) struct Queue {
     pub(crate) lifetime: Option<String>,
     #[serde(default)]
     pub(crate) min_free: Option<String>,
+    #[serde(default)]
+    pub(crate) in_flow_delay: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

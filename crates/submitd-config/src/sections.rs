@@ -223,8 +223,20 @@ impl<'a> Context<'a> {
             None => submitd_relay::DEFAULT_MIN_FREE,
             Some(text) => self.percent("queue.min_free", text, 50)?,
         };
+        let in_flow_delay = self.duration(
+            "queue.in_flow_delay",
+            &queue.in_flow_delay,
+            RelayConfig::DEFAULT_IN_FLOW_DELAY,
+        )?;
+        if in_flow_delay > Duration::from_secs(10) {
+            return Err(self.err(
+                "queue.in_flow_delay",
+                "must be at most \"10s\" (clients wait this long for their 250); \"1s\" is the default, \"0s\" turns it off",
+            ));
+        }
         Ok(QueueSettings {
             min_free,
+            in_flow_delay,
             directory: self.abs(&queue.directory),
             retry: RetryPolicy {
                 lifetime: self.duration("queue.lifetime", &queue.lifetime, retry.lifetime)?,

@@ -104,6 +104,9 @@ pub struct QueueSettings {
     /// `min_free`: the share of the queue's disk, in percent, kept free
     /// (new messages get 452 4.3.1 below it).
     pub min_free: u8,
+    /// `in_flow_delay`: the longest a 250 waits while the relay is behind
+    /// (zero: never).
+    pub in_flow_delay: Duration,
 }
 
 /// One upstream (`[[relay.upstream]]`, `[[relay.sender_upstream]]`).

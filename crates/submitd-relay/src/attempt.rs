@@ -83,9 +83,9 @@ impl Relay {
         let content = self.spool.open_content(id)?;
         let stored = content.envelope().clone();
         let size = usize::try_from(content.size()).unwrap_or(usize::MAX);
-        let mut state = self.spool.state(id, stored.recipients.len())?;
+        let (mut state, has_state) = self.spool.load_state(id, stored.recipients.len())?;
         if state.is_finished() {
-            self.spool.remove(id)?;
+            self.spool.remove_later(id.clone(), has_state);
             figures.removed += 1;
             return Ok(None);
         }
@@ -142,7 +142,7 @@ impl Relay {
             self.queue_bounce(id, &stored, &data, &state, &failed_now, figures)
                 .await?;
         }
-        self.finish(id, &stored, &state, size, figures)
+        self.finish(id, &stored, &state, (size, has_state), figures)
     }
 
     /// Sends the message to its route: the Maildir, or the upstreams.
@@ -289,7 +289,7 @@ impl Relay {
         id: &QueueId,
         stored: &StoredEnvelope,
         state: &DeliveryState,
-        size: usize,
+        (size, has_state): (usize, bool),
         figures: &mut PassFigures,
     ) -> Result<Option<u64>, SpoolError> {
         let count =
@@ -301,7 +301,7 @@ impl Relay {
         let from = stored.mail_from.address();
         let recipients = state.recipients.len();
         if state.is_finished() {
-            self.spool.remove(id)?;
+            self.spool.remove_later(id.clone(), has_state);
             figures.removed += 1;
             let outcome = if failed == 0 {
                 "delivered"

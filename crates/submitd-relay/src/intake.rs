@@ -9,11 +9,11 @@
 //! Intake::begin(message, origin) ─▶ Draft (queue id, arrival time, envelope)
 //!   Draft::write(piece) …   header held (bounded by HeaderLimits) until its blank line,
 //!                           then inspected (Received, Message-ID, Date; From:/Sender:),
-//!                           then everything streamed to spool tmp/ in WRITE_AT writes
+//!                           then everything streamed to spool msg/ in WRITE_AT writes
 //!   Draft::finish ─▶ PreparedMessage
 //!                    caller checks PreparedMessage::senders() against the user's policy
-//!   PreparedMessage::commit ─▶ spool (size + checksum, fsync file, rename, fsync folder)
-//!                           ─▶ relay enqueue ─▶ Accepted (250)
+//!   PreparedMessage::commit ─▶ spool (header with size + checksum, fsync file, fsync folder)
+//!                           ─▶ relay enqueue ─▶ paced while the relay is behind ─▶ Accepted (250)
 //! ```
 //!
 //! Memory per message is the header (at most [`HeaderLimits::size`]) or one
@@ -371,6 +371,10 @@ impl PreparedMessage {
             Ok(id) => {
                 intake.relay.enqueue(id.clone());
                 tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients, size, outcome = "queued", "message accepted");
+                // Durable and due: the 250 waits (a second at most) while
+                // the relay is behind, so the queue does not grow faster
+                // than it drains.
+                intake.relay.pace_intake().await;
                 Ok(Accepted {
                     id,
                     recipients,

@@ -33,16 +33,30 @@ pub struct QueueFigures {
     pub octets: u64,
 }
 
-/// Every queued message, oldest first.
+/// Every queued message, oldest first: from each file's header, its
+/// length and its state file, without reading any content (the checksum
+/// is checked by `show` and when the message is sent).
 pub fn list(spool: &Spool) -> Result<Vec<QueueEntry>, SpoolError> {
     let mut entries = Vec::new();
     for id in spool.list()? {
-        match show(spool, &id) {
-            Ok(entry) => entries.push(entry),
-            // Delivered and removed by a running server meanwhile.
-            Err(SpoolError::NotFound(_)) => {}
+        let peeked = match spool.peek(&id) {
+            Ok(peeked) => peeked,
+            // Delivered and removed by a running server meanwhile, or
+            // still being received by it: not (or not yet) in the queue.
+            Err(SpoolError::NotFound(_) | SpoolError::Receiving { .. }) => continue,
             Err(e) => return Err(e),
-        }
+        };
+        let state = match spool.state(&id, peeked.envelope.recipients.len()) {
+            Ok(state) => state,
+            Err(SpoolError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        };
+        entries.push(QueueEntry {
+            id,
+            size: usize::try_from(peeked.size).unwrap_or(usize::MAX),
+            envelope: peeked.envelope,
+            state,
+        });
     }
     Ok(entries)
 }
@@ -94,13 +108,16 @@ pub fn flush(spool: &Spool, id: Option<&QueueId>) -> Result<usize, SpoolError> {
     for id in &ids {
         let recipients = match spool.load_envelope(id) {
             Ok(envelope) => envelope.recipients.len(),
-            Err(SpoolError::NotFound(_)) if all => continue,
+            Err(SpoolError::NotFound(_) | SpoolError::Receiving { .. }) if all => continue,
             Err(e) => return Err(e),
         };
         let mut state = spool.state(id, recipients)?;
         state.next_try = 0;
         spool.save_state(id, &state)?;
         flushed += 1;
+    }
+    if flushed > 0 {
+        spool.request_rescan()?;
     }
     Ok(flushed)
 }

@@ -3,8 +3,9 @@
 //! to the queue on disk.
 //!
 //! ```text
-//! enqueue(id) after each 250 ─┐        rescan every minute (and at start):
-//!                             ▼        state files + envelope headers only
+//! enqueue(id) after each 250 ─┐        scan at start (every file's header and state),
+//!                             │        then every minute: the folder's names, and the
+//!                             ▼        files of ids it does not know (all after a flush)
 //!            schedule: (due time, id), oldest first, each id taken by one worker
 //!                             │
 //!   worker × connections: take a due id ─▶ attempt (attempt.rs)
@@ -51,6 +52,10 @@ pub struct RelayConfig {
     pub idle_connection: Duration,
     /// Upstreams chosen by sender, before the default route.
     pub sender_routes: Vec<SenderRoute>,
+    /// The longest a new message's 250 waits while the relay has more new
+    /// messages waiting than it can start (Postfix's `in_flow_delay`);
+    /// zero: never.
+    pub in_flow_delay: Duration,
 }
 
 impl RelayConfig {
@@ -59,6 +64,9 @@ impl RelayConfig {
     /// How long an idle upstream connection is kept when the config file
     /// does not say.
     pub const DEFAULT_IDLE_CONNECTION: Duration = Duration::from_secs(5);
+    /// The longest a 250 waits for the relay when the config file does not
+    /// say (Postfix's default too).
+    pub const DEFAULT_IN_FLOW_DELAY: Duration = Duration::from_secs(1);
 
     /// The settings with the default concurrency and idle time.
     pub fn new(hostname: impl Into<String>, route: Route, policy: RetryPolicy) -> Self {
@@ -69,6 +77,7 @@ impl RelayConfig {
             connections: Self::DEFAULT_CONNECTIONS,
             idle_connection: Self::DEFAULT_IDLE_CONNECTION,
             sender_routes: Vec::new(),
+            in_flow_delay: Self::DEFAULT_IN_FLOW_DELAY,
         }
     }
 }
@@ -101,6 +110,9 @@ pub struct Relay {
     connections: usize,
     idle_connection: Duration,
     wake: Arc<Notify>,
+    /// Told each time a worker takes a message (the intake's pacing).
+    taken: Arc<Notify>,
+    in_flow_delay: Duration,
     schedule: Arc<Mutex<Schedule>>,
     /// Cancelled when the stop's grace runs out: transfers that have not
     /// sent their end of data are abandoned (see [`Relay::abandon_transfers`]).
@@ -118,6 +130,8 @@ impl Relay {
             connections: config.connections.max(1),
             idle_connection: config.idle_connection,
             wake: Arc::new(Notify::new()),
+            taken: Arc::new(Notify::new()),
+            in_flow_delay: config.in_flow_delay,
             schedule: Arc::new(Mutex::new(Schedule::default())),
             abandon: CancellationToken::new(),
         }
@@ -143,6 +157,31 @@ impl Relay {
         self.wake.notify_one();
     }
 
+    /// Paces the intake to the relay, as Postfix's `in_flow_delay` does:
+    /// while more new messages wait than twice the workers (each worker
+    /// has one in hand and one next), waits until a worker takes one, at
+    /// most the configured delay, then returns. Called before a new
+    /// message's 250, so clients that submit faster than the relay can
+    /// deliver are slowed to its pace instead of growing the queue without
+    /// end; a route that is down does not slow anyone (its messages are
+    /// taken and deferred at once), and nothing is ever refused for it.
+    pub async fn pace_intake(&self) {
+        if self.in_flow_delay.is_zero() {
+            return;
+        }
+        let mark = self.connections * 2;
+        let deadline = tokio::time::Instant::now() + self.in_flow_delay;
+        loop {
+            let taken = self.taken.notified();
+            if self.schedule().waiting() <= mark {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, taken).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Reads the queue again (after `submitd queue flush`, or to find
     /// messages another process stored) and wakes the workers.
     pub fn wake(&self) {
@@ -151,10 +190,18 @@ impl Relay {
         self.wake.notify_one();
     }
 
-    /// Rebuilds the schedule from the queue on disk: state files and
-    /// envelope headers only, never message content. Messages a worker
-    /// holds stay as they are.
+    /// Brings the schedule up to date with the queue on disk: the folder's
+    /// names, and the files (envelope headers and state files, never
+    /// content) of messages the schedule does not know. Every file is read
+    /// again only at start and when `submitd queue flush` asked for it, so
+    /// a scan's cost does not grow with the messages already scheduled.
+    /// Messages a worker holds stay as they are.
     pub fn rescan(&self) {
+        self.scan(self.spool.take_rescan_request());
+    }
+
+    fn scan(&self, full: bool) {
+        let start = self.schedule().scan_start();
         let ids = match self.spool.list() {
             Ok(ids) => ids,
             Err(e) => {
@@ -162,30 +209,39 @@ impl Relay {
                 return;
             }
         };
-        let mut due = Vec::with_capacity(ids.len());
-        for id in ids {
+        let to_read: Vec<QueueId> = {
+            let schedule = self.schedule();
+            ids.iter()
+                .filter(|id| full || !schedule.knows(id))
+                .cloned()
+                .collect()
+        };
+        let mut found = Vec::with_capacity(to_read.len());
+        for id in to_read {
             let at = self
                 .spool
                 .load_envelope(&id)
                 .and_then(|e| self.spool.state(&id, e.recipients.len()))
                 .map(|state| state.next_try);
             match at {
-                Ok(at) => due.push((at, id)),
-                // Gone meanwhile (delivered, deleted): nothing to schedule.
-                Err(SpoolError::NotFound(_)) => {}
+                Ok(at) => found.push((at, id)),
+                // Gone meanwhile (delivered, deleted), or being received:
+                // nothing to schedule.
+                Err(SpoolError::NotFound(_) | SpoolError::Receiving { .. }) => {}
                 Err(e) => {
                     tracing::error!(target: "submitd::relay", %id, error = %e, "cannot read a queued message; it waits for the next scan");
                 }
             }
         }
-        self.schedule().replace(due);
+        let listed: HashSet<QueueId> = ids.into_iter().collect();
+        self.schedule().scan_end(start, &listed, found);
     }
 
     /// Runs until `shutdown` is cancelled: a scan of the queue, then
     /// `connections` workers, and a scan every minute. Returns once every
     /// worker has finished its attempt and closed its connection.
     pub async fn run(self, shutdown: CancellationToken) {
-        self.rescan();
+        self.scan(true);
         let workers = tokio_util::task::TaskTracker::new();
         for _ in 0..self.connections {
             workers.spawn(self.clone().worker(shutdown.clone()));
@@ -201,6 +257,9 @@ impl Relay {
             }
         }
         workers.wait().await;
+        // The removals of the last deliveries, before the process ends.
+        let spool = self.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.wait_removals()).await;
     }
 
     async fn worker(self, shutdown: CancellationToken) {
@@ -211,6 +270,7 @@ impl Relay {
             let now = unix_now();
             let taken = self.schedule().take_due(now);
             if let Some(id) = taken {
+                self.taken.notify_waiters();
                 self.attempt_scheduled(&id, &mut connection, &mut figures)
                     .await;
                 continue;
@@ -305,9 +365,70 @@ impl Relay {
         if let Some((_, connection)) = connection {
             connection.quit().await;
         }
+        let spool = self.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.wait_removals()).await;
         if figures.attempted > 0 {
             tracing::info!(target: "submitd::relay", ?figures, "delivery pass");
         }
         figures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::maildir::Maildir;
+
+    fn relay_with(dir: &std::path::Path, delay: Duration) -> Relay {
+        let (spool, _) = Spool::open(&dir.join("queue")).unwrap();
+        let route = Route::Maildir(Maildir::open(dir.join("Maildir")).unwrap());
+        let config = RelayConfig {
+            in_flow_delay: delay,
+            ..RelayConfig::new("mx.example.org", route, RetryPolicy::default())
+        };
+        Relay::new(spool, config)
+    }
+
+    /// A 250 waits while more new messages wait than the workers can
+    /// start, until a worker takes one, and never longer than the delay.
+    #[tokio::test(start_paused = true)]
+    async fn the_intake_is_paced_to_the_relay() {
+        let dir = tempfile::tempdir().unwrap();
+        let relay = relay_with(dir.path(), Duration::from_secs(1));
+        let mark = RelayConfig::DEFAULT_CONNECTIONS * 2;
+        for _ in 0..mark {
+            relay.enqueue(QueueId::generate());
+        }
+        let started = tokio::time::Instant::now();
+        relay.pace_intake().await;
+        assert_eq!(started.elapsed(), Duration::ZERO, "at the mark: no wait");
+        relay.enqueue(QueueId::generate());
+        relay.pace_intake().await;
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(1),
+            "behind: the whole delay"
+        );
+        // A worker taking one message lets a waiting 250 go at once.
+        let waiter = tokio::spawn({
+            let relay = relay.clone();
+            async move {
+                let started = tokio::time::Instant::now();
+                relay.pace_intake().await;
+                started.elapsed()
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(relay.schedule().take_due(0).is_some());
+        relay.taken.notify_waiters();
+        assert_eq!(waiter.await.unwrap(), Duration::from_millis(100));
+        // Zero: never paced.
+        let off = relay_with(&dir.path().join("off"), Duration::ZERO);
+        for _ in 0..100 {
+            off.enqueue(QueueId::generate());
+        }
+        let started = tokio::time::Instant::now();
+        off.pace_intake().await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -42,7 +42,7 @@ pub(crate) fn serve(settings: Settings) -> Result<(), String> {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logwriter::start())
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     for line in said {
@@ -52,7 +52,9 @@ pub(crate) fn serve(settings: Settings) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    runtime.block_on(run(settings))
+    let result = runtime.block_on(run(settings));
+    crate::logwriter::flush();
+    result
 }
 
 /// What runs while the daemon runs, and what a reload or a stop touches.

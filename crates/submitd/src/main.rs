@@ -11,6 +11,7 @@
 //! | `sendmail` | the sendmail-compatible client of the local socket |
 //! | `import` | reading a Postfix setup |
 //! | `sockets`, `demo` | socket activation; the demo's first run |
+//! | `memory`, `logwriter` | the memory budget; log lines written in batches by a thread of their own |
 //!
 //! Dependencies: `clap` for the command line, `submitd-config` for the
 //! config file, `humantime` for durations in log lines, `rcgen` for the
@@ -25,6 +26,7 @@ mod commands;
 mod daemon;
 mod demo;
 mod import;
+mod logwriter;
 mod memory;
 mod sendmail;
 mod sockets;

@@ -82,6 +82,7 @@ pub(crate) fn relay(settings: &Settings, spool: Spool) -> Result<Relay, String> 
         connections: relay.connections,
         idle_connection: relay.idle_connection,
         sender_routes: sender_routes(settings)?,
+        in_flow_delay: settings.queue.in_flow_delay,
         ..RelayConfig::new(
             settings.hostname.clone(),
             route(settings)?,

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! msg/<id>:   submitd-spool 1           state/<id>: submitd-state 1
+//!             (submitd-input 1 while the content is still arriving)
 //!             id: <id>                              attempts: 2
 //!             received: <unix seconds>              next-try: <unix seconds>
 //!             user: alice | -                       rcpt: 0 delivered 250 2.0.0 ok
@@ -25,6 +26,9 @@ use submitd_smtp::{MailFrom, RcptTo};
 use super::{io_error, QueueId, SpoolError};
 
 const MAGIC: &str = "submitd-spool 1";
+/// The first line of a message still being received: the same length as
+/// [`MAGIC`], so the commit rewrites the header in place.
+const INPUT_MAGIC: &str = "submitd-input 1";
 const STATE_MAGIC: &str = "submitd-state 1";
 /// Largest header accepted when reading a spool file back.
 const MAX_HEADER: usize = 1024 * 1024;
@@ -170,8 +174,14 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError
     let header =
         std::str::from_utf8(&bytes[..end]).map_err(|_| corrupt("header is not UTF-8".into()))?;
     let mut lines = header.lines();
-    if lines.next() != Some(MAGIC) {
-        return Err(corrupt("not a submitd spool file".into()));
+    match lines.next() {
+        Some(MAGIC) => {}
+        Some(INPUT_MAGIC) => {
+            return Err(SpoolError::Receiving {
+                path: path.to_owned(),
+            })
+        }
+        _ => return Err(corrupt("not a submitd spool file".into())),
     }
     let (mut received, mut user, mut mail_from, mut size, mut crc) = (None, None, None, None, None);
     let mut eight_bit = None;
@@ -222,15 +232,17 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<(Header, usize), SpoolError
     ))
 }
 
-pub(super) fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+pub(super) fn read_message(
+    path: &Path,
+    file: File,
+) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
     let corrupt = |reason: String| SpoolError::Corrupt {
         path: path.to_owned(),
         reason,
     };
     let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(io_error(path))?;
+    let mut file = file;
+    file.read_to_end(&mut bytes).map_err(io_error(path))?;
     let (header, start) = parse_header(path, &bytes)?;
     let data = bytes.split_off(start);
     if data.len() != header.size {
@@ -247,15 +259,20 @@ pub(super) fn read_message(path: &Path) -> Result<(StoredEnvelope, Vec<u8>), Spo
 }
 
 /// Reads a spool file up to the end of its header (and whatever of the
-/// content came with the last read): the header, where the content
-/// starts, and the bytes read.
+/// content came with the same read, up to `read_size`): the header, where
+/// the content starts, the bytes read, and the file's length.
 fn read_header(
     path: &Path,
     file: &mut File,
     read_size: usize,
-) -> Result<(Header, usize, Vec<u8>), SpoolError> {
-    let mut bytes = Vec::new();
-    let mut chunk = vec![0u8; read_size];
+) -> Result<(Header, usize, Vec<u8>, u64), SpoolError> {
+    let length = file.metadata().map_err(io_error(path))?.len();
+    // One read takes a small message whole with its header.
+    let first = usize::try_from(length)
+        .unwrap_or(usize::MAX)
+        .clamp(1, read_size);
+    let mut bytes = Vec::with_capacity(first);
+    let mut chunk = vec![0u8; first];
     loop {
         let n = file.read(&mut chunk).map_err(io_error(path))?;
         let searched = bytes.len().saturating_sub(1);
@@ -263,15 +280,38 @@ fn read_header(
         let found = bytes[searched..].windows(2).any(|w| w == b"\n\n");
         if found || n == 0 || bytes.len() > MAX_HEADER {
             let (header, start) = parse_header(path, &bytes)?;
-            return Ok((header, start, bytes));
+            if length != (start + header.size) as u64 {
+                return Err(SpoolError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!(
+                        "message is {} octets, header says {}",
+                        length.saturating_sub(start as u64),
+                        header.size
+                    ),
+                });
+            }
+            return Ok((header, start, bytes, length));
         }
     }
 }
 
-/// Reads only the header of a spool file (the envelope), not its content.
-pub(super) fn read_envelope(path: &Path) -> Result<StoredEnvelope, SpoolError> {
-    let mut file = File::open(path).map_err(io_error(path))?;
-    read_header(path, &mut file, 8192).map(|(h, _, _)| h.envelope)
+/// What the header and the file's length tell of a queued message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peeked {
+    /// The envelope.
+    pub envelope: StoredEnvelope,
+    /// The content's size in octets (the file's length agrees).
+    pub size: u64,
+}
+
+/// Reads only the header of a spool file (the envelope) and checks the
+/// file's length against it; the content is not read.
+pub(super) fn read_envelope(path: &Path, file: File) -> Result<Peeked, SpoolError> {
+    let mut file = file;
+    read_header(path, &mut file, 4096).map(|(h, _, _, _)| Peeked {
+        size: h.size as u64,
+        envelope: h.envelope,
+    })
 }
 
 /// Octets of content read at a time when a message is sent in pieces.
@@ -297,24 +337,13 @@ pub struct Content {
     hasher: crc32fast::Hasher,
 }
 
-pub(super) fn open_content(path: &Path) -> Result<Content, SpoolError> {
-    let corrupt = |reason: String| SpoolError::Corrupt {
-        path: path.to_owned(),
-        reason,
-    };
-    let mut file = File::open(path).map_err(io_error(path))?;
-    let (header, start, mut bytes) = read_header(path, &mut file, CONTENT_PIECE)?;
-    let length = file.metadata().map_err(io_error(path))?.len();
+pub(super) fn open_content(path: PathBuf, file: File) -> Result<Content, SpoolError> {
+    let mut file = file;
+    let (header, start, mut bytes, _) = read_header(&path, &mut file, CONTENT_PIECE)?;
     let size = header.size as u64;
-    if length != start as u64 + size {
-        return Err(corrupt(format!(
-            "message is {} octets, header says {size}",
-            length.saturating_sub(start as u64)
-        )));
-    }
     let first = bytes.split_off(start);
     Ok(Content {
-        path: path.to_owned(),
+        path,
         file,
         envelope: header.envelope,
         size,
@@ -352,7 +381,8 @@ impl Content {
         while self.next_piece(&mut buf)? {
             eight_bit |= !buf.is_ascii();
         }
-        let reopened = open_content(&self.path)?;
+        let file = File::open(&self.path).map_err(io_error(&self.path))?;
+        let reopened = open_content(self.path.clone(), file)?;
         *self = reopened;
         self.eight_bit = Some(eight_bit);
         Ok(eight_bit)
@@ -412,8 +442,10 @@ pub(super) fn render_header(
     size: u64,
     crc: u32,
     eight_bit: bool,
+    complete: bool,
 ) -> String {
-    let mut header = format!("{MAGIC}\nid: {id}\nreceived: {}\n", envelope.received);
+    let magic = if complete { MAGIC } else { INPUT_MAGIC };
+    let mut header = format!("{magic}\nid: {id}\nreceived: {}\n", envelope.received);
     header.push_str(&format!(
         "user: {}\n",
         envelope.user.as_deref().map_or("-".into(), one_line)

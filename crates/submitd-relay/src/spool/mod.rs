@@ -3,42 +3,59 @@
 //!
 //! ```text
 //! spool/
-//!   tmp/<id>       being written; never acknowledged
-//!   msg/<id>       committed: header (envelope in SMTP wire form, size,
-//!                  CRC32) + blank line + the message bytes. Never rewritten.
+//!   msg/<id>       the message: header (envelope in SMTP wire form, size,
+//!                  CRC32) + blank line + the message bytes. Written in
+//!                  place under its final name behind a "still being
+//!                  received" header; never rewritten once committed.
 //!   state/<id>     delivery state (attempts, next try, per recipient),
 //!                  rewritten atomically; absent = nothing tried yet
-//!   partial/       tmp files found at start (a crash while accepting)
-//!   corrupt/       msg files that fail their checks at start
+//!   tmp/           the old layout's writes in progress (read at start only)
+//!   partial/       writes found unfinished at start (a crash while accepting)
+//!   corrupt/       msg files that fail their checks
 //! ```
 //!
-//! Commit: write `tmp/<id>`, fsync it, rename it to `msg/<id>`, fsync
-//! `msg/`. Only then is the id returned and the client told 250. A crash
-//! before the rename leaves a file in `tmp/` (moved to `partial/` at the
-//! next start, never delivered: the client was never told it was taken); a
-//! crash after it leaves a complete message. Removal deletes `msg/<id>`
-//! first, so a crash can leave only a stray state file, never a message
-//! without its history.
+//! Commit: create `msg/<id>` (exclusively) with the header
+//! `submitd-input 1` and zeros for size and checksum, write the content as
+//! it arrives, rewrite the header in place as `submitd-spool 1` with the
+//! real size and checksum, fsync the file, fsync `msg/`. Only then is the
+//! id returned and the client told 250. A crash before the fsyncs leaves a
+//! file that says it is still being received (or is torn); recovery moves
+//! it to `partial/` and it is never delivered: the client was never told it
+//! was taken. While it is written, the running server leaves it alone (the
+//! ids being received are kept in memory, and readers take the input
+//! header as "not a message yet"). Removal deletes `msg/<id>` first, so a
+//! crash can leave only a stray state file, never a message without its
+//! history.
 //!
-//! No group commit: concurrent stores each fsync their file and `msg/`.
-//! A shared folder fsync for concurrent stores was tried and measured
-//! slower here (`cargo bench -p submitd-relay --bench spool` at 16 stores
-//! at once: 3.9k/s with one fsync each against 1.5k–2.7k/s grouped), since
-//! the file system already batches concurrent fsyncs in its journal; see
-//! `docs/spool.md`.
+//! Why in place, not a file in `tmp/` renamed into `msg/` (the first
+//! versions): the rename is a second change to the directories that needs
+//! its own flush. On ext4 with a journal, the file's fsync commits its new
+//! directory entry with it, so the fsync of `msg/` that POSIX asks for
+//! finds nothing left to write: one journal commit per message instead of
+//! two. Measured (`docs/spool.md`): about 1.5 times the stores a second and
+//! two thirds of the CPU per store.
+//!
+//! No group commit: concurrent stores each fsync their file and `msg/`
+//! (a shared folder fsync was measured slower; see `docs/spool.md`). The
+//! folders are held open, and files are opened relative to them, so a
+//! store walks no path and opens no folder.
 
 mod format;
 mod id;
 mod recovery;
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use rustix::fs::{Mode, OFlags};
 
 use format::{open_content, read_envelope, read_message, render_header};
-pub use format::{Content, DeliveryState, RecipientState, StoredEnvelope, CONTENT_PIECE};
+pub use format::{Content, DeliveryState, Peeked, RecipientState, StoredEnvelope, CONTENT_PIECE};
 pub use id::{unix_now, QueueId};
 pub use recovery::Recovery;
 
@@ -64,6 +81,13 @@ pub enum SpoolError {
     /// No message with this id.
     #[error("no queued message {0}")]
     NotFound(QueueId),
+    /// The file is a message still being received (or one whose receipt
+    /// a crash cut off), not a queued message.
+    #[error("{}: still being received, not a queued message yet", path.display())]
+    Receiving {
+        /// The file.
+        path: PathBuf,
+    },
     /// Another process (a running server) holds the queue's lock.
     #[error("{}: the queue is in use by another running submitd; stop it first, or use `submitd queue` commands, which work beside it", path.display())]
     Locked {
@@ -102,6 +126,53 @@ struct Dirs {
     state: PathBuf,
     partial: PathBuf,
     corrupt: PathBuf,
+    /// `msg/` and `state/`, held open: files are opened and removed
+    /// relative to them, and `msg/` is fsynced through it.
+    msg_fd: OwnedFd,
+    state_fd: OwnedFd,
+    /// Ids being received by this process: not queued messages yet.
+    receiving: Mutex<HashSet<QueueId>>,
+    /// Finished messages waiting for their files to be removed.
+    removals: Arc<Removals>,
+}
+
+/// The last handle to the spool is gone: the remover finishes what it has
+/// and stops.
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        self.removals.close();
+    }
+}
+
+impl Dirs {
+    fn receiving(&self) -> std::sync::MutexGuard<'_, HashSet<QueueId>> {
+        self.receiving.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn open_dir(dir: &Path) -> Result<OwnedFd, SpoolError> {
+    rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io_error(dir)(e.into()))
+}
+
+/// Opens `name` in the folder `dir` (whose path is `path`, for errors).
+fn open_in(dir: &OwnedFd, name: &str, flags: OFlags) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        flags | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Removes `name` from the folder `dir`.
+fn unlink_in(dir: &OwnedFd, name: &str) -> io::Result<()> {
+    rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()).map_err(Into::into)
 }
 
 /// The spool.
@@ -117,6 +188,14 @@ fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_error(dir))
+}
+
+/// The file `submitd queue flush` leaves for the running server.
+const RESCAN_REQUEST: &str = "rescan";
+
+/// Flushes `msg/` through the held handle.
+fn fsync_msg(dirs: &Dirs) -> Result<(), SpoolError> {
+    rustix::fs::fsync(&dirs.msg_fd).map_err(|e| io_error(&dirs.msg)(e.into()))
 }
 
 fn move_aside(file: &Path, to_dir: &Path) -> Result<(), SpoolError> {
@@ -181,22 +260,9 @@ impl Spool {
     }
 
     fn dirs(root: &Path) -> Result<Dirs, SpoolError> {
-        let dirs = Dirs {
-            root: root.to_owned(),
-            tmp: root.join("tmp"),
-            msg: root.join("msg"),
-            state: root.join("state"),
-            partial: root.join("partial"),
-            corrupt: root.join("corrupt"),
-        };
-        for dir in [
-            root,
-            &dirs.tmp,
-            &dirs.msg,
-            &dirs.state,
-            &dirs.partial,
-            &dirs.corrupt,
-        ] {
+        let (tmp, msg, state) = (root.join("tmp"), root.join("msg"), root.join("state"));
+        let (partial, corrupt) = (root.join("partial"), root.join("corrupt"));
+        for dir in [root, &tmp, &msg, &state, &partial, &corrupt] {
             // Queued mail is private whatever the umask: 0700 folders.
             fs::DirBuilder::new()
                 .recursive(true)
@@ -204,7 +270,18 @@ impl Spool {
                 .create(dir)
                 .map_err(io_error(dir))?;
         }
-        Ok(dirs)
+        Ok(Dirs {
+            root: root.to_owned(),
+            msg_fd: open_dir(&msg)?,
+            state_fd: open_dir(&state)?,
+            tmp,
+            msg,
+            state,
+            partial,
+            corrupt,
+            receiving: Mutex::default(),
+            removals: Arc::default(),
+        })
     }
 
     /// Starts a new message under `id` (from [`QueueId::generate`], made
@@ -212,8 +289,9 @@ impl Spool {
     /// touches the disk until the first [`SpoolFile::append`] or the
     /// commit.
     pub fn create(&self, id: QueueId, envelope: StoredEnvelope) -> SpoolFile {
+        self.dirs.receiving().insert(id.clone());
         SpoolFile {
-            tmp: self.dirs.tmp.join(id.as_str()),
+            path: self.dirs.msg.join(id.as_str()),
             spool: self.clone(),
             id,
             envelope,
@@ -250,42 +328,74 @@ impl Spool {
         self.create(id, envelope.clone()).commit(data)
     }
 
-    /// Reads a queued message: its envelope and bytes.
-    pub fn load(&self, id: &QueueId) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+    /// Opens `msg/<id>` for reading; a missing file is [`SpoolError::NotFound`].
+    fn open_msg(&self, id: &QueueId) -> Result<(PathBuf, File), SpoolError> {
         let path = self.dirs.msg.join(id.as_str());
-        if !path.exists() {
-            return Err(SpoolError::NotFound(id.clone()));
+        match open_in(&self.dirs.msg_fd, id.as_str(), OFlags::RDONLY) {
+            Ok(file) => Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SpoolError::NotFound(id.clone())),
+            Err(source) => Err(SpoolError::Io { path, source }),
         }
-        read_message(&path)
+    }
+
+    /// Reads a queued message whole, checking its size and checksum: its
+    /// envelope and bytes (bounces, `queue show`).
+    pub fn load(&self, id: &QueueId) -> Result<(StoredEnvelope, Vec<u8>), SpoolError> {
+        let (path, file) = self.open_msg(id)?;
+        read_message(&path, file)
     }
 
     /// Opens a queued message to be sent in pieces (see [`Content`]).
     pub fn open_content(&self, id: &QueueId) -> Result<Content, SpoolError> {
-        let path = self.dirs.msg.join(id.as_str());
-        if !path.exists() {
-            return Err(SpoolError::NotFound(id.clone()));
-        }
-        open_content(&path)
+        let (path, file) = self.open_msg(id)?;
+        open_content(path, file)
     }
 
     /// The envelope of a queued message, read without its content (for
     /// scheduling: cheap whatever the message's size).
     pub fn load_envelope(&self, id: &QueueId) -> Result<StoredEnvelope, SpoolError> {
-        let path = self.dirs.msg.join(id.as_str());
-        if !path.exists() {
-            return Err(SpoolError::NotFound(id.clone()));
-        }
-        read_envelope(&path)
+        let (path, file) = self.open_msg(id)?;
+        read_envelope(&path, file).map(|p| p.envelope)
+    }
+
+    /// The envelope and size of a queued message from its header and the
+    /// file's length, without reading the content (`queue list`).
+    pub fn peek(&self, id: &QueueId) -> Result<Peeked, SpoolError> {
+        let (path, file) = self.open_msg(id)?;
+        read_envelope(&path, file)
     }
 
     /// The delivery state of a queued message.
     pub fn state(&self, id: &QueueId, recipients: usize) -> Result<DeliveryState, SpoolError> {
-        let path = self.dirs.state.join(id.as_str());
-        match fs::read_to_string(&path) {
+        self.load_state(id, recipients).map(|(state, _)| state)
+    }
+
+    /// The delivery state of a queued message, and whether it has a state
+    /// file (none until something was recorded for it).
+    pub fn load_state(
+        &self,
+        id: &QueueId,
+        recipients: usize,
+    ) -> Result<(DeliveryState, bool), SpoolError> {
+        let path = || self.dirs.state.join(id.as_str());
+        let text = open_in(&self.dirs.state_fd, id.as_str(), OFlags::RDONLY).and_then(|mut f| {
+            let mut text = String::new();
+            io::Read::read_to_string(&mut f, &mut text).map(|_| text)
+        });
+        match text {
             Ok(text) => DeliveryState::parse(&text, recipients)
-                .map_err(|reason| SpoolError::Corrupt { path, reason }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(DeliveryState::new(recipients, 0)),
-            Err(source) => Err(SpoolError::Io { path, source }),
+                .map(|state| (state, true))
+                .map_err(|reason| SpoolError::Corrupt {
+                    path: path(),
+                    reason,
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Ok((DeliveryState::new(recipients, 0), false))
+            }
+            Err(source) => Err(SpoolError::Io {
+                path: path(),
+                source,
+            }),
         }
     }
 
@@ -305,7 +415,7 @@ impl Spool {
             fs::rename(&tmp, &target)
         };
         write().map_err(io_error(&target))?;
-        fsync_dir(&self.dirs.state)
+        rustix::fs::fsync(&self.dirs.state_fd).map_err(|e| io_error(&self.dirs.state)(e.into()))
     }
 
     /// Moves a queued message whose file is damaged to `corrupt/` (with
@@ -321,56 +431,222 @@ impl Spool {
         Ok(())
     }
 
-    /// Removes a message whose delivery is finished.
+    /// Removes a message whose delivery is finished, and its state file.
     pub fn remove(&self, id: &QueueId) -> Result<(), SpoolError> {
-        let msg = self.dirs.msg.join(id.as_str());
-        match fs::remove_file(&msg) {
+        self.remove_message(id, true)
+    }
+
+    /// Removes a finished message's files soon, on a thread of the spool's
+    /// own, so that the relay's workers never wait for the file system to
+    /// free a message's blocks (on some file systems a synchronous write).
+    /// Until then the message is left out of [`Spool::list`], so no scan
+    /// schedules it again. A crash before the removal delivers it again
+    /// at the next start, which at-least-once allows (the removal was
+    /// never flushed anyway; see [`Spool::remove_message`]).
+    pub fn remove_later(&self, id: QueueId, has_state: bool) {
+        if !self.dirs.removals.queue(&self.dirs, id.clone(), has_state) {
+            if let Err(e) = self.remove_message(&id, has_state) {
+                tracing::error!(target: "submitd::spool", %id, error = %e, "cannot remove a finished message");
+            }
+        }
+    }
+
+    /// Waits until every removal asked for so far is done.
+    pub fn wait_removals(&self) {
+        self.dirs.removals.wait_idle();
+    }
+
+    /// Removes a finished message; its state file too if `has_state` (a
+    /// message delivered at its first attempt never had one, and the
+    /// unlink that would fail is saved).
+    pub fn remove_message(&self, id: &QueueId, has_state: bool) -> Result<(), SpoolError> {
+        match unlink_in(&self.dirs.msg_fd, id.as_str()) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(SpoolError::NotFound(id.clone()))
             }
-            Err(source) => return Err(SpoolError::Io { path: msg, source }),
+            Err(source) => {
+                return Err(SpoolError::Io {
+                    path: self.dirs.msg.join(id.as_str()),
+                    source,
+                })
+            }
         }
         // No fsync of the folder: if a power cut loses this unlink, the
         // message comes back and is delivered again, which at-least-once
         // allows; nothing can be lost by it. (A process crash loses nothing
-        // here: the kernel has the unlink.) It saves one flush of three per
-        // message.
-        let state = self.dirs.state.join(id.as_str());
-        match fs::remove_file(&state) {
+        // here: the kernel has the unlink.) It saves one flush per message.
+        if !has_state {
+            return Ok(());
+        }
+        match unlink_in(&self.dirs.state_fd, id.as_str()) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SpoolError::Io {
-                path: state,
+                path: self.dirs.state.join(id.as_str()),
                 source: e,
             }),
             _ => Ok(()),
         }
     }
 
-    /// The ids of every queued message, oldest first.
+    /// Asks the running server to read every state file again at its next
+    /// scan (within a minute): `submitd queue flush` changed some behind
+    /// its back. A request nobody takes (no server running) is harmless.
+    pub fn request_rescan(&self) -> Result<(), SpoolError> {
+        let path = self.dirs.root.join(RESCAN_REQUEST);
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map(drop)
+            .map_err(io_error(&path))
+    }
+
+    /// Whether a full scan was asked for since the last call (the request
+    /// is taken: it answers `true` once).
+    pub fn take_rescan_request(&self) -> bool {
+        fs::remove_file(self.dirs.root.join(RESCAN_REQUEST)).is_ok()
+    }
+
+    /// The ids of every queued message, oldest first; not those this
+    /// process is still receiving.
     pub fn list(&self) -> Result<Vec<QueueId>, SpoolError> {
+        let mut hidden = self.dirs.receiving().clone();
+        self.dirs.removals.pending_into(&mut hidden);
         let mut ids: Vec<QueueId> = list_dir(&self.dirs.msg)?
             .iter()
             .filter_map(|p| p.file_name()?.to_str().and_then(QueueId::parse))
+            .filter(|id| !hidden.contains(id))
             .collect();
         ids.sort();
         Ok(ids)
     }
 }
 
-/// A message being written to `tmp/<id>` in pieces, as it arrives. It is
+/// Finished messages whose files a thread of their own removes.
+#[derive(Debug, Default)]
+struct Removals {
+    state: Mutex<RemovalState>,
+    /// The remover waits here for work.
+    work: std::sync::Condvar,
+    /// Callers of `wait_idle` wait here.
+    idle: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct RemovalState {
+    /// Waiting: the id and whether it has a state file.
+    queued: Vec<(QueueId, bool)>,
+    /// Being removed now.
+    busy: Vec<QueueId>,
+    started: bool,
+    closed: bool,
+}
+
+impl Removals {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RemovalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a removal, starting the thread the first time; `false` if
+    /// the thread cannot run (the caller removes it itself).
+    fn queue(self: &Arc<Self>, dirs: &Dirs, id: QueueId, has_state: bool) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if !state.started {
+            let fds = (dirs.msg_fd.try_clone(), dirs.state_fd.try_clone());
+            let (Ok(msg_fd), Ok(state_fd)) = fds else {
+                return false;
+            };
+            let (removals, paths) = (Arc::clone(self), (dirs.msg.clone(), dirs.state.clone()));
+            let spawned = std::thread::Builder::new()
+                .name("spool-remove".into())
+                .spawn(move || removals.run(&msg_fd, &state_fd, &paths));
+            if spawned.is_err() {
+                return false;
+            }
+            state.started = true;
+        }
+        let was_empty = state.queued.is_empty();
+        state.queued.push((id, has_state));
+        drop(state);
+        if was_empty {
+            self.work.notify_one();
+        }
+        true
+    }
+
+    /// Adds the ids waiting or being removed to `ids`.
+    fn pending_into(&self, ids: &mut HashSet<QueueId>) {
+        let state = self.lock();
+        ids.extend(state.queued.iter().map(|(id, _)| id.clone()));
+        ids.extend(state.busy.iter().cloned());
+    }
+
+    fn wait_idle(&self) {
+        let mut state = self.lock();
+        while state.started && !(state.queued.is_empty() && state.busy.is_empty()) {
+            state = self.idle.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.work.notify_one();
+    }
+
+    /// The thread: takes what is queued, removes it (message, then state
+    /// file), until closed and empty.
+    fn run(&self, msg_fd: &OwnedFd, state_fd: &OwnedFd, (msg, state_dir): &(PathBuf, PathBuf)) {
+        loop {
+            let batch = {
+                let mut state = self.lock();
+                while state.queued.is_empty() && !state.closed {
+                    state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                if state.queued.is_empty() {
+                    return;
+                }
+                let batch = std::mem::take(&mut state.queued);
+                state.busy = batch.iter().map(|(id, _)| id.clone()).collect();
+                batch
+            };
+            for (id, has_state) in batch {
+                let removed = match unlink_in(msg_fd, id.as_str()) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err((msg, e)),
+                    _ if has_state => match unlink_in(state_fd, id.as_str()) {
+                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err((state_dir, e)),
+                        _ => Ok(()),
+                    },
+                    _ => Ok(()),
+                };
+                if let Err((dir, e)) = removed {
+                    tracing::error!(target: "submitd::spool", %id, folder = %dir.display(), error = %e, "cannot remove a finished message; it is delivered again after a restart");
+                }
+            }
+            self.lock().busy.clear();
+            self.idle.notify_all();
+        }
+    }
+}
+
+/// A message being written to `msg/<id>` in pieces, as it arrives. It is
 /// removed unless committed, so a refused, cut-off or failed message
 /// leaves nothing behind; only [`SpoolFile::commit`] makes it a queued
 /// message.
 ///
-/// On disk while it is written: the spool header with a zero size and
-/// checksum (fixed widths), then the content so far. The commit rewrites
-/// the header in place with the real values, fsyncs the file, renames it
-/// into `msg/` and fsyncs `msg/`: the same order, and the same three
-/// flushes, as a message written whole.
+/// On disk while it is written: the input header (`submitd-input 1`) with
+/// a zero size and checksum (fixed widths), then the content so far. The
+/// commit rewrites the header in place as a message header with the real
+/// values, fsyncs the file and fsyncs `msg/`: the same order, and the
+/// same flushes, as a message written whole.
 pub struct SpoolFile {
     spool: Spool,
     id: QueueId,
-    tmp: PathBuf,
+    path: PathBuf,
     envelope: StoredEnvelope,
     /// Open once the first piece was written.
     file: Option<File>,
@@ -401,24 +677,29 @@ impl SpoolFile {
         self.size
     }
 
-    /// Creates `tmp/<id>` with the provisional header; the file is removed
+    /// Creates `msg/<id>` (exclusively: an id in use is an error) with
+    /// `header` followed by `first`, in one write; the file is removed
     /// again if that fails half-way.
-    fn open_tmp(&self, header: &str) -> Result<File, SpoolError> {
-        let open = || -> io::Result<File> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&self.tmp)?;
-            file.write_all(header.as_bytes())?;
+    fn create_file(&self, header: &str, first: &[u8]) -> Result<File, SpoolError> {
+        let create = || -> io::Result<File> {
+            let mut file = open_in(
+                &self.spool.dirs.msg_fd,
+                self.id.as_str(),
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+            )?;
+            write_all_vectored(&mut file, header.as_bytes(), first)?;
             Ok(file)
         };
-        open().map_err(|source| {
-            if source.kind() != io::ErrorKind::AlreadyExists {
-                let _ = fs::remove_file(&self.tmp);
+        create().map_err(|source| {
+            if source.kind() == io::ErrorKind::AlreadyExists {
+                return SpoolError::Corrupt {
+                    path: self.path.clone(),
+                    reason: "queue id already in use".into(),
+                };
             }
+            let _ = unlink_in(&self.spool.dirs.msg_fd, self.id.as_str());
             SpoolError::Io {
-                path: self.tmp.clone(),
+                path: self.path.clone(),
                 source,
             }
         })
@@ -427,14 +708,13 @@ impl SpoolFile {
     /// Appends content, blocking the calling thread (call it on the
     /// blocking pool). The first call creates the file.
     pub fn append(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        if self.file.is_none() {
-            let header = render_header(&self.id, &self.envelope, 0, 0, false);
-            self.file = Some(self.open_tmp(&header)?);
+        match self.file.as_mut() {
+            None => {
+                let header = render_header(&self.id, &self.envelope, 0, 0, false, false);
+                self.file = Some(self.create_file(&header, bytes)?);
+            }
+            Some(file) => file.write_all(bytes).map_err(io_error(&self.path))?,
         }
-        let Some(file) = self.file.as_mut() else {
-            return Err(SpoolError::WriteStopped);
-        };
-        file.write_all(bytes).map_err(io_error(&self.tmp))?;
         self.crc.update(bytes);
         self.eight_bit |= !bytes.is_ascii();
         self.size += bytes.len() as u64;
@@ -442,52 +722,70 @@ impl SpoolFile {
     }
 
     /// Appends `tail`, the last of the content, and makes the message
-    /// durable: header with the real size and checksum, fsync, rename into
-    /// `msg/`, fsync `msg/`. Only after this returns `Ok` may the client be
+    /// durable: the header rewritten with the real size and checksum,
+    /// fsync, fsync `msg/`. Only after this returns `Ok` may the client be
     /// told 250. Blocking.
     pub fn commit(mut self, tail: &[u8]) -> Result<QueueId, SpoolError> {
         self.crc.update(tail);
         self.eight_bit |= !tail.is_ascii();
         let size = self.size + tail.len() as u64;
         let crc = self.crc.clone().finalize();
-        let header = render_header(&self.id, &self.envelope, size, crc, self.eight_bit);
-        let tmp = self.tmp.clone();
-        let (mut file, provisional) = match self.file.take() {
-            // Written whole: one file, one pass, the real header at once.
-            None => (self.open_tmp(&header)?, false),
-            Some(file) => (file, true),
-        };
-        // `Drop` must see the file again to remove it if this fails.
-        let write = |file: &mut File| -> io::Result<()> {
-            use std::os::unix::fs::FileExt;
-            file.write_all(tail)?;
-            if provisional {
-                file.write_all_at(header.as_bytes(), 0)?;
+        let header = render_header(&self.id, &self.envelope, size, crc, self.eight_bit, true);
+        let written = match self.file.take() {
+            // Written whole: the real header at once, one write.
+            None => {
+                let file = self.create_file(&header, tail)?;
+                self.file = Some(file);
+                Ok(())
             }
-            file.sync_all()
+            Some(mut file) => {
+                use std::os::unix::fs::FileExt;
+                let written = file
+                    .write_all(tail)
+                    .and_then(|()| file.write_all_at(header.as_bytes(), 0));
+                // `Drop` must see the file again to remove it if this fails.
+                self.file = Some(file);
+                written
+            }
         };
-        let written = write(&mut file);
-        self.file = Some(file);
-        written.map_err(io_error(&tmp))?;
-        let target = self.spool.dirs.msg.join(self.id.as_str());
-        if target.exists() {
-            return Err(SpoolError::Corrupt {
-                path: target,
-                reason: "queue id already in use".into(),
-            });
+        written.map_err(io_error(&self.path))?;
+        if let Some(file) = &self.file {
+            file.sync_all().map_err(io_error(&self.path))?;
         }
-        fs::rename(&tmp, &target).map_err(io_error(&target))?;
+        fsync_msg(&self.spool.dirs)?;
         self.committed = true;
-        fsync_dir(&self.spool.dirs.msg)?;
+        self.spool.dirs.receiving().remove(&self.id);
         Ok(self.id.clone())
     }
+}
+
+/// Writes `a` then `b` with as few system calls as the kernel allows.
+fn write_all_vectored(file: &mut File, a: &[u8], b: &[u8]) -> io::Result<()> {
+    let mut skip = 0usize;
+    let total = a.len() + b.len();
+    while skip < total {
+        let (a_rest, b_rest) = if skip < a.len() {
+            (&a[skip..], b)
+        } else {
+            (&a[a.len()..], &b[skip - a.len()..])
+        };
+        let n = file.write_vectored(&[io::IoSlice::new(a_rest), io::IoSlice::new(b_rest)])?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        skip += n;
+    }
+    Ok(())
 }
 
 /// A message that was not committed leaves no file behind.
 impl Drop for SpoolFile {
     fn drop(&mut self) {
-        if !self.committed && self.file.is_some() {
-            let _ = fs::remove_file(&self.tmp);
+        if !self.committed {
+            if self.file.is_some() {
+                let _ = unlink_in(&self.spool.dirs.msg_fd, self.id.as_str());
+            }
+            self.spool.dirs.receiving().remove(&self.id);
         }
     }
 }
@@ -660,18 +958,39 @@ mod tests {
             "submitd-state 1\n",
         )
         .unwrap();
+        // A receipt a crash cut off: its file still says so.
+        // (Through an unlocked handle, leaked as a crash leaves it.)
+        let mut cut = Spool::attach(dir.path())
+            .unwrap()
+            .create(QueueId::generate(), envelope());
+        cut.append(b"half a message").unwrap();
+        std::mem::forget(cut);
 
         drop(spool); // as a crash or restart does
         let (spool, recovery) = Spool::open(dir.path()).unwrap();
-        assert_eq!(recovery.queued, vec![good]);
+        let mut queued = vec![good, flipped.clone()];
+        queued.sort();
+        // The flipped byte is not read at start: the length matches.
+        assert_eq!(recovery.queued, queued);
         assert_eq!(
             (recovery.partial, recovery.corrupt, recovery.stray_states),
-            (1, 3, 1)
+            (2, 2, 1)
         );
         let corrupt: Vec<_> = fs::read_dir(dir.path().join("corrupt")).unwrap().collect();
-        assert_eq!(corrupt.len(), 3);
-        assert_eq!(fs::read_dir(dir.path().join("partial")).unwrap().count(), 1);
-        assert_eq!(spool.list().unwrap().len(), 1);
+        assert_eq!(corrupt.len(), 2);
+        assert_eq!(fs::read_dir(dir.path().join("partial")).unwrap().count(), 2);
+        assert_eq!(spool.list().unwrap().len(), 2);
+        // It is found when it is sent, before the end of data.
+        let mut content = spool.open_content(&flipped).unwrap();
+        let mut piece = Vec::new();
+        let sent = loop {
+            match content.next_piece(&mut piece) {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+        };
+        assert!(matches!(sent, Err(SpoolError::Corrupt { .. })), "{sent:?}");
     }
 
     /// A message written in pieces is the same file, byte for byte, as
@@ -689,8 +1008,17 @@ mod tests {
         for piece in data[..data.len() - 10].chunks(65_536) {
             file.append(piece).unwrap();
         }
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 1);
+        // Written in place, but not a queued message until committed.
+        assert_eq!(fs::read_dir(dir.path().join("msg")).unwrap().count(), 2);
+        assert_eq!(spool.list().unwrap(), vec![whole.clone()]);
+        let attached = Spool::attach(dir.path()).unwrap();
+        assert!(matches!(
+            attached.load_envelope(&id),
+            Err(SpoolError::Receiving { .. })
+        ));
+        assert_eq!(crate::queue::list(&attached).unwrap().len(), 1);
         file.commit(&data[data.len() - 10..]).unwrap();
+        assert_eq!(spool.list().unwrap().len(), 2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let read = |id: &QueueId| {
             let text = fs::read(dir.path().join("msg").join(id.as_str())).unwrap();
@@ -702,8 +1030,50 @@ mod tests {
         let mut dropped = spool.create(QueueId::generate(), envelope());
         dropped.append(b"half a message").unwrap();
         drop(dropped);
-        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("msg")).unwrap().count(), 2);
         assert_eq!(spool.list().unwrap().len(), 2);
+        // An id in use is refused, and the other file is left alone.
+        let taken = spool.create(id.clone(), envelope()).commit(b"again");
+        assert!(
+            matches!(taken, Err(SpoolError::Corrupt { .. })),
+            "{taken:?}"
+        );
+        assert_eq!(spool.load(&id).unwrap().1, data);
+    }
+
+    /// A removal left to the spool's thread hides the message at once and
+    /// removes its files (and only its state file when it has one).
+    #[test]
+    fn removals_later_hide_at_once_and_remove_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let ids: Vec<QueueId> = (0..50)
+            .map(|_| {
+                spool
+                    .store_blocking(QueueId::generate(), &envelope(), DATA)
+                    .unwrap()
+            })
+            .collect();
+        let with_state = &ids[0];
+        spool
+            .save_state(with_state, &DeliveryState::new(1, 0))
+            .unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            spool.remove_later(id.clone(), i == 0);
+        }
+        assert!(spool.list().unwrap().is_empty(), "hidden at once");
+        spool.wait_removals();
+        assert_eq!(fs::read_dir(dir.path().join("msg")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("state")).unwrap().count(), 0);
+        // The last handle gone, the thread ends; a new spool starts its own.
+        drop(spool);
+        let (spool, _) = Spool::open(dir.path()).unwrap();
+        let id = spool
+            .store_blocking(QueueId::generate(), &envelope(), DATA)
+            .unwrap();
+        spool.remove_later(id, false);
+        spool.wait_removals();
+        assert_eq!(fs::read_dir(dir.path().join("msg")).unwrap().count(), 0);
     }
 
     #[test]
