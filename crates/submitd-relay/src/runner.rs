@@ -159,7 +159,8 @@ impl Relay {
 
     /// Paces the intake to the relay, as Postfix's `in_flow_delay` does:
     /// while more new messages wait than twice the workers (each worker
-    /// has one in hand and one next), waits until a worker takes one, at
+    /// has one in hand and one next), waits until a worker takes one (each
+    /// message taken lets one waiting 250 go, as Postfix's tokens do), at
     /// most the configured delay, then returns. Called before a new
     /// message's 250, so clients that submit faster than the relay can
     /// deliver are slowed to its pace instead of growing the queue without
@@ -170,16 +171,12 @@ impl Relay {
             return;
         }
         let mark = self.connections * 2;
-        let deadline = tokio::time::Instant::now() + self.in_flow_delay;
-        loop {
-            let taken = self.taken.notified();
-            if self.schedule().waiting() <= mark {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, taken).await.is_err() {
-                return;
-            }
+        if self.schedule().waiting() <= mark {
+            return;
         }
+        // Behind: the next message a worker takes lets this one go (a
+        // token, first come first served), or the delay runs out.
+        let _ = tokio::time::timeout(self.in_flow_delay, self.taken.notified()).await;
     }
 
     /// Reads the queue again (after `submitd queue flush`, or to find
@@ -270,7 +267,8 @@ impl Relay {
             let now = unix_now();
             let taken = self.schedule().take_due(now);
             if let Some(id) = taken {
-                self.taken.notify_waiters();
+                // One waiting 250 goes per message taken, as a token.
+                self.taken.notify_one();
                 self.attempt_scheduled(&id, &mut connection, &mut figures)
                     .await;
                 continue;
@@ -420,7 +418,7 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(relay.schedule().take_due(0).is_some());
-        relay.taken.notify_waiters();
+        relay.taken.notify_one();
         assert_eq!(waiter.await.unwrap(), Duration::from_millis(100));
         // Zero: never paced.
         let off = relay_with(&dir.path().join("off"), Duration::ZERO);

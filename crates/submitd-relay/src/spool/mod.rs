@@ -542,7 +542,13 @@ struct RemovalState {
     busy: Vec<QueueId>,
     started: bool,
     closed: bool,
+    /// The thread waits on `work` (else it will look again by itself).
+    waiting: bool,
 }
+
+/// How long the remover pauses after a batch, so that the removals of a
+/// busy moment are taken together, without a wake-up each.
+const REMOVAL_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 impl Removals {
     fn lock(&self) -> std::sync::MutexGuard<'_, RemovalState> {
@@ -570,10 +576,10 @@ impl Removals {
             }
             state.started = true;
         }
-        let was_empty = state.queued.is_empty();
         state.queued.push((id, has_state));
+        let wake = std::mem::take(&mut state.waiting);
         drop(state);
-        if was_empty {
+        if wake {
             self.work.notify_one();
         }
         true
@@ -594,7 +600,10 @@ impl Removals {
     }
 
     fn close(&self) {
-        self.lock().closed = true;
+        let mut state = self.lock();
+        state.closed = true;
+        state.waiting = false;
+        drop(state);
         self.work.notify_one();
     }
 
@@ -605,8 +614,10 @@ impl Removals {
             let batch = {
                 let mut state = self.lock();
                 while state.queued.is_empty() && !state.closed {
+                    state.waiting = true;
                     state = self.work.wait(state).unwrap_or_else(|p| p.into_inner());
                 }
+                state.waiting = false;
                 if state.queued.is_empty() {
                     return;
                 }
@@ -629,6 +640,7 @@ impl Removals {
             }
             self.lock().busy.clear();
             self.idle.notify_all();
+            std::thread::sleep(REMOVAL_PAUSE);
         }
     }
 }
