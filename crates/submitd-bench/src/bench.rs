@@ -74,13 +74,13 @@ pub(crate) struct CpuPerMessage {
     pub(crate) load: Duration,
 }
 
-/// CPU times so far: submitd's process, this process's sink threads and
-/// its other threads.
-#[derive(Clone, Copy, Debug, Default)]
+/// CPU times so far: submitd's process, and each thread of this process
+/// with its role (the sinks' threads are named `sink`).
+#[derive(Clone, Debug, Default)]
 struct CpuSample {
     submitd: Duration,
-    sink: Duration,
-    load: Duration,
+    /// By thread id: whether it is a sink thread, and its CPU time.
+    threads: std::collections::HashMap<String, (bool, Duration)>,
 }
 
 /// utime + stime from a /proc `stat` line (fields 14 and 15, after the
@@ -107,11 +107,8 @@ fn cpu_sample(submitd: u32) -> CpuSample {
         for task in tasks.flatten() {
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
             if let Some((comm, t)) = stat_cpu(&stat) {
-                if comm.starts_with("sink") {
-                    sample.sink += t;
-                } else {
-                    sample.load += t;
-                }
+                let tid = task.file_name().to_string_lossy().into_owned();
+                sample.threads.insert(tid, (comm.starts_with("sink"), t));
             }
         }
     }
@@ -119,12 +116,26 @@ fn cpu_sample(submitd: u32) -> CpuSample {
 }
 
 impl CpuSample {
-    fn per_message(self, before: Self, messages: usize) -> CpuPerMessage {
+    /// Per message since `before`. A thread of this process that ended
+    /// meanwhile (an idle blocking-pool thread) takes its time with it, so
+    /// the sink's and the clients' figures can be a little low; a thread
+    /// that started meanwhile counts whole.
+    fn per_message(&self, before: &Self, messages: usize) -> CpuPerMessage {
         let n = u32::try_from(messages.max(1)).unwrap_or(u32::MAX);
+        let (mut sink, mut load) = (Duration::ZERO, Duration::ZERO);
+        for (tid, (is_sink, t)) in &self.threads {
+            let was = before.threads.get(tid).map_or(Duration::ZERO, |(_, t)| *t);
+            let used = t.saturating_sub(was);
+            if *is_sink {
+                sink += used;
+            } else {
+                load += used;
+            }
+        }
         CpuPerMessage {
             submitd: self.submitd.saturating_sub(before.submitd) / n,
-            sink: self.sink.saturating_sub(before.sink) / n,
-            load: self.load.saturating_sub(before.load) / n,
+            sink: sink / n,
+            load: load / n,
         }
     }
 }
@@ -409,7 +420,7 @@ async fn through(w: &World, spec: Spec, limit: Duration) -> Result<Through, Stri
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     report.elapsed = start.elapsed();
-    let cpu = cpu_sample(w.daemon.child.id()).per_message(cpu_before, report.sent);
+    let cpu = cpu_sample(w.daemon.child.id()).per_message(&cpu_before, report.sent);
     sink.clear_messages();
     Ok(Through {
         delivered_share: delivered_by_end as f64 / report.sent.max(1) as f64,
@@ -503,11 +514,11 @@ async fn sweep(w: &World, plan: &Plan) -> Result<Vec<Point>, String> {
     for &c in &plan.concurrency {
         let before = cpu_sample(pid);
         let direct_memory = load::run(&w.direct_memory, spec(c)).await?;
-        let memory_cpu = cpu_sample(pid).per_message(before, direct_memory.sent);
+        let memory_cpu = cpu_sample(pid).per_message(&before, direct_memory.sent);
         w.memory_sink.clear_messages();
         let before = cpu_sample(pid);
         let direct = load::run(&w.direct, spec(c)).await?;
-        let durable_cpu = cpu_sample(pid).per_message(before, direct.sent);
+        let durable_cpu = cpu_sample(pid).per_message(&before, direct.sent);
         w.durable_sink.clear_messages();
         let Through {
             report: whole,

@@ -56,7 +56,7 @@ pub use route::{Route, RouteId, SenderRoute, DOWN_FOR};
 pub use runner::{PassFigures, Relay, RelayConfig};
 pub use space::{free_space, NoSpace, Space, SpaceGuard, DEFAULT_MIN_FREE};
 pub use spool::{
-    unix_now, Content, DeliveryState, QueueId, RecipientState, Recovery, Spool, SpoolError,
+    unix_now, Content, DeliveryState, Peeked, QueueId, RecipientState, Recovery, Spool, SpoolError,
     SpoolFile, StoredEnvelope,
 };
 pub use upstream::{client_tls_config, read_password_file, Connection, SetupError, Upstream};

@@ -157,6 +157,18 @@ impl Relay {
         self.wake.notify_one();
     }
 
+    /// Messages the relay knows of: scheduled (due or waiting for their
+    /// next try) and being delivered now.
+    pub fn queued(&self) -> usize {
+        self.schedule().len()
+    }
+
+    /// Messages stored and not yet taken by a worker (the relay's backlog
+    /// of new work).
+    pub fn waiting(&self) -> usize {
+        self.schedule().waiting()
+    }
+
     /// Paces the intake to the relay, as Postfix's `in_flow_delay` does:
     /// while more new messages wait than twice the workers (each worker
     /// has one in hand and one next), waits until a worker takes one (each

@@ -124,7 +124,6 @@ impl Schedule {
     }
 
     /// Messages scheduled (due or not) and held.
-    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.at.len() + self.busy.len()
     }
