@@ -12,14 +12,13 @@
 //! Setting up 100,000 messages writes and fsyncs 200,000 files (about a
 //! minute here, 400 MB in the target folder, removed at the end).
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use submitd_relay::{
-    client_tls_config, DeliveryState, QueueId, Relay, RelayConfig, RetryPolicy, Route, Spool,
-    StoredEnvelope, Upstream,
-};
-use submitd_smtp::{MailFrom, RcptTo, Transport};
+use common::{body, envelope, relay_to_fake};
+use submitd_relay::{DeliveryState, QueueId, Relay, Spool};
+use submitd_smtp::Transport;
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 use tokio_util::sync::CancellationToken;
 
@@ -45,18 +44,6 @@ fn cpu() -> Duration {
             .unwrap_or(0)
     };
     Duration::from_millis((ticks(11) + ticks(12)) * 10)
-}
-
-fn envelope() -> StoredEnvelope {
-    StoredEnvelope {
-        mail_from: MailFrom::parse("<alice@example.org>").unwrap_or_else(|e| panic!("{e}")),
-        recipients: vec![RcptTo::parse("<bob@example.net>").unwrap_or_else(|e| panic!("{e}"))],
-        user: Some("alice".into()),
-        received: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-    }
 }
 
 /// Stores `count` messages deferred for an hour, from 16 threads.
@@ -123,10 +110,7 @@ fn main() {
         Transport::ImplicitTls,
         Fault::None,
     ));
-    let body = format!(
-        "From: alice@example.org\r\nSubject: bench\r\n\r\n{}",
-        format!("{}\r\n", "x".repeat(76)).repeat(128)
-    );
+    let body = body();
     println!("| queued (deferred) | new messages | delivered msg/s | CPU per message | a minute's scan | the scan at start |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for depth in depths {
@@ -136,22 +120,7 @@ fn main() {
         std::fs::write(&ca_file, ca.pem()).unwrap_or_else(|e| panic!("{e}"));
         let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap_or_else(|e| panic!("{e}"));
         fill(&spool, depth, b"From: a@example.org\r\n\r\nqueued\r\n");
-        let upstream = Upstream {
-            host: "localhost".into(),
-            port: fake.addr.port(),
-            tls: Transport::ImplicitTls,
-            credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
-            tls_config: client_tls_config(Some(&ca_file)).unwrap_or_else(|e| panic!("{e}")),
-            connect_timeout: Duration::from_secs(5),
-        };
-        let relay = Relay::new(
-            spool.clone(),
-            RelayConfig::new(
-                "mx.test",
-                Route::Upstreams(vec![upstream]),
-                RetryPolicy::default(),
-            ),
-        );
+        let relay = relay_to_fake(&spool, fake.addr.port(), &ca_file);
         let stop = CancellationToken::new();
         let start_scan = Instant::now();
         let running = runtime.spawn(relay.clone().run(stop.clone()));

@@ -209,10 +209,12 @@ fn lettre(_dir: &Path, ca: &Path, port: u16, implicit: bool) -> String {
     client
 }
 
-/// What `openssl s_client` makes of one handshake.
-fn s_client(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
+/// `openssl s_client` to `port`, verifying the certificate for
+/// "localhost" against `ca`, with `args` after.
+fn s_client_command(port: u16, ca: &Path, args: &[&std::ffi::OsStr]) -> Command {
     require("openssl", "apt-get install openssl");
-    let output = Command::new("openssl")
+    let mut command = Command::new("openssl");
+    command
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
         .args([
             "-servername",
@@ -221,33 +223,34 @@ fn s_client(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
             "-CAfile",
         ])
         .arg(ca)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
+        .args(args);
+    command
+}
+
+fn both_outputs(output: &std::process::Output) -> String {
+    format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
+    )
+}
+
+/// What `openssl s_client` makes of one handshake.
+fn s_client(port: u16, ca: &Path, args: &[&str]) -> (bool, String) {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let output = s_client_command(port, ca, &args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (output.status.success(), both_outputs(&output))
 }
 
 /// One `openssl s_client` handshake held open for a second (TLS 1.3
 /// tickets come after the handshake), saving or resuming a session.
 fn s_client_session(port: u16, ca: &Path, session: (&str, &Path), args: &[&str]) -> String {
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args([
-            "-servername",
-            "localhost",
-            "-verify_return_error",
-            "-CAfile",
-        ])
-        .arg(ca)
-        .arg(session.0)
-        .arg(session.1)
-        .args(args)
+    let mut all = vec![std::ffi::OsStr::new(session.0), session.1.as_os_str()];
+    all.extend(args.iter().map(std::ffi::OsStr::new));
+    let mut child = s_client_command(port, ca, &all)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -255,12 +258,7 @@ fn s_client_session(port: u16, ca: &Path, session: (&str, &Path), args: &[&str])
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
     drop(child.stdin.take());
-    let output = child.wait_with_output().unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    both_outputs(&child.wait_with_output().unwrap())
 }
 
 /// A second handshake resumes the first one's session: TLS 1.3 tickets,
