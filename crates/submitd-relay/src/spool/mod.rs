@@ -32,8 +32,8 @@
 //! its own flush. On ext4 with a journal, the file's fsync commits its new
 //! directory entry with it, so the fsync of `msg/` that POSIX asks for
 //! finds nothing left to write: one journal commit per message instead of
-//! two. Measured (`docs/spool.md`): about 1.5 times the stores a second and
-//! two thirds of the CPU per store.
+//! two. Measured (`docs/spool.md`, `scripts/spool-writes.py`): 1.1 to 1.6
+//! times the stores a second and half to two thirds of the CPU per store.
 //!
 //! No group commit: concurrent stores each fsync their file and `msg/`
 //! (a shared folder fsync was measured slower; see `docs/spool.md`). The
