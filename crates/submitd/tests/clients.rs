@@ -461,13 +461,7 @@ ca_file = "ca.pem"
 
     // Each message has one summary line when queued and one when done.
     for line in ["message accepted", "message delivered"] {
-        let count = daemon
-            .log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(line) && l.contains("user=alice"))
-            .count();
+        let count = daemon.wait_count(&[line, "user=alice"], sent.len(), Duration::from_secs(10));
         assert_eq!(count, sent.len(), "log lines {line:?}");
     }
     // No password, in any form, in the log.

@@ -118,6 +118,23 @@ impl Daemon {
     }
 
     /// Waits until a log line contains `text`.
+    /// Lines containing every one of `texts`, waiting up to `within` for
+    /// there to be `n` of them (log lines reach the log a moment after
+    /// the replies: the daemon's log thread writes in batches).
+    pub(crate) fn wait_count(&self, texts: &[&str], n: usize, within: Duration) -> usize {
+        let count = || {
+            let log = self.log.lock().unwrap();
+            log.iter()
+                .filter(|l| texts.iter().all(|t| l.contains(t)))
+                .count()
+        };
+        let deadline = Instant::now() + within;
+        while count() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        count()
+    }
+
     pub(crate) fn wait_log(&self, text: &str, within: Duration) -> bool {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
