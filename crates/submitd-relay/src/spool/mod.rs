@@ -159,7 +159,7 @@ fn open_dir(dir: &Path) -> Result<OwnedFd, SpoolError> {
     .map_err(|e| io_error(dir)(e.into()))
 }
 
-/// Opens `name` in the folder `dir` (whose path is `path`, for errors).
+/// Opens `name` in the held folder `dir`.
 fn open_in(dir: &OwnedFd, name: &str, flags: OFlags) -> io::Result<File> {
     let fd = rustix::fs::openat(
         dir,
@@ -175,6 +175,35 @@ fn unlink_in(dir: &OwnedFd, name: &str) -> io::Result<()> {
     rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()).map_err(Into::into)
 }
 
+/// Removes a finished message's file, then its state file if `has_state`
+/// (one that never had one saves the unlink that would fail). `Ok(false)`:
+/// the message file was already gone. An error says whether it was the
+/// state file's (`true`) or the message's.
+///
+/// No fsync of the folders: if a power cut loses an unlink, the message
+/// comes back and is delivered again, which at-least-once allows; nothing
+/// can be lost by it. (A process crash loses nothing here: the kernel has
+/// the unlink.) It saves one flush per message.
+fn unlink_message(
+    msg: &OwnedFd,
+    state: &OwnedFd,
+    id: &QueueId,
+    has_state: bool,
+) -> Result<bool, (bool, io::Error)> {
+    let existed = match unlink_in(msg, id.as_str()) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+        Err(e) => return Err((false, e)),
+    };
+    if existed && has_state {
+        match unlink_in(state, id.as_str()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err((true, e)),
+            _ => {}
+        }
+    }
+    Ok(existed)
+}
+
 /// The spool.
 #[derive(Debug, Clone)]
 pub struct Spool {
@@ -184,18 +213,12 @@ pub struct Spool {
     _lock: Option<Arc<File>>,
 }
 
-fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(dir))
-}
-
 /// The file `submitd queue flush` leaves for the running server.
 const RESCAN_REQUEST: &str = "rescan";
 
-/// Flushes `msg/` through the held handle.
-fn fsync_msg(dirs: &Dirs) -> Result<(), SpoolError> {
-    rustix::fs::fsync(&dirs.msg_fd).map_err(|e| io_error(&dirs.msg)(e.into()))
+/// Flushes a held folder (`path` names it in errors).
+fn fsync_held(dir: &OwnedFd, path: &Path) -> Result<(), SpoolError> {
+    rustix::fs::fsync(dir).map_err(|e| io_error(path)(e.into()))
 }
 
 fn move_aside(file: &Path, to_dir: &Path) -> Result<(), SpoolError> {
@@ -415,7 +438,7 @@ impl Spool {
             fs::rename(&tmp, &target)
         };
         write().map_err(io_error(&target))?;
-        rustix::fs::fsync(&self.dirs.state_fd).map_err(|e| io_error(&self.dirs.state)(e.into()))
+        fsync_held(&self.dirs.state_fd, &self.dirs.state)
     }
 
     /// Moves a queued message whose file is damaged to `corrupt/` (with
@@ -460,31 +483,14 @@ impl Spool {
     /// message delivered at its first attempt never had one, and the
     /// unlink that would fail is saved).
     pub fn remove_message(&self, id: &QueueId, has_state: bool) -> Result<(), SpoolError> {
-        match unlink_in(&self.dirs.msg_fd, id.as_str()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound(id.clone()))
-            }
-            Err(source) => {
-                return Err(SpoolError::Io {
-                    path: self.dirs.msg.join(id.as_str()),
-                    source,
-                })
-            }
-        }
-        // No fsync of the folder: if a power cut loses this unlink, the
-        // message comes back and is delivered again, which at-least-once
-        // allows; nothing can be lost by it. (A process crash loses nothing
-        // here: the kernel has the unlink.) It saves one flush per message.
-        if !has_state {
-            return Ok(());
-        }
-        match unlink_in(&self.dirs.state_fd, id.as_str()) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(SpoolError::Io {
-                path: self.dirs.state.join(id.as_str()),
-                source: e,
+        let dirs = &self.dirs;
+        match unlink_message(&dirs.msg_fd, &dirs.state_fd, id, has_state) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SpoolError::NotFound(id.clone())),
+            Err((in_state, source)) => Err(SpoolError::Io {
+                path: if in_state { &dirs.state } else { &dirs.msg }.join(id.as_str()),
+                source,
             }),
-            _ => Ok(()),
         }
     }
 
@@ -626,15 +632,8 @@ impl Removals {
                 batch
             };
             for (id, has_state) in batch {
-                let removed = match unlink_in(msg_fd, id.as_str()) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => Err((msg, e)),
-                    _ if has_state => match unlink_in(state_fd, id.as_str()) {
-                        Err(e) if e.kind() != io::ErrorKind::NotFound => Err((state_dir, e)),
-                        _ => Ok(()),
-                    },
-                    _ => Ok(()),
-                };
-                if let Err((dir, e)) = removed {
+                if let Err((in_state, e)) = unlink_message(msg_fd, state_fd, &id, has_state) {
+                    let dir = if in_state { state_dir } else { msg };
                     tracing::error!(target: "submitd::spool", %id, folder = %dir.display(), error = %e, "cannot remove a finished message; it is delivered again after a restart");
                 }
             }
@@ -764,7 +763,7 @@ impl SpoolFile {
         if let Some(file) = &self.file {
             file.sync_all().map_err(io_error(&self.path))?;
         }
-        fsync_msg(&self.spool.dirs)?;
+        fsync_held(&self.spool.dirs.msg_fd, &self.spool.dirs.msg)?;
         self.committed = true;
         self.spool.dirs.receiving().remove(&self.id);
         Ok(self.id.clone())

@@ -11,7 +11,7 @@
 use std::fs;
 
 use super::format::read_envelope;
-use super::{fsync_dir, io_error, list_dir, move_aside, QueueId, Spool, SpoolError};
+use super::{fsync_held, io_error, list_dir, move_aside, QueueId, Spool, SpoolError};
 
 /// What recovery found at start.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl Spool {
                 recovery.stray_states += 1;
             }
         }
-        fsync_dir(&self.dirs.msg)?;
+        fsync_held(&self.dirs.msg_fd, &self.dirs.msg)?;
         recovery.queued.sort();
         Ok(recovery)
     }
