@@ -32,6 +32,18 @@ use aws_lc_rs::rand::SystemRandom;
 /// A tag: the keyed hash of one set of credentials.
 type Tag = [u8; 32];
 
+/// The cache's key for one login attempt, computed once per attempt
+/// ([`VerifiedCache::key`]) for the lookup and, after a full check, the
+/// insert.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CacheKey(Tag);
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CacheKey(..)")
+    }
+}
+
 /// What a hit gives back: the same as the full check gave.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verified {
@@ -98,7 +110,9 @@ impl VerifiedCache {
         })
     }
 
-    fn tag(&self, login: &str, password: &str, binding: &str) -> Tag {
+    /// The key for `login` and `password`, bound to `binding` (the stored
+    /// hash they are checked against; empty for a backend that has none).
+    pub fn key(&self, login: &str, password: &str, binding: &str) -> CacheKey {
         let mut context = hmac::Context::with_key(&self.key);
         // Length-prefixed, so no two different triples give the same input.
         for part in [login.to_ascii_lowercase().as_str(), password, binding] {
@@ -107,25 +121,17 @@ impl VerifiedCache {
         }
         let mut tag = [0u8; 32];
         tag.copy_from_slice(context.sign().as_ref());
-        tag
+        CacheKey(tag)
     }
 
     fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A remembered success for these credentials, checked under the same
-    /// credential `epoch` and `binding` (the stored hash they were checked
-    /// against; empty for a backend that has none) within the TTL.
-    pub fn get(
-        &self,
-        login: &str,
-        password: &str,
-        binding: &str,
-        epoch: u64,
-        now: Instant,
-    ) -> Option<Verified> {
-        let tag = self.tag(login, password, binding);
+    /// A remembered success for `key`, checked under the same credential
+    /// `epoch` within the TTL.
+    pub fn get(&self, key: CacheKey, epoch: u64, now: Instant) -> Option<Verified> {
+        let CacheKey(tag) = key;
         let mut entries = self.entries();
         if entries.epoch != epoch {
             flush(&mut entries, epoch);
@@ -135,17 +141,9 @@ impl VerifiedCache {
         (entry.expires > now).then(|| entry.verified.clone())
     }
 
-    /// Remembers a success of the full check.
-    pub fn insert(
-        &self,
-        login: &str,
-        password: &str,
-        binding: &str,
-        epoch: u64,
-        verified: Verified,
-        now: Instant,
-    ) {
-        let tag = self.tag(login, password, binding);
+    /// Remembers a success of the full check for `key`.
+    pub fn insert(&self, key: CacheKey, epoch: u64, verified: Verified, now: Instant) {
+        let CacheKey(tag) = key;
         let expires = now + self.ttl;
         let mut entries = self.entries();
         if entries.epoch != epoch {
@@ -203,38 +201,48 @@ mod tests {
     fn a_hit_needs_the_same_login_password_hash_and_epoch() {
         let cache = VerifiedCache::new(Duration::from_secs(60), 10).unwrap();
         let now = Instant::now();
-        cache.insert("Alice", "pw", "$hash1", 0, alice(), now);
-        assert_eq!(cache.get("alice", "pw", "$hash1", 0, now), Some(alice()));
-        assert_eq!(cache.get("ALICE", "pw", "$hash1", 0, now), Some(alice()));
-        assert_eq!(cache.get("alice", "pW", "$hash1", 0, now), None);
+        cache.insert(cache.key("Alice", "pw", "$hash1"), 0, alice(), now);
         assert_eq!(
-            cache.get("alice", "pw", "$hash2", 0, now),
+            cache.get(cache.key("alice", "pw", "$hash1"), 0, now),
+            Some(alice())
+        );
+        assert_eq!(
+            cache.get(cache.key("ALICE", "pw", "$hash1"), 0, now),
+            Some(alice())
+        );
+        assert_eq!(cache.get(cache.key("alice", "pW", "$hash1"), 0, now), None);
+        assert_eq!(
+            cache.get(cache.key("alice", "pw", "$hash2"), 0, now),
             None,
             "a new password hash"
         );
-        assert_eq!(cache.get("bob", "pw", "$hash1", 0, now), None);
+        assert_eq!(cache.get(cache.key("bob", "pw", "$hash1"), 0, now), None);
         // Moving parts between fields must not collide.
-        cache.insert("ab", "c", "", 0, alice(), now);
-        assert_eq!(cache.get("a", "bc", "", 0, now), None);
+        cache.insert(cache.key("ab", "c", ""), 0, alice(), now);
+        assert_eq!(cache.get(cache.key("a", "bc", ""), 0, now), None);
         // Another epoch (a reload) flushes everything.
-        assert_eq!(cache.get("alice", "pw", "$hash1", 1, now), None);
+        assert_eq!(cache.get(cache.key("alice", "pw", "$hash1"), 1, now), None);
         assert!(cache.is_empty());
-        assert_eq!(cache.get("alice", "pw", "$hash1", 0, now), None);
+        assert_eq!(cache.get(cache.key("alice", "pw", "$hash1"), 0, now), None);
     }
 
     #[test]
     fn entries_expire_and_hits_do_not_extend_them() {
         let cache = VerifiedCache::new(Duration::from_secs(60), 10).unwrap();
         let now = Instant::now();
-        cache.insert("alice", "pw", "h", 0, alice(), now);
+        cache.insert(cache.key("alice", "pw", "h"), 0, alice(), now);
         let later = now + Duration::from_secs(59);
-        assert!(cache.get("alice", "pw", "h", 0, later).is_some());
+        assert!(cache.get(cache.key("alice", "pw", "h"), 0, later).is_some());
         assert!(cache
-            .get("alice", "pw", "h", 0, now + Duration::from_secs(60))
+            .get(
+                cache.key("alice", "pw", "h"),
+                0,
+                now + Duration::from_secs(60)
+            )
             .is_none());
         // A check under an older epoch than the cache's is not kept.
-        cache.get("x", "y", "z", 3, now);
-        cache.insert("alice", "pw", "h", 2, alice(), now);
+        cache.get(cache.key("x", "y", "z"), 3, now);
+        cache.insert(cache.key("alice", "pw", "h"), 2, alice(), now);
         assert!(cache.is_empty());
     }
 
@@ -244,9 +252,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..5u64 {
             cache.insert(
-                &format!("u{i}"),
-                "pw",
-                "h",
+                cache.key(&format!("u{i}"), "pw", "h"),
                 0,
                 alice(),
                 now + Duration::from_millis(i),
@@ -254,14 +260,24 @@ mod tests {
         }
         assert_eq!(cache.len(), 3);
         let at = now + Duration::from_secs(1);
-        assert!(cache.get("u0", "pw", "h", 0, at).is_none());
-        assert!(cache.get("u1", "pw", "h", 0, at).is_none());
-        assert!(cache.get("u4", "pw", "h", 0, at).is_some());
+        assert!(cache.get(cache.key("u0", "pw", "h"), 0, at).is_none());
+        assert!(cache.get(cache.key("u1", "pw", "h"), 0, at).is_none());
+        assert!(cache.get(cache.key("u4", "pw", "h"), 0, at).is_some());
         // The same credentials again: one entry, the newer expiry kept.
-        cache.insert("u4", "pw", "h", 0, alice(), now + Duration::from_secs(30));
-        cache.insert("u5", "pw", "h", 0, alice(), now + Duration::from_secs(31));
+        cache.insert(
+            cache.key("u4", "pw", "h"),
+            0,
+            alice(),
+            now + Duration::from_secs(30),
+        );
+        cache.insert(
+            cache.key("u5", "pw", "h"),
+            0,
+            alice(),
+            now + Duration::from_secs(31),
+        );
         assert!(cache
-            .get("u4", "pw", "h", 0, now + Duration::from_secs(80))
+            .get(cache.key("u4", "pw", "h"), 0, now + Duration::from_secs(80))
             .is_some());
     }
 }

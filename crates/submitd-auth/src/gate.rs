@@ -125,12 +125,15 @@ impl LoginGate {
         // The epoch is read before the users: a reload in between makes a
         // success count under the older epoch, which is then not kept.
         let epoch = self.credentials.reloads();
-        let binding = self
-            .cache
-            .as_ref()
-            .and_then(|_| self.authenticator.cache_binding(&users, username, password));
-        if let (Some(cache), Some(binding)) = (&self.cache, binding) {
-            if let Some(hit) = cache.get(username, password, binding, epoch, cache_now()) {
+        // One key for the lookup and, after a full check, the insert.
+        let cached = self.cache.as_ref().and_then(|cache| {
+            let binding = self
+                .authenticator
+                .cache_binding(&users, username, password)?;
+            Some((cache, cache.key(username, password, binding)))
+        });
+        if let Some((cache, key)) = cached {
+            if let Some(hit) = cache.get(key, epoch, cache_now()) {
                 tracing::info!(target: "submitd::auth", client = %client, user = %hit.user, app_password = hit.app_password.as_deref().unwrap_or("-"), cached = true, "authenticated");
                 return LoginOutcome::Authenticated { user: hit.user };
             }
@@ -142,12 +145,12 @@ impl LoginGate {
         match checked {
             CheckOutcome::Authenticated { user, app_password } => {
                 tracing::info!(target: "submitd::auth", client = %client, %user, app_password = app_password.as_deref().unwrap_or("-"), "authenticated");
-                if let (Some(cache), Some(binding)) = (&self.cache, binding) {
+                if let Some((cache, key)) = cached {
                     let verified = Verified {
                         user: user.clone(),
                         app_password,
                     };
-                    cache.insert(username, password, binding, epoch, verified, cache_now());
+                    cache.insert(key, epoch, verified, cache_now());
                 }
                 LoginOutcome::Authenticated { user }
             }

@@ -50,7 +50,7 @@ pub mod store;
 pub mod throttle;
 
 pub use backend::{local_policy_user, Authenticator};
-pub use cache::{CacheKeyError, Verified, VerifiedCache};
+pub use cache::{CacheKey, CacheKeyError, Verified, VerifiedCache};
 pub use dovecot::DovecotAuth;
 pub use gate::{LoginGate, LoginOutcome};
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
