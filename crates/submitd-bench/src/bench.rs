@@ -63,6 +63,16 @@ pub(crate) enum SinkKind {
     Durable,
 }
 
+impl SinkKind {
+    /// Of a pair of things, one for each sink, the one for this sink.
+    fn pick<T>(self, memory: T, durable: T) -> T {
+        match self {
+            Self::Memory => memory,
+            Self::Durable => durable,
+        }
+    }
+}
+
 /// CPU time of one run, per message.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CpuPerMessage {
@@ -246,18 +256,12 @@ struct World {
 impl World {
     /// The sink submitd relays to.
     fn sink(&self) -> &FakeSmarthost {
-        match self.relay_to {
-            SinkKind::Memory => &self.memory_sink,
-            SinkKind::Durable => &self.durable_sink,
-        }
+        self.relay_to.pick(&self.memory_sink, &self.durable_sink)
     }
 
     /// The direct path to the sink submitd relays to.
     fn direct_to_sink(&self) -> &Target {
-        match self.relay_to {
-            SinkKind::Memory => &self.direct_memory,
-            SinkKind::Durable => &self.direct,
-        }
+        self.relay_to.pick(&self.direct_memory, &self.direct)
     }
 }
 
@@ -343,10 +347,9 @@ connections = {many}
 connections_per_client = {many}
 unauthenticated_connections = {many}
 "#,
-            port = match plan.relay_to {
-                SinkKind::Memory => memory_sink.addr.port(),
-                SinkKind::Durable => sink.addr.port(),
-            },
+            port = plan
+                .relay_to
+                .pick(memory_sink.addr.port(), sink.addr.port()),
             relay = plan.relay_connections
         ),
     )?;
@@ -525,10 +528,7 @@ async fn sweep(w: &World, plan: &Plan) -> Result<Vec<Point>, String> {
             delivered_share,
             cpu,
         } = through(w, spec(c), plan.time_limit * 2).await?;
-        let direct_cpu = match w.relay_to {
-            SinkKind::Memory => memory_cpu,
-            SinkKind::Durable => durable_cpu,
-        };
+        let direct_cpu = w.relay_to.pick(memory_cpu, durable_cpu);
         eprintln!(
             "c={c}: direct to memory {:.0}/s; direct to durable {:.0}/s p99 {} ms; whole path {:.0}/s (accepted {:.0}/s, {:.2} delivered by the end) p99 {} ms; CPU/msg submitd {} us, sink {} us, clients {} us",
             direct_memory.rate(),
@@ -642,14 +642,6 @@ async fn extras(w: &World, plan: &Plan, pid: u32, best: &Best<'_>) -> Result<Ext
     })
 }
 
-/// The direct path to the sink submitd relays to, at this point.
-fn direct_of(plan: &Plan, p: &Point) -> f64 {
-    match plan.relay_to {
-        SinkKind::Memory => p.direct_memory.rate(),
-        SinkKind::Durable => p.direct.rate(),
-    }
-}
-
 fn us(d: Duration) -> u128 {
     d.as_micros()
 }
@@ -666,10 +658,7 @@ fn markdown(plan: &Plan, points: &[Point], best: &Best<'_>, extras: &Extras) -> 
         argon2,
         idle_line,
     } = extras;
-    let sink = match plan.relay_to {
-        SinkKind::Memory => "the memory sink",
-        SinkKind::Durable => "the durable sink",
-    };
+    let sink = plan.relay_to.pick("the memory sink", "the durable sink");
     let mut md = String::new();
     md.push_str(&format!(
         "Messages of {} octets, {} per run, one recipient; loopback TLS 1.3 both ways; submitd relays to {sink} over {} connections. CPU per message: submitd's process, the sinks' threads and the load clients' threads (/proc, 10 ms ticks), divided by the messages of the run.\n\n",
@@ -678,11 +667,8 @@ fn markdown(plan: &Plan, points: &[Point], best: &Best<'_>, extras: &Extras) -> 
     md.push_str("| clients | direct to the sink msg/s | whole path msg/s | whole / direct | accepted msg/s | delivered / accepted when the clients finished | submit p50 ms | submit p99 ms | CPU µs/msg: submitd | sink | clients | sink + clients, direct | direct, other sink msg/s |\n");
     md.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     for p in points {
-        let direct = direct_of(plan, p);
-        let other = match plan.relay_to {
-            SinkKind::Memory => p.direct.rate(),
-            SinkKind::Durable => p.direct_memory.rate(),
-        };
+        let (memory, durable) = (p.direct_memory.rate(), p.direct.rate());
+        let (direct, other) = plan.relay_to.pick((memory, durable), (durable, memory));
         md.push_str(&format!(
             "| {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} | {} | {} | {} | {} | {:.0} |\n",
             p.concurrency,
@@ -700,10 +686,7 @@ fn markdown(plan: &Plan, points: &[Point], best: &Best<'_>, extras: &Extras) -> 
             other,
         ));
     }
-    let best_direct = match plan.relay_to {
-        SinkKind::Memory => best.memory,
-        SinkKind::Durable => best.direct,
-    };
+    let best_direct = plan.relay_to.pick(best.memory, best.direct);
     let best = best.whole;
     md.push_str("\n| figure | value | how |\n| --- | ---: | --- |\n");
     md.push_str(&format!(
