@@ -106,6 +106,14 @@ mod tests {
 
     use super::*;
 
+    /// The minimal config with `extra` lines in its `[auth]` table.
+    fn with_auth(extra: &str) -> Result<Settings, String> {
+        load(&MINIMAL.replace(
+            "users = \"users\"\n",
+            &format!("users = \"users\"\n{extra}"),
+        ))
+    }
+
     fn load(text: &str) -> Result<Settings, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("submitd.toml");
@@ -228,12 +236,7 @@ maildir = "Maildir"
 
     #[test]
     fn the_dovecot_backend_needs_its_socket() {
-        let with = |extra: &str| {
-            load(&MINIMAL.replace(
-                "users = \"users\"\n",
-                &format!("users = \"users\"\n{extra}"),
-            ))
-        };
+        let with = with_auth;
         assert_eq!(with("").unwrap().auth.backend, PasswordBackend::File);
         let s = with("backend = \"dovecot\"\ndovecot_socket = \"/run/dovecot/auth-client\"\ndovecot_timeout = \"2s\"\n").unwrap();
         assert_eq!(
@@ -256,12 +259,7 @@ maildir = "Maildir"
 
     #[test]
     fn the_verified_cache_is_on_for_the_file_and_asked_for_with_dovecot() {
-        let with = |extra: &str| {
-            load(&MINIMAL.replace(
-                "users = \"users\"\n",
-                &format!("users = \"users\"\n{extra}"),
-            ))
-        };
+        let with = with_auth;
         let hour = Some(Duration::from_secs(3600));
         assert_eq!(with("").unwrap().auth.verified_cache, hour);
         assert_eq!(

@@ -16,10 +16,9 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{body, envelope, relay_to_fake};
+use common::{body, envelope, relay_to_fake, runtime_and_fake};
 use submitd_relay::{DeliveryState, QueueId, Relay, Spool};
-use submitd_smtp::Transport;
-use submitd_testkit::{FakeSmarthost, Fault, TestCa};
+use submitd_testkit::FakeSmarthost;
 use tokio_util::sync::CancellationToken;
 
 fn env_list(name: &str, default: &str) -> Vec<usize> {
@@ -98,18 +97,7 @@ fn main() {
         .first()
         .copied()
         .unwrap_or(5000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let ca = TestCa::new();
-    let fake = runtime.block_on(FakeSmarthost::start(
-        &ca,
-        &["localhost"],
-        Transport::ImplicitTls,
-        Fault::None,
-    ));
+    let (runtime, ca, fake) = runtime_and_fake();
     let body = body();
     println!("| queued (deferred) | new messages | delivered msg/s | CPU per message | a minute's scan | the scan at start |");
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");

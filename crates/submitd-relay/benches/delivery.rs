@@ -6,28 +6,15 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{body, envelope, relay_to_fake};
+use common::{body, envelope, relay_to_fake, runtime_and_fake};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use submitd_relay::{QueueId, Spool};
-use submitd_smtp::Transport;
-use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
 const BATCH: u64 = 50;
 
 fn bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("{e}"));
+    let (runtime, ca, fake) = runtime_and_fake();
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap_or_else(|e| panic!("{e}"));
-    let ca = TestCa::new();
-    let fake = runtime.block_on(FakeSmarthost::start(
-        &ca,
-        &["localhost"],
-        Transport::ImplicitTls,
-        Fault::None,
-    ));
     let ca_file = dir.path().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap_or_else(|e| panic!("{e}"));
     let (spool, _) = Spool::open(&dir.path().join("spool")).unwrap_or_else(|e| panic!("{e}"));

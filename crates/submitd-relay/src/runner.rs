@@ -169,6 +169,13 @@ impl Relay {
         self.schedule().waiting()
     }
 
+    /// Waits (off the async threads) until the spool has removed every
+    /// finished message handed to it.
+    async fn removals_done(&self) {
+        let spool = self.spool.clone();
+        let _ = tokio::task::spawn_blocking(move || spool.wait_removals()).await;
+    }
+
     /// Paces the intake to the relay, as Postfix's `in_flow_delay` does:
     /// while more new messages wait than twice the workers (each worker
     /// has one in hand and one next), waits until a worker takes one (each
@@ -267,8 +274,7 @@ impl Relay {
         }
         workers.wait().await;
         // The removals of the last deliveries, before the process ends.
-        let spool = self.spool.clone();
-        let _ = tokio::task::spawn_blocking(move || spool.wait_removals()).await;
+        self.removals_done().await;
     }
 
     async fn worker(self, shutdown: CancellationToken) {
@@ -375,8 +381,7 @@ impl Relay {
         if let Some((_, connection)) = connection {
             connection.quit().await;
         }
-        let spool = self.spool.clone();
-        let _ = tokio::task::spawn_blocking(move || spool.wait_removals()).await;
+        self.removals_done().await;
         if figures.attempted > 0 {
             tracing::info!(target: "submitd::relay", ?figures, "delivery pass");
         }

@@ -11,6 +11,25 @@ use submitd_relay::{
     client_tls_config, Relay, RelayConfig, RetryPolicy, Route, Spool, StoredEnvelope, Upstream,
 };
 use submitd_smtp::{MailFrom, RcptTo, Transport};
+use submitd_testkit::{FakeSmarthost, Fault, TestCa};
+
+/// A two-thread runtime, a test CA and a well-behaved fake smarthost over
+/// implicit TLS on it.
+pub(crate) fn runtime_and_fake() -> (tokio::runtime::Runtime, TestCa, FakeSmarthost) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ca = TestCa::new();
+    let fake = runtime.block_on(FakeSmarthost::start(
+        &ca,
+        &["localhost"],
+        Transport::ImplicitTls,
+        Fault::None,
+    ));
+    (runtime, ca, fake)
+}
 
 /// A relay over `spool` to the fake smarthost on `port`, trusting the CA
 /// in `ca_file`, with the default settings.
