@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use submitd_relay::{client_tls_config, Connection, Upstream};
+use submitd_relay::{client_tls_config, Connection, Upstream, UpstreamAuth};
 use submitd_smtp::{Envelope, MailFrom, RcptTo, Transport};
 
 /// Where the load goes and who it logs in as.
@@ -138,10 +138,11 @@ impl Target {
             host: self.host.clone(),
             port: self.port,
             tls: self.tls,
-            credentials: Some((
-                self.user.clone(),
-                Arc::new(self.password.as_bytes().to_vec()),
-            )),
+            auth: UpstreamAuth::Password {
+                user: self.user.clone(),
+                password: Arc::new(self.password.as_bytes().to_vec()),
+            },
+            mechanisms: Vec::new(),
             tls_config,
             connect_timeout: Duration::from_secs(30),
         })
@@ -168,10 +169,13 @@ pub(crate) async fn run(target: &Target, spec: Spec) -> Result<Report, String> {
     let pool: Arc<Vec<Upstream>> = Arc::new(
         (0..spec.user_pool)
             .map(|i| Upstream {
-                credentials: upstream
-                    .credentials
-                    .as_ref()
-                    .map(|(user, password)| (format!("{user}{i}"), Arc::clone(password))),
+                auth: match &upstream.auth {
+                    UpstreamAuth::Password { user, password } => UpstreamAuth::Password {
+                        user: format!("{user}{i}"),
+                        password: Arc::clone(password),
+                    },
+                    other => other.clone(),
+                },
                 ..(*upstream).clone()
             })
             .collect(),

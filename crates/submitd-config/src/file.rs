@@ -127,12 +127,59 @@ pub(crate) struct Upstream {
     pub(crate) password_file: Option<PathBuf>,
     #[serde(default)]
     pub(crate) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) auth: Option<UpstreamAuthKind>,
+    #[serde(default)]
+    pub(crate) mechanisms: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) oauth2: Option<OAuth2>,
+}
+
+/// `auth = ` of an upstream.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum UpstreamAuthKind {
+    Password,
+    Xoauth2,
+    None,
+}
+
+/// `[relay.upstream.oauth2]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OAuth2 {
+    #[serde(default)]
+    pub(crate) preset: Option<String>,
+    #[serde(default)]
+    pub(crate) tenant: Option<String>,
+    #[serde(default)]
+    pub(crate) token_url: Option<String>,
+    #[serde(default)]
+    pub(crate) device_url: Option<String>,
+    pub(crate) client_id: String,
+    #[serde(default)]
+    pub(crate) client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) client_key: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) scope: Option<String>,
+    pub(crate) grant: String,
+    #[serde(default)]
+    pub(crate) refresh_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SenderUpstream {
     pub(crate) senders: Vec<String>,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
     #[serde(flatten)]
     pub(crate) upstream: Upstream,
 }

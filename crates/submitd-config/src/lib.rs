@@ -29,8 +29,9 @@ mod settings;
 use std::path::{Path, PathBuf};
 
 pub use settings::{
-    AuthSettings, LimitSettings, ListenSettings, LocalSettings, PasswordBackend, QueueSettings,
-    RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings, UpstreamSettings,
+    AuthSettings, LimitSettings, ListenSettings, LocalSettings, OAuth2Settings, PasswordBackend,
+    QueueSettings, RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings,
+    UpstreamAuthSettings, UpstreamSettings,
 };
 
 /// A config problem: the file, the key (when one is to blame) and what is
@@ -215,11 +216,15 @@ maildir = "Maildir"
         let s = with("[[relay.sender_upstream]]\nsenders = [\"bob@gmail.com\", \"@example.net\"]\nhost = \"smtp.gmail.com\"\nport = 465\ntls = \"implicit\"\nusername = \"bob@gmail.com\"\npassword_file = \"bob.pass\"\n").unwrap();
         let SenderRouteSettings {
             senders,
+            name,
             upstream: up,
         } = &s.relay.sender_routes[0];
         assert_eq!(senders, &["bob@gmail.com", "@example.net"]);
+        assert_eq!(name, "bob@gmail.com", "named by its first sender");
         assert_eq!(up.host, "smtp.gmail.com");
-        assert!(up.credentials.as_ref().unwrap().1.is_absolute());
+        assert!(
+            matches!(&up.auth, UpstreamAuthSettings::Password { file, .. } if file.is_absolute())
+        );
         let e = with("[[relay.sender_upstream]]\nsenders = [\"bob\"]\nhost = \"h\"\nport = 465\ntls = \"implicit\"\n").unwrap_err();
         assert!(
             e.contains("key `relay.sender_upstream[0].senders`: \"bob\" is neither"),
@@ -232,6 +237,62 @@ maildir = "Maildir"
             e.contains("key `relay.sender_upstream[0]`: set both username"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn oauth2_upstreams_are_checked_and_presets_filled_in() {
+        use submitd_oauth2::{ClientAuth, Grant};
+        use submitd_smtp::Mechanism;
+        let upstream =
+            "[[relay.upstream]]\nhost = \"smtp.office365.com\"\nport = 587\ntls = \"starttls\"\n";
+        let with = |extra: &str| {
+            let text = MINIMAL.replace("maildir = \"Maildir\"", "");
+            load(&format!("{text}{upstream}{extra}"))
+        };
+        let s = with("auth = \"xoauth2\"\nusername = \"relay@contoso.example\"\nmechanisms = [\"XOAUTH2\"]\n[relay.upstream.oauth2]\npreset = \"microsoft365\"\ntenant = \"contoso.onmicrosoft.com\"\nclient_id = \"app\"\nclient_certificate = \"app.pem\"\nclient_key = \"app.key\"\ngrant = \"client_credentials\"\n").unwrap();
+        let RouteSettings::Upstreams(ups) = &s.relay.route else {
+            panic!("upstreams")
+        };
+        let UpstreamAuthSettings::XOAuth2 { user, oauth2 } = &ups[0].auth else {
+            panic!("xoauth2: {:?}", ups[0].auth)
+        };
+        assert_eq!(user, "relay@contoso.example");
+        assert_eq!(ups[0].mechanisms, vec![Mechanism::XOAuth2]);
+        let e = &oauth2.endpoint;
+        assert_eq!(
+            e.token_url,
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(e.scope, "https://outlook.office365.com/.default");
+        assert_eq!(e.route, "default");
+        assert!(matches!(&e.client_auth, ClientAuth::Assertion { key, .. } if key.is_absolute()));
+        assert_eq!(oauth2.timeout.as_secs(), 30);
+
+        let s = with("username = \"me@gmail.com\"\n[relay.upstream.oauth2]\npreset = \"google\"\nclient_id = \"c\"\nclient_secret_file = \"c.secret\"\ngrant = \"refresh_token\"\nrefresh_token_file = \"me.token\"\n").unwrap();
+        let RouteSettings::Upstreams(ups) = &s.relay.route else {
+            panic!("upstreams")
+        };
+        let UpstreamAuthSettings::XOAuth2 { oauth2, .. } = &ups[0].auth else {
+            panic!("an oauth2 table means xoauth2")
+        };
+        assert!(
+            matches!(&oauth2.endpoint.grant, Grant::RefreshToken { file } if file.is_absolute())
+        );
+        assert_eq!(oauth2.endpoint.scope, "https://mail.google.com/");
+
+        for (extra, expected) in [
+            ("auth = \"xoauth2\"\nusername = \"u@x\"\n", "key `relay.upstream[0].oauth2`: auth = \"xoauth2\" needs an oauth2 table"),
+            ("username = \"u@x\"\n[relay.upstream.oauth2]\ntoken_url = \"http://idp/token\"\nclient_id = \"c\"\nscope = \"s\"\nclient_secret_file = \"s\"\ngrant = \"client_credentials\"\n", "key `relay.upstream[0].oauth2.token_url`: \"http://idp/token\" is not an https:// address"),
+            ("username = \"u@x\"\n[relay.upstream.oauth2]\ntoken_url = \"https://idp/token\"\nclient_id = \"c\"\nscope = \"s\"\ngrant = \"client_credentials\"\n", "needs client_secret_file, or client_certificate and client_key"),
+            ("username = \"u@x\"\n[relay.upstream.oauth2]\ntoken_url = \"https://idp/token\"\nclient_id = \"c\"\nscope = \"s\"\ngrant = \"refresh_token\"\n", "key `relay.upstream[0].oauth2.refresh_token_file`"),
+            ("username = \"u@x\"\n[relay.upstream.oauth2]\npreset = \"microsoft365\"\nclient_id = \"c\"\ngrant = \"refresh_token\"\nrefresh_token_file = \"t\"\n", "key `relay.upstream[0].oauth2.tenant`"),
+            ("username = \"u@x\"\npassword_file = \"p\"\nmechanisms = [\"XOAUTH2\"]\n", "\"XOAUTH2\" does not carry a password"),
+            ("username = \"u@x\"\npassword_file = \"p\"\nmechanisms = [\"CRAM-MD5\"]\n", "is not one of PLAIN, LOGIN, XOAUTH2, OAUTHBEARER"),
+            ("auth = \"none\"\nusername = \"u@x\"\n", "key `relay.upstream[0].auth`: is \"none\""),
+        ] {
+            let error = with(extra).unwrap_err();
+            assert!(error.contains(expected), "{extra}: {error}");
+        }
     }
 
     #[test]

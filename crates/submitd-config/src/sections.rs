@@ -6,13 +6,19 @@ use std::time::Duration;
 
 use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig, VerifiedCache};
 use submitd_listener::{CertificatePaths, ConnectionLimits};
+use submitd_oauth2::{ClientAuth, Grant, TokenEndpoint};
 use submitd_relay::{RelayConfig, RetryPolicy};
+use submitd_smtp::{Mechanism, SecretKind};
+
+/// How long one request to an OAuth2 provider may take.
+const DEFAULT_OAUTH2_TIMEOUT: Duration = Duration::from_secs(30);
 use submitd_smtp::Transport;
 
 use crate::file::{self, BackendKind, File, TlsMode};
 use crate::settings::{
-    AuthSettings, LimitSettings, ListenSettings, LocalSettings, PasswordBackend, QueueSettings,
-    RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings, UpstreamSettings,
+    AuthSettings, LimitSettings, ListenSettings, LocalSettings, OAuth2Settings, PasswordBackend,
+    QueueSettings, RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings,
+    UpstreamAuthSettings, UpstreamSettings,
 };
 use crate::{parse_size, ConfigError};
 
@@ -245,20 +251,245 @@ impl<'a> Context<'a> {
         })
     }
 
-    fn upstream(&self, key: &str, u: &file::Upstream) -> Result<UpstreamSettings, ConfigError> {
-        let credentials = match (&u.username, &u.password_file) {
-            (Some(user), Some(file)) => Some((user.clone(), self.abs(file))),
-            (None, None) => None,
-            _ => {
-                return Err(self.err(key, "set both username and password_file, or neither"));
+    fn upstream(
+        &self,
+        key: &str,
+        route: &str,
+        u: &file::Upstream,
+    ) -> Result<UpstreamSettings, ConfigError> {
+        use file::UpstreamAuthKind as Kind;
+        let kind = u.auth.unwrap_or(if u.oauth2.is_some() {
+            Kind::Xoauth2
+        } else if u.password_file.is_some() || u.username.is_some() {
+            Kind::Password
+        } else {
+            Kind::None
+        });
+        let auth = match kind {
+            Kind::None => {
+                if u.username.is_some() || u.password_file.is_some() || u.oauth2.is_some() {
+                    return Err(self.err(
+                        &format!("{key}.auth"),
+                        "is \"none\", but username, password_file or oauth2 is set; remove them or set auth = \"password\" or \"xoauth2\"",
+                    ));
+                }
+                UpstreamAuthSettings::None
+            }
+            Kind::Password => match (&u.username, &u.password_file, &u.oauth2) {
+                (Some(user), Some(file), None) => UpstreamAuthSettings::Password {
+                    user: user.clone(),
+                    file: self.abs(file),
+                },
+                (_, _, Some(_)) => return Err(self.err(
+                    &format!("{key}.oauth2"),
+                    "is set, but auth = \"password\"; set auth = \"xoauth2\" or remove the table",
+                )),
+                _ => return Err(self.err(key, "set both username and password_file, or neither")),
+            },
+            Kind::Xoauth2 => {
+                let Some(user) = &u.username else {
+                    return Err(self.err(
+                        &format!("{key}.username"),
+                        "auth = \"xoauth2\" needs the mailbox the token acts for, such as \"relay@example.org\"",
+                    ));
+                };
+                if u.password_file.is_some() {
+                    return Err(self.err(
+                        &format!("{key}.password_file"),
+                        "is set, but auth = \"xoauth2\" sends a token; remove it",
+                    ));
+                }
+                let Some(table) = &u.oauth2 else {
+                    return Err(self.err(
+                        &format!("{key}.oauth2"),
+                        "auth = \"xoauth2\" needs an oauth2 table (token_url, client_id, grant); see docs/oauth2.md",
+                    ));
+                };
+                UpstreamAuthSettings::XOAuth2 {
+                    user: user.clone(),
+                    oauth2: self.oauth2(&format!("{key}.oauth2"), route, table)?,
+                }
+            }
+        };
+        let mechanisms = match &u.mechanisms {
+            None => Vec::new(),
+            Some(names) => {
+                let mkey = format!("{key}.mechanisms");
+                if names.is_empty() {
+                    return Err(
+                        self.err(&mkey, "is empty; remove it, or name the mechanisms allowed")
+                    );
+                }
+                let wanted = match &auth {
+                    UpstreamAuthSettings::None => {
+                        return Err(self.err(
+                            &mkey,
+                            "is set, but the upstream has no AUTH (auth = \"none\")",
+                        ))
+                    }
+                    UpstreamAuthSettings::Password { .. } => SecretKind::Password,
+                    UpstreamAuthSettings::XOAuth2 { .. } => SecretKind::BearerToken,
+                };
+                names
+                    .iter()
+                    .map(|name| match Mechanism::parse(name) {
+                        Some(m) if m.kind() == wanted => Ok(m),
+                        Some(_) => Err(self.err(
+                            &mkey,
+                            format!(
+                                "{name:?} does not carry a {}",
+                                match wanted {
+                                    SecretKind::Password => "password (use PLAIN or LOGIN)",
+                                    SecretKind::BearerToken => "token (use XOAUTH2 or OAUTHBEARER)",
+                                }
+                            ),
+                        )),
+                        None => Err(self.err(
+                            &mkey,
+                            format!("{name:?} is not one of PLAIN, LOGIN, XOAUTH2, OAUTHBEARER"),
+                        )),
+                    })
+                    .collect::<Result<_, _>>()?
             }
         };
         Ok(UpstreamSettings {
             host: u.host.clone(),
             port: u.port,
             transport: transport(u.tls),
-            credentials,
+            auth,
+            mechanisms,
             ca_file: u.ca_file.as_deref().map(|p| self.abs(p)),
+        })
+    }
+
+    /// An upstream's `oauth2` table, presets filled in.
+    fn oauth2(
+        &self,
+        key: &str,
+        route: &str,
+        o: &file::OAuth2,
+    ) -> Result<OAuth2Settings, ConfigError> {
+        let k = |name: &str| format!("{key}.{name}");
+        let grant = match o.grant.as_str() {
+            "client_credentials" => Grant::ClientCredentials,
+            "refresh_token" => match &o.refresh_token_file {
+                Some(file) => Grant::RefreshToken {
+                    file: self.abs(file),
+                },
+                None => {
+                    return Err(self.err(
+                        &k("refresh_token_file"),
+                        "grant = \"refresh_token\" needs the file that holds it, such as \"/var/lib/submitd/oauth2/default.token\" (written by `submitd oauth2 authorize`)",
+                    ))
+                }
+            },
+            other => {
+                return Err(self.err(
+                    &k("grant"),
+                    format!("{other:?} is not \"client_credentials\" or \"refresh_token\""),
+                ))
+            }
+        };
+        // Presets: the endpoints the providers publish; explicit keys win.
+        let (token_url, device_url, scope) = match o.preset.as_deref() {
+            None => (None, None, None),
+            Some("microsoft365") => {
+                let Some(tenant) = o.tenant.as_deref().filter(|t| !t.is_empty()) else {
+                    return Err(self.err(
+                        &k("tenant"),
+                        "preset = \"microsoft365\" needs the tenant (its id or domain, such as \"contoso.onmicrosoft.com\")",
+                    ));
+                };
+                if !tenant.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-') {
+                    return Err(self.err(&k("tenant"), format!("{tenant:?} is not a tenant id or domain")));
+                }
+                let base = format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0");
+                let scope = match grant {
+                    Grant::ClientCredentials => "https://outlook.office365.com/.default",
+                    Grant::RefreshToken { .. } => "https://outlook.office365.com/SMTP.Send offline_access",
+                };
+                (
+                    Some(format!("{base}/token")),
+                    Some(format!("{base}/devicecode")),
+                    Some(scope.to_owned()),
+                )
+            }
+            Some("google") => (
+                Some("https://oauth2.googleapis.com/token".to_owned()),
+                Some("https://oauth2.googleapis.com/device/code".to_owned()),
+                Some("https://mail.google.com/".to_owned()),
+            ),
+            Some(other) => {
+                return Err(self.err(
+                    &k("preset"),
+                    format!("{other:?} is not \"microsoft365\" or \"google\"; or leave it out and set token_url and scope"),
+                ))
+            }
+        };
+        let token_url = o.token_url.clone().or(token_url).ok_or_else(|| {
+            self.err(
+                &k("token_url"),
+                "is not set (or set preset = \"microsoft365\" or \"google\")",
+            )
+        })?;
+        let device_url = o.device_url.clone().or(device_url);
+        for (name, url) in [
+            ("token_url", Some(&token_url)),
+            ("device_url", device_url.as_ref()),
+        ] {
+            if let Some(url) = url {
+                if !url.starts_with("https://") || url.len() <= "https://".len() {
+                    return Err(self.err(&k(name), format!("{url:?} is not an https:// address")));
+                }
+            }
+        }
+        let scope = o.scope.clone().or(scope).unwrap_or_default();
+        if scope.trim().is_empty() {
+            return Err(self.err(
+                &k("scope"),
+                "is not set: the scope the provider grants SMTP with",
+            ));
+        }
+        if o.client_id.trim().is_empty() {
+            return Err(self.err(&k("client_id"), "is empty: the application (client) id"));
+        }
+        let client_auth = match (&o.client_secret_file, &o.client_certificate, &o.client_key) {
+            (None, None, None) => ClientAuth::None,
+            (Some(file), None, None) => ClientAuth::Secret {
+                file: self.abs(file),
+            },
+            (None, Some(cert), Some(key)) => ClientAuth::Assertion {
+                certificate: self.abs(cert),
+                key: self.abs(key),
+            },
+            (None, Some(_), None) | (None, None, Some(_)) => {
+                return Err(self.err(key, "set both client_certificate and client_key"))
+            }
+            (Some(_), _, _) => {
+                return Err(self.err(
+                    key,
+                    "set client_secret_file or client_certificate with client_key, not both",
+                ))
+            }
+        };
+        if grant == Grant::ClientCredentials && client_auth == ClientAuth::None {
+            return Err(self.err(
+                key,
+                "grant = \"client_credentials\" needs client_secret_file, or client_certificate and client_key",
+            ));
+        }
+        Ok(OAuth2Settings {
+            endpoint: TokenEndpoint {
+                token_url,
+                device_url,
+                client_id: o.client_id.clone(),
+                client_auth,
+                scope,
+                grant,
+                route: route.to_owned(),
+            },
+            ca_file: o.ca_file.as_deref().map(|p| self.abs(p)),
+            timeout: self.duration(&k("timeout"), &o.timeout, DEFAULT_OAUTH2_TIMEOUT)?,
         })
     }
 
@@ -287,9 +518,20 @@ impl<'a> Context<'a> {
                 ));
             }
         }
+        let name = match &entry.name {
+            Some(name) if name.is_empty() || name.contains(char::is_whitespace) => {
+                return Err(self.err(
+                    &format!("{key}.name"),
+                    format!("{name:?} is not a name without spaces"),
+                ))
+            }
+            Some(name) => name.clone(),
+            None => entry.senders[0].clone(),
+        };
         Ok(SenderRouteSettings {
             senders: entry.senders.clone(),
-            upstream: self.upstream(&key, &entry.upstream)?,
+            upstream: self.upstream(&key, &name, &entry.upstream)?,
+            name,
         })
     }
 
@@ -307,7 +549,7 @@ impl<'a> Context<'a> {
                     .upstream
                     .iter()
                     .enumerate()
-                    .map(|(i, u)| self.upstream(&format!("relay.upstream[{i}]"), u))
+                    .map(|(i, u)| self.upstream(&format!("relay.upstream[{i}]"), "default", u))
                     .collect::<Result<_, _>>()?,
             ),
             _ => {

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use submitd_auth::ThrottleConfig;
 use submitd_listener::{CertificatePaths, ConnectionLimits};
+use submitd_oauth2::TokenEndpoint;
 use submitd_relay::RetryPolicy;
-use submitd_smtp::Transport;
+use submitd_smtp::{Mechanism, Transport};
 
 /// The settings, checked and with absolute paths.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,10 +119,46 @@ pub struct UpstreamSettings {
     pub port: u16,
     /// `tls`: [`Transport::ImplicitTls`] or [`Transport::StartTls`].
     pub transport: Transport,
-    /// `username` and `password_file`, if AUTH is needed.
-    pub credentials: Option<(String, PathBuf)>,
+    /// `auth`, with `username` and the password file or the OAuth2 table.
+    pub auth: UpstreamAuthSettings,
+    /// `mechanisms`: the AUTH mechanisms allowed, in order (empty: those
+    /// that fit the secret).
+    pub mechanisms: Vec<Mechanism>,
     /// `ca_file`; the system's roots if `None`.
     pub ca_file: Option<PathBuf>,
+}
+
+/// How submitd logs in to an upstream (`auth =`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UpstreamAuthSettings {
+    /// `"none"`.
+    None,
+    /// `"password"`: `username` and `password_file`.
+    Password {
+        /// `username`.
+        user: String,
+        /// `password_file`.
+        file: PathBuf,
+    },
+    /// `"xoauth2"`: `username` and `[…oauth2]`.
+    XOAuth2 {
+        /// `username`: the mailbox the token acts for.
+        user: String,
+        /// The `oauth2` table.
+        oauth2: OAuth2Settings,
+    },
+}
+
+/// An upstream's `oauth2` table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OAuth2Settings {
+    /// The endpoint, grant and client (presets filled in; `route` is the
+    /// name `submitd oauth2 authorize` takes).
+    pub endpoint: TokenEndpoint,
+    /// `ca_file` of the provider's HTTPS; the system's roots if `None`.
+    pub ca_file: Option<PathBuf>,
+    /// `timeout`: of each request to the provider.
+    pub timeout: Duration,
 }
 
 /// Where messages go by default.
@@ -138,6 +175,8 @@ pub enum RouteSettings {
 pub struct SenderRouteSettings {
     /// `senders`: addresses and `@domains`.
     pub senders: Vec<String>,
+    /// `name`, else the first sender: what `submitd oauth2 authorize` takes.
+    pub name: String,
     /// The upstream (the entry's other keys).
     pub upstream: UpstreamSettings,
 }

@@ -95,6 +95,16 @@ pub enum DeliveryError {
         /// `host:port`.
         upstream: String,
     },
+    /// No OAuth2 access token for the upstream: the provider is down or
+    /// refused (a revoked refresh token needs `submitd oauth2 authorize`).
+    /// Nothing was sent; the message stays queued.
+    #[error("{upstream}: {error}")]
+    Token {
+        /// `host:port`.
+        upstream: String,
+        /// Why, shared by the attempts deferred in the same window.
+        error: Arc<submitd_oauth2::TokenError>,
+    },
     /// No upstream of the route could be opened; one error each, in order.
     #[error("{}", join(.0))]
     AllFailed(Vec<DeliveryError>),
@@ -129,6 +139,7 @@ impl DeliveryError {
             Self::AllFailed(errors) => errors.iter().any(Self::needs_attention),
             Self::RouteDown { cause, .. } => cause.needs_attention(),
             Self::NoUpstream => true,
+            Self::Token { error, .. } => error.needs_attention(),
             Self::Connect { .. }
             | Self::ConnectTimeout { .. }
             | Self::Io { .. }

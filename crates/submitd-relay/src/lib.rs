@@ -59,4 +59,6 @@ pub use spool::{
     unix_now, Content, DeliveryState, Peeked, QueueId, RecipientState, Recovery, Spool, SpoolError,
     SpoolFile, StoredEnvelope,
 };
-pub use upstream::{client_tls_config, read_password_file, Connection, SetupError, Upstream};
+pub use upstream::{
+    client_tls_config, read_password_file, Connection, SetupError, Upstream, UpstreamAuth,
+};

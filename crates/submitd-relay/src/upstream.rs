@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls_pki_types::{CertificateDer, ServerName};
+use submitd_oauth2::TokenSource;
 use submitd_smtp::{
     ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, Envelope,
-    MessageOutcome, Secret, Transport,
+    Mechanism, MessageOutcome, Secret, SessionError, Transport,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -35,8 +36,11 @@ pub struct Upstream {
     pub port: u16,
     /// [`Transport::ImplicitTls`] or (required) [`Transport::StartTls`].
     pub tls: Transport,
-    /// User name and password, if the upstream wants AUTH.
-    pub credentials: Option<(String, Arc<Vec<u8>>)>,
+    /// How submitd logs in, if it does.
+    pub auth: UpstreamAuth,
+    /// The AUTH mechanisms allowed, in order (empty: those that fit the
+    /// secret). Pinned, a weaker mechanism is never used.
+    pub mechanisms: Vec<Mechanism>,
     /// The TLS client configuration (roots, versions).
     pub tls_config: Arc<rustls::ClientConfig>,
     /// How long connecting and the TLS handshake may take.
@@ -49,8 +53,40 @@ impl std::fmt::Debug for Upstream {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls)
-            .field("user", &self.credentials.as_ref().map(|(u, _)| u))
+            .field("auth", &self.auth)
             .finish()
+    }
+}
+
+/// How submitd logs in to an upstream.
+#[derive(Clone)]
+pub enum UpstreamAuth {
+    /// No AUTH (an upstream that trusts the address).
+    None,
+    /// A user name and password (PLAIN, LOGIN).
+    Password {
+        /// The user name.
+        user: String,
+        /// The password, read from its 0600 file.
+        password: Arc<Vec<u8>>,
+    },
+    /// A user name and an OAuth2 access token (XOAUTH2, OAUTHBEARER),
+    /// from the upstream's token source.
+    Token {
+        /// The mailbox the token acts for.
+        user: String,
+        /// Where tokens come from.
+        tokens: Arc<TokenSource>,
+    },
+}
+
+impl std::fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::Password { user, .. } => write!(f, "Password({user})"),
+            Self::Token { user, tokens } => write!(f, "Token({user}, {tokens:?})"),
+        }
     }
 }
 
@@ -220,16 +256,33 @@ impl Connection {
         })?;
         // Commands are written whole (see `run`); Nagle would only delay them.
         let _ = tcp.set_nodelay(true);
+        let (credentials, token) = match &upstream.auth {
+            UpstreamAuth::None => (None, None),
+            UpstreamAuth::Password { user, password } => (
+                Some(ClientCredentials::password(
+                    user.clone(),
+                    Secret::new(password.to_vec()),
+                )),
+                None,
+            ),
+            UpstreamAuth::Token { user, tokens } => {
+                let token = tokens.token().await.map_err(|error| DeliveryError::Token {
+                    upstream: name.clone(),
+                    error,
+                })?;
+                (
+                    Some(ClientCredentials::bearer(
+                        user.clone(),
+                        Secret::new(token.as_bytes().to_vec()),
+                    )),
+                    Some((Arc::clone(tokens), token)),
+                )
+            }
+        };
         let config = ClientConfig {
             hostname: helo_name.to_owned(),
             transport: upstream.tls,
-            credentials: upstream
-                .credentials
-                .as_ref()
-                .map(|(user, password)| ClientCredentials {
-                    username: user.clone(),
-                    password: Secret::new(password.to_vec()),
-                }),
+            credentials: credentials.map(|c| c.pinned(&upstream.mechanisms)),
             timeouts: ClientTimeouts::default(),
         };
         let mut connection = Self {
@@ -241,7 +294,19 @@ impl Connection {
         if upstream.tls == Transport::ImplicitTls {
             connection.start_tls().await?;
         }
-        match connection.run().await? {
+        let ready = connection.run().await;
+        if let (
+            Err(DeliveryError::Session {
+                error: SessionError::TokenRefused { .. },
+                ..
+            }),
+            Some((tokens, token)),
+        ) = (&ready, &token)
+        {
+            // Revoked or expired early: the next attempt asks for another.
+            tokens.refused(token).await;
+        }
+        match ready? {
             Step::Ready => Ok(connection),
             // The machine reports outcomes and asks for content only for a
             // message it was given.

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use submitd_relay::{
     client_tls_config, QueueId, Relay, RelayConfig, RetryPolicy, Route, Spool, StoredEnvelope,
-    Upstream,
+    Upstream, UpstreamAuth,
 };
 use submitd_smtp::{MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
@@ -214,7 +214,11 @@ fn chaos_child() {
                     host: "localhost".into(),
                     port,
                     tls: Transport::ImplicitTls,
-                    credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
+                    auth: UpstreamAuth::Password {
+                        user: "alice".into(),
+                        password: Arc::new(b"secret".to_vec()),
+                    },
+                    mechanisms: Vec::new(),
                     tls_config: client_tls_config(Some(Path::new(&ca))).unwrap(),
                     connect_timeout: Duration::from_secs(5),
                 };

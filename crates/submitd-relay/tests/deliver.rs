@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use submitd_relay::{
     apply, client_tls_config, AttemptResult, Connection, DeliveryError, DeliveryState,
-    RecipientState, RetryPolicy, Upstream,
+    RecipientState, RetryPolicy, Upstream, UpstreamAuth,
 };
 use submitd_smtp::{Envelope, MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
@@ -35,7 +35,11 @@ fn upstream(ca: &TestCa, smarthost: &FakeSmarthost, tls: Transport, password: &s
         host: "localhost".into(),
         port: smarthost.addr.port(),
         tls,
-        credentials: Some(("alice".into(), Arc::new(password.as_bytes().to_vec()))),
+        auth: UpstreamAuth::Password {
+            user: "alice".into(),
+            password: Arc::new(password.as_bytes().to_vec()),
+        },
+        mechanisms: Vec::new(),
         tls_config: client_tls_config(Some(&ca_file)).unwrap(),
         connect_timeout: Duration::from_secs(5),
     }

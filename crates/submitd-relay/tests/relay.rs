@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use submitd_relay::{
     client_tls_config, queue, Maildir, QueueId, Relay, RelayConfig, RetryPolicy, Route,
-    SenderRoute, Spool, StoredEnvelope, Upstream,
+    SenderRoute, Spool, StoredEnvelope, Upstream, UpstreamAuth,
 };
 use submitd_smtp::{MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
@@ -36,7 +36,11 @@ fn upstream(setup: &Setup, ca: &TestCa, port: u16) -> Upstream {
         host: "localhost".into(),
         port,
         tls: Transport::ImplicitTls,
-        credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
+        auth: UpstreamAuth::Password {
+            user: "alice".into(),
+            password: Arc::new(b"secret".to_vec()),
+        },
+        mechanisms: Vec::new(),
         tls_config: client_tls_config(Some(&setup.ca_file)).unwrap(),
         connect_timeout: Duration::from_secs(5),
     }

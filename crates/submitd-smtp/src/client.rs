@@ -4,7 +4,9 @@
 //! ```text
 //!   new(now) ─▶ Greeting ─220─▶ EHLO ─250─┬─(StartTls, not yet TLS)─▶ STARTTLS ─220─▶ StartTls output
 //!                                         │                       tls_established(now) ─▶ EHLO again
-//!                                         └─▶ AUTH PLAIN | LOGIN (if credentials) ─235─▶ Ready
+//!                                         └─▶ AUTH (if credentials) ─235─▶ Ready
+//!                                               PLAIN | LOGIN with a password,
+//!                                               XOAUTH2 | OAUTHBEARER with a bearer token
 //!   send_message(now, envelope, data) ─▶ MAIL, RCPT…, DATA (pipelined when offered)
 //!        ─▶ Outcome(per-recipient replies) ─▶ Ready … quit(now) ─▶ QUIT ─▶ Close
 //!   send_message_streamed(now, envelope, size, eight_bit) ─▶ MAIL, RCPT…, DATA
@@ -39,13 +41,107 @@ use crate::reply_parser::{ReplyError, ReplyParser};
 use crate::secret::Secret;
 use crate::transport::Transport;
 
+/// A SASL mechanism the client can use with an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mechanism {
+    /// PLAIN (RFC 4616): user and password in one response.
+    Plain,
+    /// LOGIN: user, then password, each after a 334.
+    Login,
+    /// XOAUTH2 (Google's and Microsoft's): user and an OAuth2 bearer token.
+    XOAuth2,
+    /// OAUTHBEARER (RFC 7628): the standard form of the same.
+    OAuthBearer,
+}
+
+impl Mechanism {
+    /// Every mechanism, in the client's order of preference within a kind.
+    pub const ALL: [Self; 4] = [Self::Plain, Self::Login, Self::XOAuth2, Self::OAuthBearer];
+
+    /// The name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::Login => "LOGIN",
+            Self::XOAuth2 => "XOAUTH2",
+            Self::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+
+    /// The mechanism of that name (any case).
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|m| m.name().eq_ignore_ascii_case(name))
+    }
+
+    /// What the mechanism carries.
+    pub fn kind(self) -> SecretKind {
+        match self {
+            Self::Plain | Self::Login => SecretKind::Password,
+            Self::XOAuth2 | Self::OAuthBearer => SecretKind::BearerToken,
+        }
+    }
+}
+
+/// What a client's secret is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretKind {
+    /// A password (PLAIN, LOGIN).
+    Password,
+    /// An OAuth2 access token (XOAUTH2, OAUTHBEARER).
+    BearerToken,
+}
+
 /// Credentials for the upstream.
 #[derive(Debug)]
 pub struct ClientCredentials {
-    /// The user name.
+    /// The user name (for a token, the mailbox it acts for).
     pub username: String,
-    /// The password.
-    pub password: Secret,
+    /// The password or the access token.
+    pub secret: Secret,
+    /// Which it is.
+    pub kind: SecretKind,
+    /// The mechanisms the client may use, in order of preference; the
+    /// first the upstream offers is taken, and none other. A list pinned
+    /// by the operator makes a downgrade (to LOGIN, say) impossible.
+    pub mechanisms: Vec<Mechanism>,
+}
+
+impl ClientCredentials {
+    /// A user name and password: PLAIN, else LOGIN.
+    pub fn password(username: String, password: Secret) -> Self {
+        Self {
+            username,
+            secret: password,
+            kind: SecretKind::Password,
+            mechanisms: vec![Mechanism::Plain, Mechanism::Login],
+        }
+    }
+
+    /// A user name and an OAuth2 access token: XOAUTH2 (what Microsoft 365
+    /// and Google take), else OAUTHBEARER.
+    pub fn bearer(username: String, token: Secret) -> Self {
+        Self {
+            username,
+            secret: token,
+            kind: SecretKind::BearerToken,
+            mechanisms: vec![Mechanism::XOAuth2, Mechanism::OAuthBearer],
+        }
+    }
+
+    /// Only these mechanisms, in this order (those that do not carry this
+    /// kind of secret are dropped; the configuration refuses them first).
+    pub fn pinned(mut self, mechanisms: &[Mechanism]) -> Self {
+        if !mechanisms.is_empty() {
+            self.mechanisms = mechanisms
+                .iter()
+                .copied()
+                .filter(|m| m.kind() == self.kind)
+                .collect();
+        }
+        self
+    }
 }
 
 /// How long to wait for each reply (RFC 5321 §4.5.3.2).
@@ -153,12 +249,28 @@ pub enum SessionError {
     /// The transport is `Plaintext`: the client does not talk without TLS.
     #[error("refusing to talk SMTP to an upstream without TLS")]
     PlaintextRefused,
-    /// Credentials are set but the upstream offers neither PLAIN nor LOGIN.
-    #[error("upstream offers no AUTH mechanism submitd can use (PLAIN, LOGIN)")]
-    AuthNotOffered,
+    /// Credentials are set but the upstream offers none of the mechanisms
+    /// the client may use with them.
+    #[error("upstream offers no AUTH mechanism submitd may use here (wanted {wanted}; offered {offered})")]
+    AuthNotOffered {
+        /// The client's mechanisms, space-separated.
+        wanted: String,
+        /// The upstream's, space-separated (`none` if none).
+        offered: String,
+    },
     /// The upstream refused the credentials.
     #[error("upstream refused the credentials: {0}")]
     Auth(Reply),
+    /// The upstream refused the bearer token (XOAUTH2, OAUTHBEARER): its
+    /// final reply, and what its error challenge said (RFC 7628 §3.2.2),
+    /// printable characters only.
+    #[error("upstream refused the access token: {reply}{}", if detail.is_empty() { String::new() } else { format!(" ({detail})") })]
+    TokenRefused {
+        /// The final reply.
+        reply: Reply,
+        /// The error challenge, decoded.
+        detail: String,
+    },
     /// A reply could not be read.
     #[error("upstream protocol error: {0}")]
     Protocol(#[from] ReplyError),
@@ -180,8 +292,11 @@ impl SessionError {
             | Self::Ehlo(r)
             | Self::StartTls(r)
             | Self::Auth(r)
+            | Self::TokenRefused { reply: r, .. }
             | Self::Unexpected(r) => !r.is_permanent(),
-            Self::StartTlsNotOffered | Self::AuthNotOffered | Self::PlaintextRefused => false,
+            Self::StartTlsNotOffered | Self::AuthNotOffered { .. } | Self::PlaintextRefused => {
+                false
+            }
             Self::Protocol(_) | Self::Timeout(_) => true,
         }
     }
@@ -267,10 +382,17 @@ enum State {
     Ehlo,
     StartTls,
     TlsPending,
-    AuthPlain { retried: bool },
+    AuthPlain {
+        retried: bool,
+    },
     AuthLoginStart,
     AuthLoginUser,
     AuthLoginPassword,
+    /// XOAUTH2 or OAUTHBEARER sent; `challenge` holds the error challenge
+    /// once the server sent one (the next reply is the final refusal).
+    AuthToken {
+        challenge: Option<String>,
+    },
     Ready,
     Transaction(Box<Transaction>),
     Rset,
@@ -289,6 +411,30 @@ pub struct ClientSession {
     parser: ReplyParser,
     outputs: VecDeque<ClientOutput>,
     deadline: Option<(Instant, &'static str)>,
+    mechanism: Option<Mechanism>,
+}
+
+/// The text of an error challenge: base64 of a JSON object whose fields
+/// (`status`, `scope`, ...) say why; kept short and printable, as it is
+/// the upstream's and goes to the log.
+fn challenge_text(reply: &Reply) -> String {
+    let encoded = reply.lines().first().map(String::as_str).unwrap_or("");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .unwrap_or_else(|_| encoded.as_bytes().to_vec());
+    decoded
+        .iter()
+        .map(|&b| {
+            if (0x20..0x7f).contains(&b) {
+                b as char
+            } else {
+                ' '
+            }
+        })
+        .take(200)
+        .collect::<String>()
+        .trim()
+        .to_owned()
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -312,6 +458,7 @@ impl ClientSession {
             parser: ReplyParser::default(),
             outputs: VecDeque::new(),
             deadline,
+            mechanism: None,
         };
         if plaintext {
             // Nothing is sent, not even QUIT.
@@ -701,8 +848,32 @@ impl ClientSession {
                 self.outputs.push_back(ClientOutput::StartTls);
             }
             State::StartTls => self.fail(SessionError::StartTls(reply)),
-            State::AuthPlain { .. } | State::AuthLoginPassword if reply.code() == 235 => {
+            State::AuthPlain { .. } | State::AuthLoginPassword | State::AuthToken { .. }
+                if reply.code() == 235 =>
+            {
                 self.ready()
+            }
+            State::AuthToken { challenge: None } if reply.code() == 334 => {
+                // The error challenge (RFC 7628 §3.2.2): answer with the
+                // dummy response so the server sends its final reply.
+                let detail = challenge_text(&reply);
+                let dummy = match self.mechanism {
+                    Some(Mechanism::OAuthBearer) => "AQ==\r\n",
+                    _ => "\r\n",
+                };
+                self.send_command(
+                    now,
+                    dummy.as_bytes().to_vec(),
+                    State::AuthToken {
+                        challenge: Some(detail),
+                    },
+                );
+            }
+            State::AuthToken { challenge } => {
+                self.fail(SessionError::TokenRefused {
+                    reply,
+                    detail: challenge.unwrap_or_default(),
+                });
             }
             State::AuthPlain { retried: false } if reply.code() == 334 => {
                 // The server ignored the initial response: send it again.
@@ -727,7 +898,7 @@ impl ClientSession {
                     .config
                     .credentials
                     .as_ref()
-                    .map(|c| b64(c.password.expose()))
+                    .map(|c| b64(c.secret.expose()))
                     .unwrap_or_default();
                 self.send_command(
                     now,
@@ -761,23 +932,87 @@ impl ClientSession {
         raw.push(0);
         raw.extend_from_slice(credentials.username.as_bytes());
         raw.push(0);
-        raw.extend_from_slice(credentials.password.expose());
+        raw.extend_from_slice(credentials.secret.expose());
+        b64(&raw)
+    }
+
+    /// The initial response of XOAUTH2 or OAUTHBEARER (RFC 7628 §3.1).
+    fn token_response(&self, mechanism: Mechanism) -> String {
+        let Some(credentials) = &self.config.credentials else {
+            return String::new();
+        };
+        let mut raw = zeroize::Zeroizing::new(Vec::new());
+        match mechanism {
+            Mechanism::OAuthBearer => {
+                // gs2 header: no channel binding, the authorization
+                // identity; a comma or '=' in it is escaped (RFC 5801).
+                raw.extend_from_slice(b"n,a=");
+                for &b in credentials.username.as_bytes() {
+                    match b {
+                        b',' => raw.extend_from_slice(b"=2C"),
+                        b'=' => raw.extend_from_slice(b"=3D"),
+                        _ => raw.push(b),
+                    }
+                }
+                raw.extend_from_slice(b",\x01");
+            }
+            _ => {
+                raw.extend_from_slice(b"user=");
+                raw.extend_from_slice(credentials.username.as_bytes());
+                raw.push(1);
+            }
+        }
+        raw.extend_from_slice(b"auth=Bearer ");
+        raw.extend_from_slice(credentials.secret.expose());
+        raw.extend_from_slice(b"\x01\x01");
         b64(&raw)
     }
 
     fn start_auth(&mut self, now: Instant) {
-        if self.config.credentials.is_none() {
+        let Some(credentials) = &self.config.credentials else {
             return self.ready();
+        };
+        let offered = &self.extensions.auth;
+        let Some(mechanism) = credentials
+            .mechanisms
+            .iter()
+            .copied()
+            .find(|m| offered.iter().any(|a| a == m.name()))
+        else {
+            let names: Vec<&str> = credentials.mechanisms.iter().map(|m| m.name()).collect();
+            let offered = if offered.is_empty() {
+                "none".to_owned()
+            } else {
+                offered.join(" ")
+            };
+            return self.fail(SessionError::AuthNotOffered {
+                wanted: names.join(" "),
+                offered,
+            });
+        };
+        self.mechanism = Some(mechanism);
+        match mechanism {
+            Mechanism::Plain => {
+                let line = format!("AUTH PLAIN {}\r\n", self.plain_response());
+                self.send_command(now, line.into_bytes(), State::AuthPlain { retried: false });
+            }
+            Mechanism::Login => {
+                self.send_command(now, b"AUTH LOGIN\r\n".to_vec(), State::AuthLoginStart);
+            }
+            Mechanism::XOAuth2 | Mechanism::OAuthBearer => {
+                let line = format!(
+                    "AUTH {} {}\r\n",
+                    mechanism.name(),
+                    self.token_response(mechanism)
+                );
+                self.send_command(now, line.into_bytes(), State::AuthToken { challenge: None });
+            }
         }
-        let offered = |m: &str| self.extensions.auth.iter().any(|a| a == m);
-        if offered("PLAIN") {
-            let line = format!("AUTH PLAIN {}\r\n", self.plain_response());
-            self.send_command(now, line.into_bytes(), State::AuthPlain { retried: false });
-        } else if offered("LOGIN") {
-            self.send_command(now, b"AUTH LOGIN\r\n".to_vec(), State::AuthLoginStart);
-        } else {
-            self.fail(SessionError::AuthNotOffered);
-        }
+    }
+
+    /// The mechanism AUTH used, once it started.
+    pub fn mechanism(&self) -> Option<Mechanism> {
+        self.mechanism
     }
 
     fn on_transaction_reply(&mut self, now: Instant, mut tx: Box<Transaction>, reply: Reply) {

@@ -80,7 +80,7 @@ pub use address::{AddressError, AddressLiteral, ClientName, Mailbox};
 pub use body::{dot_stuff, DotStuffer};
 pub use client::{
     ClientConfig, ClientCredentials, ClientError, ClientOutput, ClientSession, ClientTimeouts,
-    Extensions, MessageOutcome, SessionError,
+    Extensions, Mechanism, MessageOutcome, SecretKind, SessionError,
 };
 pub use envelope::{Envelope, ForwardPath, MailFrom, Message, PathError, RcptTo};
 pub use limits::Limits;

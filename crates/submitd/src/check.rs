@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use submitd_auth::CredentialStore;
 use submitd_listener::server_tls_config;
-use submitd_relay::{Connection, Route, Spool, Upstream};
+use submitd_oauth2::{ClientAuth, Grant, TokenEndpoint};
+use submitd_relay::{Connection, Route, Spool, Upstream, UpstreamAuth};
 
 use submitd_config::Settings;
 
@@ -126,6 +127,9 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
     for (who, upstream) in &upstreams {
         let name = format!("{}:{} ({:?})", upstream.host, upstream.port, upstream.tls);
         if !connect {
+            if let UpstreamAuth::Token { tokens, .. } = &upstream.auth {
+                oauth2_files(tokens.endpoint(), &mut found);
+            }
             found.ok(format!(
                 "relay: {who} {name} configured (use --connect to log in to it)"
             ));
@@ -134,9 +138,12 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
         match Connection::open(upstream, &settings.hostname).await {
             Ok(connection) => {
                 connection.quit().await;
-                let auth = match &upstream.credentials {
-                    Some((user, _)) => format!("AUTH accepted for {user}"),
-                    None => "no AUTH configured".to_owned(),
+                let auth = match &upstream.auth {
+                    UpstreamAuth::Password { user, .. } => format!("AUTH accepted for {user}"),
+                    UpstreamAuth::Token { user, .. } => {
+                        format!("access token fetched and AUTH accepted for {user}")
+                    }
+                    UpstreamAuth::None => "no AUTH configured".to_owned(),
                 };
                 found.ok(format!(
                     "relay: {who} {name}: connected, certificate verified, {auth}"
@@ -146,6 +153,39 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
         }
     }
     found
+}
+
+/// The files an OAuth2 upstream needs, checked without asking the
+/// provider: present, private, not empty.
+fn oauth2_files(endpoint: &TokenEndpoint, found: &mut Findings) {
+    let route = &endpoint.route;
+    let mut files: Vec<(&Path, &str)> = Vec::new();
+    match &endpoint.client_auth {
+        ClientAuth::None => {}
+        ClientAuth::Secret { file } => files.push((file, "client_secret_file")),
+        ClientAuth::Assertion { key, .. } => files.push((key, "client_key")),
+    }
+    if let Grant::RefreshToken { file } = &endpoint.grant {
+        files.push((file, "refresh_token_file"));
+    }
+    for (path, key) in files {
+        use std::os::unix::fs::PermissionsExt as _;
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && key == "refresh_token_file" => {
+                found.problem(format!(
+                    "relay: route {route}: {} does not exist; run `submitd oauth2 authorize {route}`",
+                    path.display()
+                ))
+            }
+            Err(e) => found.problem(format!("relay: route {route}: {key} {}: {e}", path.display())),
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => found.problem(format!(
+                "relay: route {route}: {} is readable by others; run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )),
+            Ok(_) => {}
+        }
+    }
 }
 
 fn certificates(settings: &Settings, found: &mut Findings) {

@@ -79,6 +79,24 @@ pub(crate) enum Command {
     /// Look at and act on the queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// OAuth2 for the upstream (XOAUTH2).
+    #[command(subcommand)]
+    Oauth2(OAuth2Command),
+}
+
+#[derive(Subcommand)]
+pub(crate) enum OAuth2Command {
+    /// Authorize a route's mailbox with the device grant (RFC 8628): prints
+    /// an address and a code to enter there, waits, and writes the refresh
+    /// token to the route's refresh_token_file.
+    Authorize {
+        /// `default` for [[relay.upstream]], or a sender route's name (its
+        /// `name`, else its first sender).
+        route: String,
+    },
+    /// Get an access token for each OAuth2 upstream now and say how long it
+    /// lives (the token itself is never shown).
+    Token,
 }
 
 #[derive(Subcommand)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use submitd_config::Settings;
 use submitd_relay::{queue, QueueId, Spool};
 
-use crate::cli::{Cli, Command, QueueCommand, UserCommand};
+use crate::cli::{Cli, Command, OAuth2Command, QueueCommand, UserCommand};
 use crate::{check as check_module, import, sendmail as local_send};
 
 pub(crate) fn sendmail(cli: &Cli) -> ExitCode {
@@ -213,5 +213,117 @@ pub(crate) fn check(settings: &Settings, connect: bool) -> Result<(), String> {
     match found.problems() {
         0 => Ok(()),
         n => Err(format!("{}: {n} problem(s) found", settings.path.display())),
+    }
+}
+
+/// The OAuth2 upstreams of `route` (`default`, or a sender route's name or
+/// one of its senders), each once.
+fn oauth2_endpoints<'a>(
+    settings: &'a Settings,
+    route: Option<&str>,
+) -> Vec<&'a submitd_config::OAuth2Settings> {
+    use submitd_config::{RouteSettings, UpstreamAuthSettings};
+    let mut found: Vec<&submitd_config::OAuth2Settings> = Vec::new();
+    let mut add = |u: &'a submitd_config::UpstreamSettings| {
+        if let UpstreamAuthSettings::XOAuth2 { oauth2, .. } = &u.auth {
+            if !found.iter().any(|f| f.endpoint == oauth2.endpoint) {
+                found.push(oauth2);
+            }
+        }
+    };
+    if route.is_none_or(|r| r == "default") {
+        if let RouteSettings::Upstreams(list) = &settings.relay.route {
+            list.iter().for_each(&mut add);
+        }
+    }
+    for r in &settings.relay.sender_routes {
+        let named = route.is_none_or(|want| {
+            r.name == want || r.senders.iter().any(|s| s.eq_ignore_ascii_case(want))
+        });
+        if named {
+            add(&r.upstream);
+        }
+    }
+    found
+}
+
+pub(crate) fn oauth2_command(settings: &Settings, command: &OAuth2Command) -> Result<(), String> {
+    use std::io::Write as _;
+    use submitd_oauth2::{device, Grant, Http};
+    match command {
+        OAuth2Command::Authorize { route } => {
+            let endpoints: Vec<_> = oauth2_endpoints(settings, Some(route))
+                .into_iter()
+                .filter(|o| matches!(o.endpoint.grant, Grant::RefreshToken { .. }))
+                .collect();
+            if endpoints.is_empty() {
+                return Err(format!(
+                    "{}: no upstream of route {route:?} has an oauth2 table with grant = \"refresh_token\" (routes: \"default\" and each [[relay.sender_upstream]]'s name or sender)",
+                    settings.path.display()
+                ));
+            }
+            for oauth2 in endpoints {
+                let endpoint = &oauth2.endpoint;
+                let http = Http::new(oauth2.ca_file.as_deref(), oauth2.timeout)
+                    .map_err(|e| format!("route {route}: {e}"))?;
+                let authorization = device::start(endpoint, &http).map_err(|e| e.to_string())?;
+                let mut out = std::io::stdout();
+                let _ = writeln!(
+                    out,
+                    "To authorize route {route} ({}): open {} and enter the code {}",
+                    endpoint.client_id, authorization.verification_uri, authorization.user_code
+                );
+                if let Some(complete) = &authorization.verification_uri_complete {
+                    let _ = writeln!(out, "(or open {complete})");
+                }
+                let _ = writeln!(
+                    out,
+                    "Sign in there as the mailbox this route sends as. Waiting up to {} minutes...",
+                    authorization.expires_in.as_secs().div_ceil(60)
+                );
+                let _ = out.flush();
+                device::finish(endpoint, &http, &authorization, &mut std::thread::sleep)
+                    .map_err(|e| e.to_string())?;
+                if let Grant::RefreshToken { file } = &endpoint.grant {
+                    let _ = writeln!(
+                        out,
+                        "Authorized. The refresh token is in {}; the running daemon uses it from its next delivery (no restart needed).",
+                        file.display()
+                    );
+                }
+            }
+            Ok(())
+        }
+        OAuth2Command::Token => {
+            let endpoints = oauth2_endpoints(settings, None);
+            if endpoints.is_empty() {
+                return Err(format!(
+                    "{}: no upstream uses auth = \"xoauth2\"",
+                    settings.path.display()
+                ));
+            }
+            let mut failed = 0;
+            for oauth2 in endpoints {
+                let endpoint = &oauth2.endpoint;
+                let got = Http::new(oauth2.ca_file.as_deref(), oauth2.timeout)
+                    .map_err(|e| e.to_string())
+                    .and_then(|http| endpoint.fetch(&http).map_err(|e| e.to_string()));
+                match got {
+                    Ok(token) => println!(
+                        "route {}: access token fetched, good for {}s",
+                        endpoint.route,
+                        token.lifetime.as_secs()
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        println!("error: {e}");
+                    }
+                }
+            }
+            match failed {
+                0 => Ok(()),
+                n => Err(format!("{n} token request(s) failed")),
+            }
+        }
     }
 }

@@ -71,6 +71,9 @@ fn main() -> ExitCode {
         Command::Queue(queue) => Settings::load(&cli.config)
             .map_err(|e| e.to_string())
             .and_then(|s| commands::queue_command(&s, queue)),
+        Command::Oauth2(command) => Settings::load(&cli.config)
+            .map_err(|e| e.to_string())
+            .and_then(|s| commands::oauth2_command(&s, command)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

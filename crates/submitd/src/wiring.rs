@@ -16,31 +16,44 @@ use submitd_auth::{
     Authenticator, CredentialStore, DovecotAuth, LoginGate, PasswordChecker, SenderPolicy,
     SendingLimits, VerifiedCache,
 };
-use submitd_config::{PasswordBackend, RouteSettings, Settings, UpstreamSettings};
+use submitd_config::{
+    PasswordBackend, RouteSettings, Settings, UpstreamAuthSettings, UpstreamSettings,
+};
 use submitd_listener::Services;
+use submitd_oauth2::{Http, TokenSource};
 use submitd_relay::{
     client_tls_config, read_password_file, Intake, Maildir, Relay, RelayConfig, Route, SenderRoute,
-    Spool, Upstream,
+    Spool, Upstream, UpstreamAuth,
 };
 use submitd_smtp::{ServerConfig, Transport};
 
 /// How long connecting to an upstream and its TLS handshake may take.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One upstream: its password read (0600 or refused) and its TLS roots.
+/// One upstream: its password read (0600 or refused) or its token source
+/// made, and its TLS roots.
 pub(crate) fn upstream(u: &UpstreamSettings) -> Result<Upstream, String> {
-    let credentials = match &u.credentials {
-        Some((user, file)) => Some((
-            user.clone(),
-            read_password_file(file).map_err(|e| e.to_string())?,
-        )),
-        None => None,
+    let auth = match &u.auth {
+        UpstreamAuthSettings::None => UpstreamAuth::None,
+        UpstreamAuthSettings::Password { user, file } => UpstreamAuth::Password {
+            user: user.clone(),
+            password: read_password_file(file).map_err(|e| e.to_string())?,
+        },
+        UpstreamAuthSettings::XOAuth2 { user, oauth2 } => {
+            let http = Http::new(oauth2.ca_file.as_deref(), oauth2.timeout)
+                .map_err(|e| format!("route {}: {e}", oauth2.endpoint.route))?;
+            UpstreamAuth::Token {
+                user: user.clone(),
+                tokens: Arc::new(TokenSource::new(oauth2.endpoint.clone(), http)),
+            }
+        }
     };
     Ok(Upstream {
         host: u.host.clone(),
         port: u.port,
         tls: u.transport,
-        credentials,
+        auth,
+        mechanisms: u.mechanisms.clone(),
         tls_config: client_tls_config(u.ca_file.as_deref()).map_err(|e| e.to_string())?,
         connect_timeout: UPSTREAM_CONNECT_TIMEOUT,
     })

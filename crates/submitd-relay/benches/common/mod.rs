@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use submitd_relay::{
     client_tls_config, Relay, RelayConfig, RetryPolicy, Route, Spool, StoredEnvelope, Upstream,
+    UpstreamAuth,
 };
 use submitd_smtp::{MailFrom, RcptTo, Transport};
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
@@ -38,7 +39,11 @@ pub(crate) fn relay_to_fake(spool: &Spool, port: u16, ca_file: &Path) -> Relay {
         host: "localhost".into(),
         port,
         tls: Transport::ImplicitTls,
-        credentials: Some(("alice".into(), Arc::new(b"secret".to_vec()))),
+        auth: UpstreamAuth::Password {
+            user: "alice".into(),
+            password: Arc::new(b"secret".to_vec()),
+        },
+        mechanisms: Vec::new(),
         tls_config: client_tls_config(Some(ca_file)).unwrap_or_else(|e| panic!("{e}")),
         connect_timeout: Duration::from_secs(5),
     };

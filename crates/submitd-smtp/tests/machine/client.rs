@@ -6,18 +6,18 @@ use std::time::{Duration, Instant};
 use submitd_smtp::testing::{Driver, Item};
 use submitd_smtp::{
     ClientConfig, ClientCredentials, ClientOutput, ClientSession, ClientTimeouts, Envelope,
-    ForwardPath, MailFrom, MailParams, MessageOutcome, Notify, Orcpt, RcptParams, RcptTo, Ret,
-    Secret, ServerConfig, SessionError, Transport,
+    ForwardPath, MailFrom, MailParams, Mechanism, MessageOutcome, Notify, Orcpt, RcptParams,
+    RcptTo, Ret, Secret, ServerConfig, SessionError, Transport,
 };
 
 fn config(tls: Transport, user: &str, password: &str) -> ClientConfig {
     ClientConfig {
         hostname: "relay.test".into(),
         transport: tls,
-        credentials: Some(ClientCredentials {
-            username: user.into(),
-            password: Secret::new(password.as_bytes().to_vec()),
-        }),
+        credentials: Some(ClientCredentials::password(
+            user.into(),
+            Secret::new(password.as_bytes().to_vec()),
+        )),
         timeouts: ClientTimeouts::default(),
     }
 }
@@ -318,8 +318,11 @@ struct Scripted {
 
 impl Scripted {
     fn new(tls: Transport) -> Self {
+        Self::with(config(tls, "u", "p"))
+    }
+
+    fn with(mut config: ClientConfig) -> Self {
         let now = Instant::now();
-        let mut config = config(tls, "u", "p");
         config.timeouts = ClientTimeouts::default();
         Self {
             client: ClientSession::new(config, now),
@@ -560,4 +563,110 @@ fn streamed_content_arrives_as_the_whole_message_would() {
     assert_eq!(pair.asked_for_content, 0);
     assert_eq!(pair.outcomes[0].recipients[0].code(), 550);
     assert_eq!(pair.readies, 2, "ready for the next message");
+}
+
+fn token_config(mechanisms: &[Mechanism]) -> ClientConfig {
+    ClientConfig {
+        hostname: "relay.test".into(),
+        transport: Transport::ImplicitTls,
+        credentials: Some(
+            ClientCredentials::bearer("relay@example.org".into(), Secret::new(b"tok3n".to_vec()))
+                .pinned(mechanisms),
+        ),
+        timeouts: ClientTimeouts::default(),
+    }
+}
+
+fn b64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap()
+}
+
+#[test]
+fn bearer_tokens_go_as_xoauth2_first_then_oauthbearer() {
+    // XOAUTH2 offered (Microsoft 365, Google): the token goes in its
+    // initial response, beside the user.
+    let mut s = Scripted::with(token_config(&[]));
+    s.server("220 up\r\n");
+    s.take_sent();
+    s.server("250-up\r\n250 AUTH LOGIN PLAIN XOAUTH2 OAUTHBEARER\r\n");
+    let sent = s.take_sent();
+    let payload = sent.strip_prefix("AUTH XOAUTH2 ").unwrap();
+    assert_eq!(
+        b64_decode(payload),
+        b"user=relay@example.org\x01auth=Bearer tok3n\x01\x01"
+    );
+    s.server("235 2.7.0 ok\r\n");
+    assert_eq!(s.outputs, vec!["Ready"]);
+    assert_eq!(s.client.mechanism(), Some(Mechanism::XOAuth2));
+
+    // Only OAUTHBEARER offered: RFC 7628's gs2 header names the user.
+    let mut s = Scripted::with(token_config(&[]));
+    s.server("220 up\r\n");
+    s.take_sent();
+    s.server("250-up\r\n250 AUTH OAUTHBEARER PLAIN\r\n");
+    let sent = s.take_sent();
+    let payload = sent.strip_prefix("AUTH OAUTHBEARER ").unwrap();
+    assert_eq!(
+        b64_decode(payload),
+        b"n,a=relay@example.org,\x01auth=Bearer tok3n\x01\x01"
+    );
+}
+
+#[test]
+fn a_refused_token_is_answered_with_the_dummy_response_and_reported() {
+    for (mechanism, dummy) in [
+        (Mechanism::XOAuth2, "\r\n"),
+        (Mechanism::OAuthBearer, "AQ==\r\n"),
+    ] {
+        let mut s = Scripted::with(token_config(&[mechanism]));
+        s.server("220 up\r\n250-up\r\n250 AUTH XOAUTH2 OAUTHBEARER\r\n");
+        s.take_sent();
+        // {"status":"invalid_token","scope":"smtp"} and a control byte.
+        use base64::Engine as _;
+        let challenge = base64::engine::general_purpose::STANDARD
+            .encode(b"{\"status\":\"invalid_token\",\x07\"scope\":\"smtp\"}");
+        s.server(&format!("334 {challenge}\r\n"));
+        assert_eq!(s.take_sent(), dummy, "{mechanism:?}");
+        s.server("535 5.7.8 Authentication credentials invalid\r\n");
+        let failed = s
+            .outputs
+            .iter()
+            .find(|o| o.contains("TokenRefused"))
+            .unwrap();
+        assert!(
+            failed.contains("invalid_token") && !failed.contains('\x07'),
+            "{failed}"
+        );
+        assert_eq!(s.outputs.last().map(String::as_str), Some("Close"));
+    }
+}
+
+#[test]
+fn a_pinned_mechanism_list_allows_no_downgrade() {
+    // Pinned to XOAUTH2; the upstream (or someone in the path before TLS)
+    // offers only PLAIN and OAUTHBEARER: no AUTH is sent at all.
+    let mut s = Scripted::with(token_config(&[Mechanism::XOAuth2]));
+    s.server("220 up\r\n");
+    s.take_sent();
+    s.server("250-up\r\n250 AUTH PLAIN OAUTHBEARER\r\n");
+    assert!(!s.take_sent().contains("AUTH"));
+    let failed = s
+        .outputs
+        .iter()
+        .find(|o| o.contains("AuthNotOffered"))
+        .unwrap();
+    assert!(
+        failed.contains("XOAUTH2") && failed.contains("PLAIN OAUTHBEARER"),
+        "{failed}"
+    );
+    // A password pinned to PLAIN does not fall back to LOGIN.
+    let mut config = config(Transport::ImplicitTls, "u", "p");
+    config.credentials = config.credentials.map(|c| c.pinned(&[Mechanism::Plain]));
+    let mut s = Scripted::with(config);
+    s.server("220 up\r\n250-up\r\n250 AUTH LOGIN\r\n");
+    assert!(s.outputs.iter().any(|o| o.contains("AuthNotOffered")));
+    assert!(!s.take_sent().contains("AUTH LOGIN"));
 }
