@@ -307,7 +307,7 @@ impl<'a> Context<'a> {
                 };
                 UpstreamAuthSettings::XOAuth2 {
                     user: user.clone(),
-                    oauth2: self.oauth2(&format!("{key}.oauth2"), route, table)?,
+                    oauth2: Box::new(self.oauth2(&format!("{key}.oauth2"), route, table)?),
                 }
             }
         };

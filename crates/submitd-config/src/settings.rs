@@ -145,7 +145,7 @@ pub enum UpstreamAuthSettings {
         /// `username`: the mailbox the token acts for.
         user: String,
         /// The `oauth2` table.
-        oauth2: OAuth2Settings,
+        oauth2: Box<OAuth2Settings>,
     },
 }
 

@@ -8,6 +8,14 @@ usage: upstream_smtpd.py PORT CERT KEY USER PASSWORD OUT SECONDS
 
 PORT 0 picks a free port.
 
+PASSWORD "jwks:FILE" makes it a smarthost that takes only XOAUTH2 (as
+Microsoft 365 and Gmail do once passwords are off): each access token
+is checked with PyJWT against the identity provider's public keys in
+FILE (RS256 only, audience urn:submitd:smtp, not expired) and must name
+USER as its subject, or be an application's token (client credentials,
+whose subject is the client). A refused token gets RFC 7628's error challenge, then 535.
+The token's jti, sub and client_id go into each message's .env.
+
 Prints "ready PORT" when listening; stops by itself after SECONDS.
 """
 
@@ -43,6 +51,9 @@ class Store:
                     "rcpt_tos": envelope.rcpt_tos,
                     "mail_options": envelope.mail_options,
                     "authenticated": session.authenticated,
+                    "token": session.auth_data
+                    if isinstance(session.auth_data, dict)
+                    else None,
                 },
                 f,
             )
@@ -63,18 +74,68 @@ def authenticator(user, password):
     return check
 
 
+class TokenStore(Store):
+    """Store, taking XOAUTH2 only, with tokens checked against a JWKS."""
+
+    def __init__(self, out, user, jwks_file):
+        super().__init__(out)
+        self.user = user
+        self.jwks_file = jwks_file
+
+    def check(self, token):
+        import jwt
+
+        with open(self.jwks_file) as f:
+            keys = jwt.PyJWKSet.from_dict(json.load(f))
+        kid = jwt.get_unverified_header(token).get("kid")
+        key = next(k for k in keys.keys if k.key_id == kid)
+        claims = jwt.decode(
+            token, key.key, algorithms=["RS256"], audience="urn:submitd:smtp"
+        )
+        # A person's token names the mailbox; an application's (client
+        # credentials) names the application itself.
+        if claims.get("sub") not in (self.user, claims.get("client_id")):
+            raise ValueError("token for another user")
+        return claims
+
+    async def auth_XOAUTH2(self, server, args):
+        import base64
+
+        try:
+            blob = base64.b64decode(args[1], validate=True)
+            fields = dict(
+                part.split(b"=", 1) for part in blob.split(b"\x01") if b"=" in part
+            )
+            user = fields[b"user"].decode()
+            token = fields[b"auth"].decode().split(" ", 1)[1]
+            if user != self.user:
+                raise ValueError("another user")
+            claims = self.check(token)
+        except Exception:
+            error = json.dumps({"status": "401", "schemes": "bearer", "scope": "smtp"})
+            await server.challenge_auth(error)
+            return AuthResult(success=False)
+        data = {k: claims.get(k) for k in ("jti", "sub", "client_id", "exp")}
+        return AuthResult(success=True, auth_data=data)
+
+
 class ImplicitTlsController(Controller):
     def factory(self):
         # The socket is TLS from the first byte, so AUTH is safe; aiosmtpd
         # only knows of STARTTLS, hence auth_require_tls=False here.
-        return SMTP(
+        tokens = isinstance(self.handler, TokenStore)
+        server = SMTP(
             self.handler,
-            authenticator=self.authenticator,
+            authenticator=None if tokens else self.authenticator,
             auth_required=True,
             auth_require_tls=False,
+            auth_exclude_mechanism=["PLAIN", "LOGIN"] if tokens else [],
             decode_data=False,
             enable_SMTPUTF8=True,
         )
+        # AUTH lines with a token are a few KB.
+        server.command_size_limits["AUTH"] = 16384
+        return server
 
 
 def main():
@@ -90,8 +151,12 @@ def main():
     os.makedirs(out, exist_ok=True)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
+    if password.startswith("jwks:"):
+        handler = TokenStore(out, user, password[len("jwks:"):])
+    else:
+        handler = Store(out)
     controller = ImplicitTlsController(
-        Store(out),
+        handler,
         hostname="127.0.0.1",
         port=int(port),
         ssl_context=ctx,

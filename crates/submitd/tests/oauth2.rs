@@ -1,0 +1,442 @@
+//! OAuth2 to the upstream against real components: oidc-provider (an
+//! OpenID-certified provider, from npm) issuing 30-second JWT access
+//! tokens, and aiosmtpd as a smarthost that takes only XOAUTH2 and checks
+//! every token against the provider's keys. The real `submitd` binary
+//! relays with client credentials (a secret, and a signed assertion), with
+//! a refresh token got by the device grant (`submitd oauth2 authorize`,
+//! approved at the provider) across token expiries and rotations, through
+//! a provider that is down, and after its refresh token is revoked.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{certificates, password_file, require, start_upstream_as, Daemon};
+
+const MAILBOX: &str = "relay@example.org";
+const TTL: u64 = 30;
+
+/// oidc-provider on loopback over HTTPS; its token requests, as it logs them.
+struct Provider {
+    child: Child,
+    port: u16,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Provider {
+    /// Starts it on `port` (0: any), keys kept in `dir/idp`.
+    fn start(dir: &Path, port: u16) -> Self {
+        let node = require("node", "nodejs");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oidc/provider.mjs");
+        assert!(
+            script.with_file_name("node_modules").join("oidc-provider").is_dir(),
+            "this test drives oidc-provider: run `npm ci --prefix crates/submitd/tests/oidc`, or `bash .ci/run`, which does"
+        );
+        let mut child = Command::new(node)
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(dir.join("idp.crt"))
+            .arg(dir.join("idp.key"))
+            .arg(dir.join("idp"))
+            .arg("600")
+            .env("TOKEN_TTL", TTL.to_string())
+            .env("ASSERTION_CERT", dir.join("app.crt"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let port = loop {
+            let line = lines.next().expect("the provider says ready").unwrap();
+            if let Some(port) = line.strip_prefix("ready ") {
+                break port.trim().parse().unwrap();
+            }
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let all = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                all.lock().unwrap().push(line);
+            }
+        });
+        Self { child, port, log }
+    }
+
+    /// Token requests of `grant` so far, and how many of them succeeded.
+    fn token_requests(&self, grant: &str) -> (usize, usize) {
+        let log = self.log.lock().unwrap();
+        let of: Vec<&String> = log
+            .iter()
+            .filter(|l| l.contains(&format!("\"grant\":\"{grant}\"")))
+            .collect();
+        let ok = of.iter().filter(|l| l.contains("\"status\":200")).count();
+        (of.len(), ok)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.port)
+    }
+
+    /// POSTs a form with curl, trusting the test CA.
+    fn post(&self, dir: &Path, path: &str, form: &[&str]) -> String {
+        let mut command = Command::new(require("curl", "curl"));
+        command
+            .args(["-s", "--max-time", "10", "--cacert"])
+            .arg(dir.join("ca.pem"))
+            .args(["-X", "POST", &self.url(path)]);
+        for field in form {
+            command.args(["--data-urlencode", field]);
+        }
+        String::from_utf8(command.output().unwrap().stdout).unwrap()
+    }
+}
+
+/// The test CA, certificates for submitd, the smarthost and the provider,
+/// an application certificate for signed assertions, the users file, and
+/// the client secret.
+fn setup(dir: &Path) {
+    certificates(dir, &["submitd", "upstream", "idp"]);
+    let made = Command::new(require("openssl", "openssl"))
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay-jwt"])
+        .arg("-keyout")
+        .arg(dir.join("app.key"))
+        .arg("-out")
+        .arg(dir.join("app.crt"))
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    std::fs::set_permissions(dir.join("app.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let hash = submitd_auth::hash_password(b"pw").unwrap();
+    std::fs::write(
+        dir.join("users"),
+        format!("alice {hash} send-as=alice@example.org,@assert.example\n"),
+    )
+    .unwrap();
+    password_file(&dir.join("cc.secret"), "cc-secret");
+}
+
+fn oauth2_table(provider_port: u16, rest: &str) -> String {
+    format!(
+        "token_url = \"https://localhost:{provider_port}/token\"\ndevice_url = \"https://localhost:{provider_port}/device/auth\"\n\
+         scope = \"smtp\"\nca_file = \"ca.pem\"\n{rest}"
+    )
+}
+
+/// The config: the default route with `default_oauth2`, and a sender route
+/// for @assert.example with a signed client assertion.
+fn write_config(dir: &Path, smarthost: u16, provider: u16, default_oauth2: &str) -> PathBuf {
+    let upstream = |table: &str| {
+        format!(
+            "host = \"localhost\"\nport = {smarthost}\ntls = \"implicit\"\nca_file = \"ca.pem\"\n\
+             username = \"{MAILBOX}\"\nmechanisms = [\"XOAUTH2\"]\n[{table}.oauth2]\n"
+        )
+    };
+    common::config(
+        dir,
+        "queue",
+        &format!(
+            "[[relay.upstream]]\n{}{}\n[[relay.sender_upstream]]\nsenders = [\"@assert.example\"]\nname = \"app\"\n{}{}",
+            upstream("relay.upstream"),
+            oauth2_table(provider, default_oauth2),
+            upstream("relay.sender_upstream"),
+            oauth2_table(
+                provider,
+                "client_id = \"relay-jwt\"\nclient_certificate = \"app.crt\"\nclient_key = \"app.key\"\ngrant = \"client_credentials\"\n"
+            ),
+        ),
+    )
+}
+
+const CLIENT_CREDENTIALS: &str =
+    "client_id = \"relay-cc\"\nclient_secret_file = \"cc.secret\"\ngrant = \"client_credentials\"\n";
+const REFRESH: &str =
+    "client_id = \"relay-device\"\ngrant = \"refresh_token\"\nrefresh_token_file = \"state/default.token\"\n";
+
+/// Submits one message as alice with lettre over implicit TLS.
+fn submit(dir: &Path, port: u16, from: &str, subject: &str) {
+    use lettre::address::Envelope;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+    use lettre::Transport as _;
+    let ca = Certificate::from_pem(&std::fs::read(dir.join("ca.pem")).unwrap()).unwrap();
+    let tls = TlsParameters::builder("localhost".into())
+        .add_root_certificate(ca)
+        .build_rustls()
+        .unwrap();
+    let transport = lettre::SmtpTransport::builder_dangerous("localhost")
+        .port(port)
+        .tls(Tls::Wrapper(tls))
+        .credentials(Credentials::new("alice".into(), "pw".into()))
+        .timeout(Some(Duration::from_secs(30)))
+        .build();
+    let envelope = Envelope::new(
+        Some(from.parse().unwrap()),
+        vec!["bob@example.net".parse().unwrap()],
+    )
+    .unwrap();
+    let text = format!("From: {from}\r\nTo: bob@example.net\r\nSubject: {subject}\r\n\r\nhello\r\n");
+    transport.send_raw(&envelope, text.as_bytes()).unwrap();
+}
+
+/// The envelope files of the smarthost (one per message), in order.
+fn delivered(dir: &Path) -> Vec<serde_like::Env> {
+    let out = dir.join("upstream");
+    let mut n = 1;
+    let mut found = Vec::new();
+    while let Ok(text) = std::fs::read_to_string(out.join(format!("{n}.env"))) {
+        found.push(serde_like::Env::parse(&text));
+        n += 1;
+    }
+    found
+}
+
+/// Just enough JSON reading for the smarthost's envelope files.
+mod serde_like {
+    #[derive(Debug, Clone)]
+    pub(crate) struct Env {
+        pub(crate) mail_from: String,
+        pub(crate) jti: String,
+        pub(crate) client_id: String,
+    }
+
+    fn field(text: &str, name: &str) -> String {
+        text.split(&format!("\"{name}\": \""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    impl Env {
+        pub(crate) fn parse(text: &str) -> Self {
+            Self {
+                mail_from: field(text, "mail_from"),
+                jti: field(text, "jti"),
+                client_id: field(text, "client_id"),
+            }
+        }
+    }
+}
+
+fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn submitd(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// Runs `submitd oauth2 authorize default`, approves the code it prints
+/// at the provider as the mailbox, and waits for it to write the file.
+fn authorize(dir: &Path, config: &Path, provider: &Provider) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(["oauth2", "authorize", "default", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let code = first
+        .rsplit("enter the code ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(first.contains(&provider.url("/device")), "{first}");
+    let approved = provider.post(
+        dir,
+        &format!("/test/approve?user_code={code}&account={MAILBOX}"),
+        &[],
+    );
+    assert_eq!(approved, "approved");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{first}\n{}", rest.join("\n"));
+    rest.join("\n")
+}
+
+#[test]
+fn client_credentials_with_a_secret_and_with_a_signed_assertion() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let provider = Provider::start(d, 0);
+    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
+    let smarthost = start_upstream_as(d, &d.join("upstream.crt"), &d.join("upstream.key"), 0, (MAILBOX, &jwks));
+    let config = write_config(d, smarthost.port, provider.port, CLIENT_CREDENTIALS);
+    let daemon = common::start(Daemon::command(&config));
+    let port = daemon.implicit.unwrap();
+    for i in 0..5 {
+        submit(d, port, "alice@example.org", &format!("secret {i}"));
+    }
+    submit(d, port, "alice@assert.example", "assertion");
+    wait_for("six deliveries", Duration::from_secs(60), || delivered(d).len() == 6);
+    let envs = delivered(d);
+    let by = |client: &str| envs.iter().filter(|e| e.client_id == client).count();
+    assert_eq!(by("relay-cc"), 5, "{envs:?}");
+    assert_eq!(by("relay-jwt"), 1, "{envs:?}");
+    assert_eq!(
+        envs.iter().find(|e| e.client_id == "relay-jwt").unwrap().mail_from,
+        "alice@assert.example"
+    );
+    // One token per route for all its messages, not one per message.
+    let (requests, ok) = provider.token_requests("client_credentials");
+    assert_eq!((requests, ok), (2, 2), "{:?}", provider.log.lock().unwrap());
+    // `check --connect` gets a token and logs in with it.
+    let out = submitd(&config, &["check", "--connect"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(
+        text.matches("access token fetched and AUTH accepted for relay@example.org")
+            .count(),
+        2,
+        "{text}"
+    );
+    drop(daemon);
+}
+
+#[test]
+fn a_dead_provider_defers_with_one_request_per_window_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    // The provider's port is known, but nothing listens there yet.
+    let provider_port = common::free_port();
+    // Keys made now, so the smarthost knows them before the provider runs.
+    drop(Provider::start(d, provider_port));
+    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
+    let smarthost = start_upstream_as(d, &d.join("upstream.crt"), &d.join("upstream.key"), 0, (MAILBOX, &jwks));
+    let config = write_config(d, smarthost.port, provider_port, CLIENT_CREDENTIALS);
+    let daemon = common::start(Daemon::command(&config));
+    let port = daemon.implicit.unwrap();
+    for i in 0..20 {
+        submit(d, port, "alice@example.org", &format!("while down {i}"));
+    }
+    // Every message accepted and deferred; one token request for them all.
+    daemon.wait_count(&["no access token"], 1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(3));
+    let log = daemon.log.lock().unwrap().join("\n");
+    assert_eq!(log.matches("no access token").count(), 1, "{log}");
+    assert!(log.contains("route default: token endpoint"), "{log}");
+    assert!(delivered(d).is_empty());
+    // The provider comes back: everything is delivered on the retry.
+    let provider = Provider::start(d, provider_port);
+    wait_for("20 deliveries", Duration::from_secs(150), || delivered(d).len() == 20);
+    let (requests, ok) = provider.token_requests("client_credentials");
+    assert!(ok >= 1 && requests <= 2, "{requests} requests");
+    drop(daemon);
+}
+
+#[test]
+fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    std::fs::create_dir(d.join("state")).unwrap();
+    let provider = Provider::start(d, 0);
+    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
+    let smarthost = start_upstream_as(d, &d.join("upstream.crt"), &d.join("upstream.key"), 0, (MAILBOX, &jwks));
+    let config = write_config(d, smarthost.port, provider.port, REFRESH);
+    let token_file = d.join("state/default.token");
+
+    // Before authorizing, `check` says what to run.
+    let out = submitd(&config, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("run `submitd oauth2 authorize default`"), "{text}");
+
+    // The device grant, approved at the provider.
+    let said = authorize(d, &config, &provider);
+    assert!(said.contains("Authorized"), "{said}");
+    let first_refresh = std::fs::read_to_string(&token_file).unwrap();
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let daemon = common::start(Daemon::command(&config));
+    let port = daemon.implicit.unwrap();
+    // Three messages, each after the last token expired: three refreshes,
+    // each rotating the refresh token, which is written back and used.
+    let mut refresh_tokens = vec![first_refresh];
+    for round in 0..3 {
+        submit(d, port, "alice@example.org", &format!("round {round}"));
+        wait_for("the delivery", Duration::from_secs(30), || delivered(d).len() == round + 1);
+        let now = std::fs::read_to_string(&token_file).unwrap();
+        assert_ne!(&now, refresh_tokens.last().unwrap(), "rotated in round {round}");
+        refresh_tokens.push(now);
+        if round < 2 {
+            std::thread::sleep(Duration::from_secs(TTL + 1));
+        }
+    }
+    let envs = delivered(d);
+    let mut jtis: Vec<&str> = envs.iter().map(|e| e.jti.as_str()).collect();
+    jtis.dedup();
+    assert_eq!(jtis.len(), 3, "a new access token after each expiry: {envs:?}");
+    assert!(envs.iter().all(|e| e.client_id == "relay-device"));
+    assert_eq!(provider.token_requests("refresh_token"), (3, 3));
+    let log = daemon.log.lock().unwrap().join("\n");
+    assert!(!log.contains(refresh_tokens.last().unwrap().trim()), "a refresh token was logged");
+
+    // The refresh token is revoked at the provider; a restarted daemon
+    // (no token in memory) cannot refresh: the message stays queued, the
+    // log and `check --connect` say what to run.
+    drop(daemon);
+    let revoked = provider.post(
+        d,
+        "/token/revocation",
+        &[
+            &format!("token={}", refresh_tokens.last().unwrap().trim()),
+            "client_id=relay-device",
+        ],
+    );
+    assert_eq!(revoked, "");
+    let daemon = common::start(Daemon::command(&config));
+    let port = daemon.implicit.unwrap();
+    submit(d, port, "alice@example.org", "after revocation");
+    daemon.wait_count(&["oauth2 authorize default"], 1, Duration::from_secs(20));
+    let out = submitd(&config, &["check", "--connect"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        text.contains("the refresh token was refused (invalid_grant")
+            && text.contains("run `submitd oauth2 authorize default`"),
+        "{text}"
+    );
+    let listed = submitd(&config, &["queue", "list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("alice@example.org"));
+    assert_eq!(delivered(d).len(), 3);
+
+    // Authorized again: the queued message goes on the next attempt,
+    // without a restart.
+    authorize(d, &config, &provider);
+    let flush = submitd(&config, &["queue", "flush"]);
+    assert!(flush.status.success());
+    drop(daemon);
+    let daemon = common::start(Daemon::command(&config));
+    wait_for("the queued message", Duration::from_secs(60), || delivered(d).len() == 4);
+    drop(daemon);
+}

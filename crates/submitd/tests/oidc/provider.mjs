@@ -1,0 +1,175 @@
+// The identity provider of the end-to-end tests: oidc-provider (an
+// OpenID-certified implementation, not the project's code) over HTTPS on
+// loopback, with short-lived JWT access tokens so refresh is exercised.
+//
+// usage: node provider.mjs PORT CERT KEY STATE_DIR SECONDS
+//   PORT 0 picks a free port. STATE_DIR keeps the signing keys
+//   (jwks.json, private; public-jwks.json for the test smarthost), so a
+//   restarted provider signs with the same keys. Environment:
+//   TOKEN_TTL (seconds, default 30), ASSERTION_CERT (a PEM certificate
+//   whose key the client "relay-jwt" signs its assertions with).
+//
+// Clients: relay-cc (client credentials, secret "cc-secret", sent in the
+// form), relay-jwt (client credentials, private_key_jwt), relay-device
+// (the device grant and refresh tokens, a public client; refresh tokens
+// rotate on every use).
+//
+// Prints "ready PORT", then one JSON line per token request
+// ({"event":"token","grant":...,"status":...}); stops after SECONDS.
+// Test-only route: POST /test/approve?user_code=…&account=… approves a
+// pending device code as that account, as a person signing in would.
+
+import fs from 'node:fs';
+import https from 'node:https';
+import path from 'node:path';
+import * as jose from 'jose';
+import Provider from 'oidc-provider';
+
+const [port, certFile, keyFile, stateDir, seconds] = process.argv.slice(2);
+const ttl = Number(process.env.TOKEN_TTL || 30);
+const audience = 'urn:submitd:smtp';
+
+fs.mkdirSync(stateDir, { recursive: true });
+const jwksFile = path.join(stateDir, 'jwks.json');
+let jwks;
+if (fs.existsSync(jwksFile)) {
+  jwks = JSON.parse(fs.readFileSync(jwksFile, 'utf8'));
+} else {
+  const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
+  const jwk = await jose.exportJWK(privateKey);
+  jwk.kid = 'test-1';
+  jwk.alg = 'RS256';
+  jwk.use = 'sig';
+  jwks = { keys: [jwk] };
+  fs.writeFileSync(jwksFile, JSON.stringify(jwks), { mode: 0o600 });
+}
+const publicKeys = {
+  keys: jwks.keys.map(({ d, p, q, dp, dq, qi, ...pub }) => pub),
+};
+fs.writeFileSync(path.join(stateDir, 'public-jwks.json'), JSON.stringify(publicKeys));
+
+const clients = [
+  {
+    client_id: 'relay-cc',
+    client_secret: 'cc-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+  {
+    client_id: 'relay-device',
+    grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'none',
+    application_type: 'native',
+  },
+];
+if (process.env.ASSERTION_CERT) {
+  const pem = fs.readFileSync(process.env.ASSERTION_CERT, 'utf8');
+  const key = await jose.importX509(pem, 'RS256', { extractable: true });
+  const jwk = await jose.exportJWK(key);
+  clients.push({
+    client_id: 'relay-jwt',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'RS256',
+    jwks: { keys: [{ ...jwk, alg: 'RS256', use: 'sig' }] },
+  });
+}
+
+let issuer;
+const provider = await (async () => {
+  // The issuer needs the port; a port of 0 is resolved first.
+  let listenPort = Number(port);
+  if (listenPort === 0) {
+    const probe = https.createServer();
+    await new Promise((r) => probe.listen(0, '127.0.0.1', r));
+    listenPort = probe.address().port;
+    await new Promise((r) => probe.close(r));
+  }
+  issuer = `https://localhost:${listenPort}`;
+  return new Provider(issuer, {
+    clients,
+    jwks,
+    findAccount: async (ctx, id) => ({
+      accountId: id,
+      claims: async () => ({ sub: id, email: id }),
+    }),
+    claims: { openid: ['sub'], email: ['email'] },
+    scopes: ['openid', 'offline_access', 'smtp'],
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      deviceFlow: { enabled: true },
+      introspection: { enabled: true },
+      revocation: { enabled: true },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: () => audience,
+        useGrantedResource: () => true,
+        getResourceServerInfo: () => ({
+          scope: 'smtp',
+          audience,
+          accessTokenTTL: ttl,
+          accessTokenFormat: 'jwt',
+          jwt: { sign: { alg: 'RS256' } },
+        }),
+      },
+    },
+    ttl: {
+      AccessToken: ttl,
+      ClientCredentials: ttl,
+      DeviceCode: 600,
+      RefreshToken: 3600,
+      Grant: 3600,
+      IdToken: 3600,
+    },
+    rotateRefreshToken: true,
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  });
+})();
+
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/test/approve' && ctx.method === 'POST') {
+    const userCode = String(ctx.query.user_code || '').toUpperCase().replace(/[^A-Z0-9]/g, '');
+    const accountId = String(ctx.query.account || '');
+    const code = await provider.DeviceCode.findByUserCode(userCode);
+    if (!code) {
+      ctx.status = 404;
+      ctx.body = 'no such code';
+      return;
+    }
+    const grant = new provider.Grant({ accountId, clientId: code.clientId });
+    grant.addOIDCScope('openid offline_access');
+    grant.addResourceScope(audience, 'smtp');
+    const grantId = await grant.save();
+    Object.assign(code, {
+      accountId,
+      grantId,
+      authTime: Math.floor(Date.now() / 1000),
+      scope: 'openid offline_access smtp',
+      resource: audience,
+    });
+    await code.save();
+    ctx.body = 'approved';
+    return;
+  }
+  await next();
+  if (ctx.path === '/token') {
+    const grant = ctx.oidc && ctx.oidc.params ? ctx.oidc.params.grant_type : undefined;
+    console.log(JSON.stringify({ event: 'token', grant, status: ctx.status, at: Date.now() }));
+  }
+});
+
+const server = https.createServer(
+  { cert: fs.readFileSync(certFile), key: fs.readFileSync(keyFile) },
+  provider.callback(),
+);
+server.listen(Number(new URL(issuer).port), '127.0.0.1', () => {
+  console.log(`ready ${server.address().port}`);
+});
+setTimeout(() => process.exit(0), Number(seconds) * 1000);
