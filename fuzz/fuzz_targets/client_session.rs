@@ -1,8 +1,9 @@
 //! Fuzzes the SMTP client machine with arbitrary upstream byte streams.
 //!
 //! Input: one byte of options (bits 0-1 the transport: implicit TLS,
-//! STARTTLS, the local socket, plaintext; bit 2 credentials; the rest the
-//! first read's size), then what the "upstream" says, fed in reads of varying size. The
+//! STARTTLS, the local socket, plaintext; bit 2 credentials, bit 3 a
+//! bearer token for them rather than a password; the rest the first
+//! read's size), then what the "upstream" says, fed in reads of varying size. The
 //! machine must never panic, never send a line without CRLF, and say
 //! nothing after Close.
 #![no_main]
@@ -49,9 +50,12 @@ fuzz_target!(|data: &[u8]| {
             2 => Transport::Local,
             _ => Transport::Plaintext,
         },
-        credentials: (options & 4 != 0).then(|| ClientCredentials {
-            username: "u".into(),
-            password: Secret::new(b"p".to_vec()),
+        credentials: (options & 4 != 0).then(|| {
+            if options & 8 != 0 {
+                ClientCredentials::bearer("u@example.org".into(), Secret::new(b"tok".to_vec()))
+            } else {
+                ClientCredentials::password("u".into(), Secret::new(b"p".to_vec()))
+            }
         }),
         timeouts: ClientTimeouts::default(),
     };

@@ -32,7 +32,9 @@ use std::time::Instant;
 use crate::backend::Authenticator;
 use crate::cache::{Verified, VerifiedCache};
 use crate::password::CheckOutcome;
-use crate::sasl::{Credentials, Mechanism};
+use submitd_oauth2::TokenVerifier;
+
+use crate::sasl::{Credentials, Mechanism, TokenCredentials};
 use crate::store::CredentialStore;
 use crate::throttle::{failure_line, Admission, Throttle, ThrottleConfig};
 
@@ -67,6 +69,8 @@ pub struct LoginGate {
     throttle: Mutex<(Throttle, u64)>,
     /// Logins verified lately (none: every login pays the full check).
     cache: Option<VerifiedCache>,
+    /// Checks bearer tokens (OAUTHBEARER, XOAUTH2), when an issuer is set.
+    tokens: Option<Arc<TokenVerifier>>,
 }
 
 impl LoginGate {
@@ -82,7 +86,83 @@ impl LoginGate {
             authenticator,
             throttle: Mutex::new((Throttle::new(throttle), generation)),
             cache: None,
+            tokens: None,
         }
+    }
+
+    /// Takes bearer tokens too, checked by `verifier`.
+    pub fn with_tokens(mut self, verifier: Arc<TokenVerifier>) -> Self {
+        self.tokens = Some(verifier);
+        self
+    }
+
+    /// RFC 7628 §3.2.2's error challenge, the same for every refused
+    /// token: the status, and where the issuer's configuration is.
+    pub fn token_error_challenge(&self) -> Vec<u8> {
+        let configuration = self.tokens.as_ref().map(|v| {
+            format!(
+                "{}/.well-known/openid-configuration",
+                v.policy().issuer.trim_end_matches('/')
+            )
+        });
+        let mut json = String::from("{\"status\":\"invalid_token\",\"schemes\":\"bearer\"");
+        if let Some(url) = configuration {
+            // The issuer is the operator's https:// URL: no quote or
+            // backslash to escape (the config refuses them).
+            json.push_str(&format!(",\"openid-configuration\":\"{url}\""));
+        }
+        json.push('}');
+        json.into_bytes()
+    }
+
+    /// Whether bearer-token mechanisms may be offered.
+    pub fn takes_tokens(&self) -> bool {
+        self.tokens.is_some()
+    }
+
+    /// One login attempt with a bearer token: the same throttle as
+    /// passwords, then the token checked against the issuer's keys; its
+    /// login claim must be the user the client named (if it named one) and
+    /// a user the sender policy knows. Every refusal is the same to the
+    /// client; the log says why.
+    pub async fn login_token(
+        &self,
+        credentials: &TokenCredentials,
+        client: IpAddr,
+        mechanism: Mechanism,
+    ) -> LoginOutcome {
+        let named = credentials.username.as_deref().unwrap_or("");
+        let admission = self.with_throttle(|t| t.admit(client, named, Instant::now()));
+        if let Admission::Blocked { .. } = admission {
+            tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, named, mechanism.name()));
+            return LoginOutcome::TryLater;
+        }
+        let Some(verifier) = &self.tokens else {
+            return self.reject(client, named, mechanism.name()).await;
+        };
+        let verified = match verifier.verify(&credentials.token).await {
+            Err(unavailable) => {
+                tracing::warn!(target: "submitd::auth", client = %client, error = %unavailable, "cannot check tokens: the issuer's keys are out of reach");
+                return LoginOutcome::TryLater;
+            }
+            Ok(Err(rejection)) => {
+                tracing::info!(target: "submitd::auth", client = %client, user = %named, reason = %rejection, "token refused");
+                return self.reject(client, named, mechanism.name()).await;
+            }
+            Ok(Ok(token)) => token,
+        };
+        if !named.is_empty() && !named.eq_ignore_ascii_case(&verified.login) {
+            tracing::info!(target: "submitd::auth", client = %client, user = %named, token_login = %verified.login, reason = "the token is another user's", "token refused");
+            return self.reject(client, named, mechanism.name()).await;
+        }
+        let users = self.credentials.users();
+        let Some(user) = self.authenticator.policy_user(&users, &verified.login) else {
+            tracing::info!(target: "submitd::auth", client = %client, user = %verified.login, reason = "not in the users file", "token refused");
+            return self.reject(client, &verified.login, mechanism.name()).await;
+        };
+        let user = user.name.clone();
+        tracing::info!(target: "submitd::auth", client = %client, %user, mechanism = mechanism.name(), subject = verified.subject.as_deref().unwrap_or("-"), "authenticated");
+        LoginOutcome::Authenticated { user }
     }
 
     /// Remembers verified logins in `cache` (see `cache.rs`).

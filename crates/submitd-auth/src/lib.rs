@@ -56,7 +56,7 @@ pub use gate::{LoginGate, LoginOutcome};
 pub use limits::{LimitExceeded, RateLimiter, SendingLimits};
 pub use password::{hash_password, CheckOutcome, PasswordChecker, IDLE_RELEASE};
 pub use policy::{check_envelope_sender, check_header_senders, PolicyError, SendAs, SendAsError};
-pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep};
+pub use sasl::{Credentials, Mechanism, SaslError, SaslExchange, SaslStep, TokenCredentials};
 pub use sender_policy::{Account, SenderPolicy, SenderRefusal};
 pub use store::{
     CredentialStore, LineError, Reloaded, StoreError, User, Users, DEFAULT_RELOAD_MAX_DROP,

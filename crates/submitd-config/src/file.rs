@@ -79,6 +79,26 @@ pub(crate) struct Auth {
     pub(crate) cache_ttl: Option<String>,
     #[serde(default)]
     pub(crate) dovecot_cache: Option<bool>,
+    #[serde(default)]
+    pub(crate) oauth2: Option<AuthOAuth2>,
+}
+
+/// `[auth.oauth2]`: clients' bearer tokens.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthOAuth2 {
+    pub(crate) issuer: String,
+    pub(crate) audience: String,
+    #[serde(default)]
+    pub(crate) login_claim: Option<String>,
+    #[serde(default)]
+    pub(crate) algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    pub(crate) leeway: Option<String>,
+    #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

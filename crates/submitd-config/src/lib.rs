@@ -29,9 +29,9 @@ mod settings;
 use std::path::{Path, PathBuf};
 
 pub use settings::{
-    AuthSettings, LimitSettings, ListenSettings, LocalSettings, OAuth2Settings, PasswordBackend,
-    QueueSettings, RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings,
-    UpstreamAuthSettings, UpstreamSettings,
+    AuthSettings, ClientTokenSettings, LimitSettings, ListenSettings, LocalSettings,
+    OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
+    SenderRouteSettings, Settings, TlsSettings, UpstreamAuthSettings, UpstreamSettings,
 };
 
 /// A config problem: the file, the key (when one is to blame) and what is

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig, VerifiedCache};
 use submitd_listener::{CertificatePaths, ConnectionLimits};
-use submitd_oauth2::{ClientAuth, Grant, TokenEndpoint};
+use submitd_oauth2::{Algorithm, ClientAuth, Grant, IssuerPolicy, TokenEndpoint};
 use submitd_relay::{RelayConfig, RetryPolicy};
 use submitd_smtp::{Mechanism, SecretKind};
 
@@ -16,9 +16,9 @@ use submitd_smtp::Transport;
 
 use crate::file::{self, BackendKind, File, TlsMode};
 use crate::settings::{
-    AuthSettings, LimitSettings, ListenSettings, LocalSettings, OAuth2Settings, PasswordBackend,
-    QueueSettings, RelaySettings, RouteSettings, SenderRouteSettings, Settings, TlsSettings,
-    UpstreamAuthSettings, UpstreamSettings,
+    AuthSettings, ClientTokenSettings, LimitSettings, ListenSettings, LocalSettings,
+    OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
+    SenderRouteSettings, Settings, TlsSettings, UpstreamAuthSettings, UpstreamSettings,
 };
 use crate::{parse_size, ConfigError};
 
@@ -208,9 +208,15 @@ impl<'a> Context<'a> {
             (PasswordBackend::Dovecot { .. }, None | Some(false)) => None,
             _ => Some(ttl).filter(|ttl| !ttl.is_zero()),
         };
+        let oauth2 = auth
+            .oauth2
+            .as_ref()
+            .map(|o| self.client_tokens(o))
+            .transpose()?;
         Ok(AuthSettings {
             reload_max_drop,
             verified_cache,
+            oauth2,
             users: self.abs(&auth.users),
             backend,
             max_concurrent_checks: auth
@@ -359,6 +365,63 @@ impl<'a> Context<'a> {
             auth,
             mechanisms,
             ca_file: u.ca_file.as_deref().map(|p| self.abs(p)),
+        })
+    }
+
+    /// `[auth.oauth2]`: which tokens clients may log in with.
+    fn client_tokens(&self, o: &file::AuthOAuth2) -> Result<ClientTokenSettings, ConfigError> {
+        let k = |name: &str| format!("auth.oauth2.{name}");
+        let issuer = o.issuer.trim_end_matches('/');
+        if !issuer.starts_with("https://")
+            || issuer.len() <= "https://".len()
+            || issuer
+                .contains(|c: char| c == '"' || c == '\\' || c.is_whitespace() || c.is_control())
+        {
+            return Err(self.err(
+                &k("issuer"),
+                format!("{:?} is not an https:// issuer, such as \"https://id.example.org/realms/mail\"", o.issuer),
+            ));
+        }
+        if o.audience.trim().is_empty() {
+            return Err(self.err(
+                &k("audience"),
+                "is empty: the audience (aud) tokens for submitd carry",
+            ));
+        }
+        let algorithms = match &o.algorithms {
+            None => Algorithm::ALL.to_vec(),
+            Some(names) if names.is_empty() => {
+                return Err(self.err(&k("algorithms"), "is empty; remove it to allow every asymmetric algorithm"))
+            }
+            Some(names) => names
+                .iter()
+                .map(|name| {
+                    Algorithm::parse(name).ok_or_else(|| {
+                        self.err(
+                            &k("algorithms"),
+                            format!("{name:?} is not allowed: use RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA (never none or an HMAC)"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let leeway = self.duration(&k("leeway"), &o.leeway, Duration::from_secs(60))?;
+        if leeway > Duration::from_secs(300) {
+            return Err(self.err(
+                &k("leeway"),
+                "is more than 5 minutes; fix the clock instead",
+            ));
+        }
+        Ok(ClientTokenSettings {
+            policy: IssuerPolicy {
+                issuer: issuer.to_owned(),
+                audience: o.audience.clone(),
+                login_claim: o.login_claim.clone().unwrap_or_else(|| "email".into()),
+                algorithms,
+                leeway,
+            },
+            ca_file: o.ca_file.as_deref().map(|p| self.abs(p)),
+            timeout: self.duration(&k("timeout"), &o.timeout, Duration::from_secs(10))?,
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use submitd_auth::ThrottleConfig;
 use submitd_listener::{CertificatePaths, ConnectionLimits};
-use submitd_oauth2::TokenEndpoint;
+use submitd_oauth2::{IssuerPolicy, TokenEndpoint};
 use submitd_relay::RetryPolicy;
 use submitd_smtp::{Mechanism, Transport};
 
@@ -93,6 +93,19 @@ pub struct AuthSettings {
     /// `None` when the cache is off ("0s", or Dovecot without
     /// `dovecot_cache = true`).
     pub verified_cache: Option<Duration>,
+    /// `[auth.oauth2]`: bearer tokens from clients (OAUTHBEARER, XOAUTH2).
+    pub oauth2: Option<ClientTokenSettings>,
+}
+
+/// `[auth.oauth2]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTokenSettings {
+    /// `issuer`, `audience`, `login_claim`, `algorithms`, `leeway`.
+    pub policy: IssuerPolicy,
+    /// `ca_file` of the issuer's HTTPS; the system's roots if `None`.
+    pub ca_file: Option<PathBuf>,
+    /// `timeout` of each request for the issuer's keys.
+    pub timeout: Duration,
 }
 
 /// `[queue]`.

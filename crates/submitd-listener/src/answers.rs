@@ -224,10 +224,30 @@ impl Answers {
         let mechanism = self.sasl.as_ref().map(|(m, _)| *m);
         let outcome = match step {
             SaslStep::Challenge(challenge) => return AuthAnswer::Challenge(challenge.to_vec()),
+            // The dummy answer to the error challenge: the refusal was
+            // counted when the token was.
+            SaslStep::Failed(SaslError::TokenRefused) => LoginOutcome::Rejected,
             SaslStep::Failed(_) => self.services.gate.malformed(ip, mechanism).await,
             SaslStep::Done(credentials) => {
                 let mechanism = mechanism.unwrap_or(Mechanism::Plain);
                 self.services.gate.login(&credentials, ip, mechanism).await
+            }
+            SaslStep::Token(credentials) => {
+                let mechanism = mechanism.unwrap_or(Mechanism::OAuthBearer);
+                let outcome = self
+                    .services
+                    .gate
+                    .login_token(&credentials, ip, mechanism)
+                    .await;
+                if outcome == LoginOutcome::Rejected {
+                    // RFC 7628 §3.2.3: the error challenge; the client's
+                    // dummy answer then gets the 535.
+                    if let Some((_, exchange)) = self.sasl.as_mut() {
+                        exchange.token_refused();
+                        return AuthAnswer::Challenge(self.services.gate.token_error_challenge());
+                    }
+                }
+                outcome
             }
         };
         self.sasl = None;

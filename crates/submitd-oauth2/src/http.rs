@@ -160,6 +160,17 @@ impl Http {
         self.read(url, sent, limit)
     }
 
+    /// GETs a JSON document.
+    pub(crate) fn get(&self, url: &str, limit: u64) -> Result<HttpResponse, HttpError> {
+        self.check(url)?;
+        let sent = self
+            .agent
+            .get(url)
+            .header("Accept", "application/json")
+            .call();
+        self.read(url, sent, limit)
+    }
+
     fn check(&self, url: &str) -> Result<(), HttpError> {
         if url.len() < 9 || !url[..8].eq_ignore_ascii_case("https://") {
             return Err(HttpError::NotHttps { url: url.into() });

@@ -93,6 +93,30 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
             Err(e) => found.problem(format!("auth: {e}")),
         }
     }
+    if let Some(tokens) = &settings.auth.oauth2 {
+        let issuer = &tokens.policy.issuer;
+        let verifier =
+            submitd_oauth2::Http::new(tokens.ca_file.as_deref(), tokens.timeout).map(|http| {
+                submitd_oauth2::TokenVerifier::new(
+                    tokens.policy.clone(),
+                    submitd_oauth2::KeyPolicy::default(),
+                    http,
+                )
+            });
+        match verifier {
+            Err(e) => found.problem(format!("auth: tokens of {issuer}: {e}")),
+            Ok(verifier) => match verifier.fetch_keys().await {
+                Ok(0) => found.problem(format!(
+                    "auth: tokens of {issuer}: the issuer publishes no signing key"
+                )),
+                Ok(n) => found.ok(format!(
+                    "auth: tokens of {issuer}: {n} signing key(s) found; OAUTHBEARER and XOAUTH2 offered, logins by the {:?} claim",
+                    tokens.policy.login_claim
+                )),
+                Err(e) => found.problem(format!("auth: tokens of {issuer}: {e}")),
+            },
+        }
+    }
     queue(&settings.queue.directory, &mut found);
     free_space(
         &settings.queue.directory,

@@ -20,7 +20,7 @@ use submitd_config::{
     PasswordBackend, RouteSettings, Settings, UpstreamAuthSettings, UpstreamSettings,
 };
 use submitd_listener::Services;
-use submitd_oauth2::{Http, TokenSource};
+use submitd_oauth2::{Http, KeyPolicy, TokenSource, TokenVerifier};
 use submitd_relay::{
     client_tls_config, read_password_file, Intake, Maildir, Relay, RelayConfig, Route, SenderRoute,
     Spool, Upstream, UpstreamAuth,
@@ -130,6 +130,12 @@ pub(crate) fn services(
         Arc::clone(&authenticator),
         settings.auth.throttle.clone(),
     );
+    if let Some(tokens) = &settings.auth.oauth2 {
+        let http = Http::new(tokens.ca_file.as_deref(), tokens.timeout)
+            .map_err(|e| format!("auth.oauth2: {e}"))?;
+        let verifier = TokenVerifier::new(tokens.policy.clone(), KeyPolicy::default(), http);
+        gate = gate.with_tokens(Arc::new(verifier));
+    }
     if let Some(ttl) = settings.auth.verified_cache {
         let cache =
             VerifiedCache::new(ttl, VerifiedCache::DEFAULT_CAPACITY).map_err(|e| e.to_string())?;
@@ -150,5 +156,10 @@ pub(crate) fn services(
 pub(crate) fn server_config(settings: &Settings, transport: Transport) -> Arc<ServerConfig> {
     let mut smtp = ServerConfig::new(settings.hostname.clone(), transport);
     smtp.limits = settings.limits.session.clone();
+    if settings.auth.oauth2.is_some() {
+        // Beside PLAIN and LOGIN; like them, only ever offered inside TLS.
+        smtp.auth_mechanisms
+            .extend(["OAUTHBEARER".to_owned(), "XOAUTH2".to_owned()]);
+    }
     Arc::new(smtp)
 }

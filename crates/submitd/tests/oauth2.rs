@@ -111,7 +111,17 @@ impl Provider {
 fn setup(dir: &Path) {
     certificates(dir, &["submitd", "upstream", "idp"]);
     let made = Command::new(require("openssl", "openssl"))
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=relay-jwt"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=relay-jwt",
+        ])
         .arg("-keyout")
         .arg(dir.join("app.key"))
         .arg("-out")
@@ -188,7 +198,8 @@ fn submit(dir: &Path, port: u16, from: &str, subject: &str) {
         vec!["bob@example.net".parse().unwrap()],
     )
     .unwrap();
-    let text = format!("From: {from}\r\nTo: bob@example.net\r\nSubject: {subject}\r\n\r\nhello\r\n");
+    let text =
+        format!("From: {from}\r\nTo: bob@example.net\r\nSubject: {subject}\r\n\r\nhello\r\n");
     transport.send_raw(&envelope, text.as_bytes()).unwrap();
 }
 
@@ -287,7 +298,13 @@ fn client_credentials_with_a_secret_and_with_a_signed_assertion() {
     setup(d);
     let provider = Provider::start(d, 0);
     let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(d, &d.join("upstream.crt"), &d.join("upstream.key"), 0, (MAILBOX, &jwks));
+    let smarthost = start_upstream_as(
+        d,
+        &d.join("upstream.crt"),
+        &d.join("upstream.key"),
+        0,
+        (MAILBOX, &jwks),
+    );
     let config = write_config(d, smarthost.port, provider.port, CLIENT_CREDENTIALS);
     let daemon = common::start(Daemon::command(&config));
     let port = daemon.implicit.unwrap();
@@ -295,13 +312,18 @@ fn client_credentials_with_a_secret_and_with_a_signed_assertion() {
         submit(d, port, "alice@example.org", &format!("secret {i}"));
     }
     submit(d, port, "alice@assert.example", "assertion");
-    wait_for("six deliveries", Duration::from_secs(60), || delivered(d).len() == 6);
+    wait_for("six deliveries", Duration::from_secs(60), || {
+        delivered(d).len() == 6
+    });
     let envs = delivered(d);
     let by = |client: &str| envs.iter().filter(|e| e.client_id == client).count();
     assert_eq!(by("relay-cc"), 5, "{envs:?}");
     assert_eq!(by("relay-jwt"), 1, "{envs:?}");
     assert_eq!(
-        envs.iter().find(|e| e.client_id == "relay-jwt").unwrap().mail_from,
+        envs.iter()
+            .find(|e| e.client_id == "relay-jwt")
+            .unwrap()
+            .mail_from,
         "alice@assert.example"
     );
     // One token per route for all its messages, not one per message.
@@ -330,7 +352,13 @@ fn a_dead_provider_defers_with_one_request_per_window_and_nothing_is_lost() {
     // Keys made now, so the smarthost knows them before the provider runs.
     drop(Provider::start(d, provider_port));
     let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(d, &d.join("upstream.crt"), &d.join("upstream.key"), 0, (MAILBOX, &jwks));
+    let smarthost = start_upstream_as(
+        d,
+        &d.join("upstream.crt"),
+        &d.join("upstream.key"),
+        0,
+        (MAILBOX, &jwks),
+    );
     let config = write_config(d, smarthost.port, provider_port, CLIENT_CREDENTIALS);
     let daemon = common::start(Daemon::command(&config));
     let port = daemon.implicit.unwrap();
@@ -346,7 +374,9 @@ fn a_dead_provider_defers_with_one_request_per_window_and_nothing_is_lost() {
     assert!(delivered(d).is_empty());
     // The provider comes back: everything is delivered on the retry.
     let provider = Provider::start(d, provider_port);
-    wait_for("20 deliveries", Duration::from_secs(150), || delivered(d).len() == 20);
+    wait_for("20 deliveries", Duration::from_secs(150), || {
+        delivered(d).len() == 20
+    });
     let (requests, ok) = provider.token_requests("client_credentials");
     assert!(ok >= 1 && requests <= 2, "{requests} requests");
     drop(daemon);
@@ -360,7 +390,13 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     std::fs::create_dir(d.join("state")).unwrap();
     let provider = Provider::start(d, 0);
     let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(d, &d.join("upstream.crt"), &d.join("upstream.key"), 0, (MAILBOX, &jwks));
+    let smarthost = start_upstream_as(
+        d,
+        &d.join("upstream.crt"),
+        &d.join("upstream.key"),
+        0,
+        (MAILBOX, &jwks),
+    );
     let config = write_config(d, smarthost.port, provider.port, REFRESH);
     let token_file = d.join("state/default.token");
 
@@ -368,7 +404,10 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     let out = submitd(&config, &["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
-    assert!(text.contains("run `submitd oauth2 authorize default`"), "{text}");
+    assert!(
+        text.contains("run `submitd oauth2 authorize default`"),
+        "{text}"
+    );
 
     // The device grant, approved at the provider.
     let said = authorize(d, &config, &provider);
@@ -384,9 +423,15 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     let mut refresh_tokens = vec![first_refresh];
     for round in 0..3 {
         submit(d, port, "alice@example.org", &format!("round {round}"));
-        wait_for("the delivery", Duration::from_secs(30), || delivered(d).len() == round + 1);
+        wait_for("the delivery", Duration::from_secs(30), || {
+            delivered(d).len() == round + 1
+        });
         let now = std::fs::read_to_string(&token_file).unwrap();
-        assert_ne!(&now, refresh_tokens.last().unwrap(), "rotated in round {round}");
+        assert_ne!(
+            &now,
+            refresh_tokens.last().unwrap(),
+            "rotated in round {round}"
+        );
         refresh_tokens.push(now);
         if round < 2 {
             std::thread::sleep(Duration::from_secs(TTL + 1));
@@ -395,11 +440,18 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     let envs = delivered(d);
     let mut jtis: Vec<&str> = envs.iter().map(|e| e.jti.as_str()).collect();
     jtis.dedup();
-    assert_eq!(jtis.len(), 3, "a new access token after each expiry: {envs:?}");
+    assert_eq!(
+        jtis.len(),
+        3,
+        "a new access token after each expiry: {envs:?}"
+    );
     assert!(envs.iter().all(|e| e.client_id == "relay-device"));
     assert_eq!(provider.token_requests("refresh_token"), (3, 3));
     let log = daemon.log.lock().unwrap().join("\n");
-    assert!(!log.contains(refresh_tokens.last().unwrap().trim()), "a refresh token was logged");
+    assert!(
+        !log.contains(refresh_tokens.last().unwrap().trim()),
+        "a refresh token was logged"
+    );
 
     // The refresh token is revoked at the provider; a restarted daemon
     // (no token in memory) cannot refresh: the message stays queued, the
@@ -437,6 +489,139 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     assert!(flush.status.success());
     drop(daemon);
     let daemon = common::start(Daemon::command(&config));
-    wait_for("the queued message", Duration::from_secs(60), || delivered(d).len() == 4);
+    wait_for("the queued message", Duration::from_secs(60), || {
+        delivered(d).len() == 4
+    });
+    drop(daemon);
+}
+
+/// Clients log in with the provider's tokens (OAUTHBEARER and XOAUTH2,
+/// through smtplib); every bad token gets RFC 7628's error challenge and
+/// then the same 535, and counts as a failed login.
+#[test]
+fn clients_log_in_with_tokens_and_bad_tokens_are_all_refused_alike() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let provider = Provider::start(d, 0);
+    let hash = submitd_auth::hash_password(b"pw").unwrap();
+    std::fs::write(
+        d.join("users"),
+        format!("alice@example.org {hash} send-as=alice@example.org\n"),
+    )
+    .unwrap();
+    let config = d.join("submitd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
+             [tls]\ncertificate = \"submitd.crt\"\nkey = \"submitd.key\"\n\
+             [auth]\nusers = \"users\"\nfailure_delay = \"100ms\"\n\
+             [auth.oauth2]\nissuer = \"{}\"\naudience = \"urn:submitd:smtp\"\nca_file = \"ca.pem\"\nleeway = \"5s\"\n\
+             [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n",
+            provider.url("")
+        ),
+    )
+    .unwrap();
+    // `check` finds the issuer's keys.
+    let out = submitd(&config, &["check"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("auth: tokens of"), "{text}");
+    let daemon = common::start(Daemon::command(&config));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/token_login.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(daemon.implicit.unwrap().to_string())
+        .arg(d.join("ca.pem"))
+        .arg(provider.url(""))
+        .arg(d.join("idp"))
+        .arg("alice@example.org")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| -> String {
+        results
+            .split(&format!("\"{name}\": {{"))
+            .nth(1)
+            .and_then(|r| r.split('}').next())
+            .unwrap_or_else(|| panic!("{name} in {results}"))
+            .to_owned()
+    };
+    for good in ["oauthbearer", "xoauth2"] {
+        let got = field(good);
+        assert!(
+            got.contains("\"code\": 235") && got.contains("\"sent\": true"),
+            "{good}: {got}"
+        );
+        assert!(
+            got.contains("\"OAUTHBEARER\"") && got.contains("\"XOAUTH2\""),
+            "{got}"
+        );
+    }
+    let bad = [
+        "wrong_audience_from_the_provider",
+        "wrong_audience",
+        "expired",
+        "another_user",
+        "another_key",
+        "alg_none",
+        "named_as_another",
+    ];
+    let mut texts = Vec::new();
+    for name in bad {
+        let got = field(name);
+        assert!(got.contains("\"code\": 535"), "{name}: {got}");
+        assert!(
+            got.contains("\\\"status\\\":\\\"invalid_token\\\"")
+                && got.contains("openid-configuration"),
+            "{name}: the error challenge: {got}"
+        );
+        texts.push(
+            got.split("\"text\": ")
+                .nth(1)
+                .unwrap()
+                .split(',')
+                .next()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    texts.dedup();
+    assert_eq!(
+        texts.len(),
+        1,
+        "the same reply for every bad token: {texts:?}"
+    );
+    // Each refusal is a failed login in the fail2ban format; none succeeded.
+    daemon.wait_count(
+        &["authentication failed"],
+        bad.len(),
+        Duration::from_secs(10),
+    );
+    let log = daemon.log.lock().unwrap().join("\n");
+    assert_eq!(
+        log.matches("authentication failed").count(),
+        bad.len(),
+        "{log}"
+    );
+    for reason in [
+        "not for this audience",
+        "expired",
+        "bad signature",
+        "algorithm \"none\"",
+        "another user's",
+    ] {
+        assert!(log.contains(reason), "{reason}: {log}");
+    }
+    // The two messages were taken, from the token's user.
+    let maildir = d.join("Maildir/new");
+    wait_for("two messages", Duration::from_secs(20), || {
+        std::fs::read_dir(&maildir).map(|r| r.count()).unwrap_or(0) == 2
+    });
     drop(daemon);
 }

@@ -9,6 +9,8 @@
 //   TOKEN_TTL (seconds, default 30), ASSERTION_CERT (a PEM certificate
 //   whose key the client "relay-jwt" signs its assertions with).
 //
+// Access tokens are JWTs for the resource urn:submitd:smtp (or urn:other,
+// when asked), with an email claim for a person's tokens.
 // Clients: relay-cc (client credentials, secret "cc-secret", sent in the
 // form), relay-jwt (client credentials, private_key_jwt), relay-device
 // (the device grant and refresh tokens, a public client; refresh tokens
@@ -111,9 +113,11 @@ const provider = await (async () => {
         enabled: true,
         defaultResource: () => audience,
         useGrantedResource: () => true,
-        getResourceServerInfo: () => ({
+        // urn:other: a resource that is not submitd (tokens for the wrong
+        // audience).
+        getResourceServerInfo: (ctx, indicator) => ({
           scope: 'smtp',
-          audience,
+          audience: indicator === 'urn:other' ? 'urn:other' : audience,
           accessTokenTTL: ttl,
           accessTokenFormat: 'jwt',
           jwt: { sign: { alg: 'RS256' } },
@@ -129,6 +133,9 @@ const provider = await (async () => {
       IdToken: 3600,
     },
     rotateRefreshToken: true,
+    // A person's access token carries their address, the claim submitd
+    // logs clients in by (login_claim = "email").
+    extraTokenClaims: async (ctx, token) => (token.accountId ? { email: token.accountId } : undefined),
     issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
   });
 })();
@@ -143,16 +150,18 @@ provider.use(async (ctx, next) => {
       ctx.body = 'no such code';
       return;
     }
+    // The resource the device asked for (urn:other: the wrong audience).
+    const resource = (code.params && code.params.resource) || audience;
     const grant = new provider.Grant({ accountId, clientId: code.clientId });
     grant.addOIDCScope('openid offline_access');
-    grant.addResourceScope(audience, 'smtp');
+    grant.addResourceScope(resource, 'smtp');
     const grantId = await grant.save();
     Object.assign(code, {
       accountId,
       grantId,
       authTime: Math.floor(Date.now() / 1000),
       scope: 'openid offline_access smtp',
-      resource: audience,
+      resource,
     });
     await code.save();
     ctx.body = 'approved';
