@@ -100,13 +100,105 @@ impl DovecotAuth {
             .map(|_| ())
     }
 
-    /// Connects and reads the handshake up to DONE.
+    /// The mechanisms Dovecot offers, upper case (at start: XOAUTH2 and
+    /// OAUTHBEARER are offered to clients when Dovecot has them).
+    pub async fn offered_mechanisms(&self) -> Result<Vec<String>, DovecotError> {
+        tokio::time::timeout(self.timeout, self.connect())
+            .await
+            .map_err(|_| self.error("no handshake in time"))?
+            .map(|(_, _, mechanisms)| mechanisms)
+    }
+
+    /// Checks a bearer-token login by passing the client's SASL message
+    /// (`mechanism` XOAUTH2 or OAUTHBEARER) to Dovecot, whose oauth2 passdb
+    /// decides. A refusal comes as Dovecot's own error challenge, answered
+    /// with the dummy response, then FAIL.
+    pub async fn check_token(
+        &self,
+        mechanism: &str,
+        message: &[u8],
+        client: IpAddr,
+    ) -> CheckOutcome {
+        let exchange = self.token_exchange(mechanism, message, client);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(DovecotAnswer::Ok(user))) => CheckOutcome::Authenticated {
+                user,
+                app_password: None,
+            },
+            Ok(Ok(DovecotAnswer::Fail)) => CheckOutcome::Rejected,
+            Ok(Err(e)) => {
+                tracing::error!(target: "submitd::auth", error = %e, "Dovecot auth unavailable");
+                CheckOutcome::Unavailable
+            }
+            Err(_) => {
+                tracing::error!(target: "submitd::auth", socket = %self.socket.display(), timeout = ?self.timeout, "Dovecot auth did not answer in time");
+                CheckOutcome::Unavailable
+            }
+        }
+    }
+
+    async fn token_exchange(
+        &self,
+        mechanism: &str,
+        message: &[u8],
+        client: IpAddr,
+    ) -> Result<DovecotAnswer, DovecotError> {
+        let (mut lines, mut write, _) = self.connect().await?;
+        let response =
+            zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(message));
+        let request = zeroize::Zeroizing::new(format!(
+            "AUTH\t1\t{mechanism}\tservice=smtp\tsecured\trip={client}\tresp={}\n",
+            response.as_str()
+        ));
+        write
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| self.error(format!("write: {e}")))?;
+        let mut continued = false;
+        loop {
+            let line = self.read_line(&mut lines).await?;
+            let mut fields = line.split('\t');
+            let (kind, id) = (fields.next(), fields.next());
+            if id != Some("1") {
+                return Err(self.error(format!("answer for another request: {line:?}")));
+            }
+            match kind {
+                Some("OK") => {
+                    let user = fields.find_map(|f| f.strip_prefix("user=")).unwrap_or("");
+                    if user.is_empty() {
+                        return Err(self.error("OK without a user"));
+                    }
+                    return Ok(DovecotAnswer::Ok(user.to_owned()));
+                }
+                Some("FAIL") => return Ok(DovecotAnswer::Fail),
+                // The error challenge (RFC 7628 §3.2.3): the dummy answer,
+                // once; XOAUTH2's is empty, OAUTHBEARER's is ^A.
+                Some("CONT") if !continued => {
+                    continued = true;
+                    let dummy = if mechanism == "OAUTHBEARER" {
+                        "AQ=="
+                    } else {
+                        ""
+                    };
+                    write
+                        .write_all(format!("CONT\t1\t{dummy}\n").as_bytes())
+                        .await
+                        .map_err(|e| self.error(format!("write: {e}")))?;
+                }
+                _ => return Err(self.error(format!("unexpected answer {:?}", kind.unwrap_or("")))),
+            }
+        }
+    }
+
+    /// Connects and reads the handshake up to DONE; also returns the
+    /// mechanisms offered.
     async fn connect(
         &self,
     ) -> Result<
         (
             BufReader<tokio::net::unix::OwnedReadHalf>,
             tokio::net::unix::OwnedWriteHalf,
+            Vec<String>,
         ),
         DovecotError,
     > {
@@ -119,28 +211,30 @@ impl DovecotAuth {
             .write_all(format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id()).as_bytes())
             .await
             .map_err(|e| self.error(format!("write: {e}")))?;
-        let (mut version_ok, mut plain) = (false, false);
+        let mut version_ok = false;
+        let mut mechanisms = Vec::new();
         loop {
             let line = self.read_line(&mut lines).await?;
             let mut fields = line.split('\t');
             match fields.next() {
                 Some("VERSION") => version_ok = fields.next() == Some("1"),
                 Some("MECH") => {
-                    plain |= fields
-                        .next()
-                        .is_some_and(|m| m.eq_ignore_ascii_case("PLAIN"))
+                    if let Some(m) = fields.next() {
+                        mechanisms.push(m.to_ascii_uppercase());
+                    }
                 }
                 Some("DONE") => break,
                 _ => {}
             }
         }
+        let plain = mechanisms.iter().any(|m| m == "PLAIN");
         if !version_ok {
             return Err(self.error("not a Dovecot auth protocol 1.x server"));
         }
         if !plain {
             return Err(self.error("Dovecot does not offer PLAIN: add it to auth_mechanisms"));
         }
-        Ok((lines, write))
+        Ok((lines, write, mechanisms))
     }
 
     /// The exchange itself, without the timeout.
@@ -150,7 +244,7 @@ impl DovecotAuth {
         password: &str,
         client: IpAddr,
     ) -> Result<DovecotAnswer, DovecotError> {
-        let (mut lines, mut write) = self.connect().await?;
+        let (mut lines, mut write, _) = self.connect().await?;
         // PLAIN: authzid empty, then login and password; base64 keeps any
         // tab or newline in them out of the protocol's own syntax.
         let mut blob =

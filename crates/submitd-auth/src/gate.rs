@@ -96,6 +96,32 @@ impl LoginGate {
         self
     }
 
+    /// No issuer of our own: Dovecot's oauth2 passdb decides (the
+    /// mechanisms are offered only when Dovecot offers them).
+    async fn login_token_by_dovecot(
+        &self,
+        credentials: &TokenCredentials,
+        client: IpAddr,
+        mechanism: Mechanism,
+    ) -> LoginOutcome {
+        let named = credentials.username.as_deref().unwrap_or("");
+        let Authenticator::Dovecot(dovecot) = &*self.authenticator else {
+            return self.reject(client, named, mechanism.name()).await;
+        };
+        let message = credentials.message(mechanism);
+        match dovecot
+            .check_token(mechanism.name(), &message, client)
+            .await
+        {
+            CheckOutcome::Authenticated { user, .. } => {
+                tracing::info!(target: "submitd::auth", client = %client, %user, mechanism = mechanism.name(), by = "dovecot", "authenticated");
+                LoginOutcome::Authenticated { user }
+            }
+            CheckOutcome::Rejected => self.reject(client, named, mechanism.name()).await,
+            CheckOutcome::Unavailable => LoginOutcome::TryLater,
+        }
+    }
+
     /// RFC 7628 §3.2.2's error challenge, the same for every refused
     /// token: the status, and where the issuer's configuration is.
     pub fn token_error_challenge(&self) -> Vec<u8> {
@@ -138,7 +164,9 @@ impl LoginGate {
             return LoginOutcome::TryLater;
         }
         let Some(verifier) = &self.tokens else {
-            return self.reject(client, named, mechanism.name()).await;
+            return self
+                .login_token_by_dovecot(credentials, client, mechanism)
+                .await;
         };
         let verified = match verifier.verify(&credentials.token).await {
             Err(unavailable) => {

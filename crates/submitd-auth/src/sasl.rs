@@ -102,6 +102,37 @@ pub struct TokenCredentials {
     pub token: Zeroizing<String>,
 }
 
+impl TokenCredentials {
+    /// The SASL message of `mechanism` that carries these credentials, as
+    /// a client would send it (to pass on to Dovecot).
+    pub fn message(&self, mechanism: Mechanism) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::new());
+        let user = self.username.as_deref().unwrap_or("");
+        if mechanism == Mechanism::XOAuth2 {
+            out.extend_from_slice(b"user=");
+            out.extend_from_slice(user.as_bytes());
+            out.push(1);
+        } else {
+            out.extend_from_slice(b"n,");
+            if !user.is_empty() {
+                out.extend_from_slice(b"a=");
+                for &b in user.as_bytes() {
+                    match b {
+                        b',' => out.extend_from_slice(b"=2C"),
+                        b'=' => out.extend_from_slice(b"=3D"),
+                        _ => out.push(b),
+                    }
+                }
+            }
+            out.extend_from_slice(b",\x01");
+        }
+        out.extend_from_slice(b"auth=Bearer ");
+        out.extend_from_slice(self.token.as_bytes());
+        out.extend_from_slice(b"\x01\x01");
+        out
+    }
+}
+
 impl fmt::Debug for TokenCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenCredentials")
@@ -485,6 +516,15 @@ mod tests {
             token(ex.respond(b"user=bob\x01auth=Bearer tok\x01\x01")),
             (Some("bob".into()), "tok".into())
         );
+        // Rebuilt for Dovecot, it parses to the same.
+        for m in [Mechanism::XOAuth2, Mechanism::OAuthBearer] {
+            let creds = TokenCredentials {
+                username: Some("a,b=c".into()),
+                token: Zeroizing::new("tok".into()),
+            };
+            let (_, step) = SaslExchange::start(m, Some(&creds.message(m)));
+            assert_eq!(token(step), (Some("a,b=c".into()), "tok".into()), "{m:?}");
+        }
         // The refusal: the dummy answer ends the exchange.
         ex.token_refused();
         assert_eq!(failed(ex.respond(b"\x01")), SaslError::TokenRefused);

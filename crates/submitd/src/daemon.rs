@@ -126,6 +126,7 @@ async fn start(settings: &Settings) -> Result<Running, String> {
         wiring::services(settings, Arc::clone(&credentials), relay.clone())?
             .with_memory_pressure(pressure),
     );
+    let token_mechanisms = wiring::token_mechanisms(settings).await;
     let mut listeners = Vec::new();
     let mut inherited = sockets::inherited(settings)?;
     for listen in &settings.listen {
@@ -150,7 +151,7 @@ async fn start(settings: &Settings) -> Result<Running, String> {
         tracing::info!(address = %local, mode = %mode, "listening");
         listeners.push(tokio::spawn(serve_listener(
             socket,
-            wiring::server_config(settings, listen.transport),
+            wiring::server_config(settings, listen.transport, &token_mechanisms),
             Arc::clone(&tls),
             Arc::clone(&services),
             listen.limits,
@@ -164,7 +165,7 @@ async fn start(settings: &Settings) -> Result<Running, String> {
             listeners.push(tokio::spawn(submitd_listener::serve_local(
                 listener,
                 local.domain.clone(),
-                wiring::server_config(settings, Transport::Local),
+                wiring::server_config(settings, Transport::Local, &[]),
                 Arc::clone(&services),
                 shutdown.clone(),
             )));

@@ -153,13 +153,49 @@ pub(crate) fn services(
 }
 
 /// The server machine's settings for a listener of `transport`.
-pub(crate) fn server_config(settings: &Settings, transport: Transport) -> Arc<ServerConfig> {
+/// `token_mechanisms` (from [`token_mechanisms`]) are offered beside PLAIN
+/// and LOGIN; like them, only ever inside TLS.
+pub(crate) fn server_config(
+    settings: &Settings,
+    transport: Transport,
+    token_mechanisms: &[String],
+) -> Arc<ServerConfig> {
     let mut smtp = ServerConfig::new(settings.hostname.clone(), transport);
     smtp.limits = settings.limits.session.clone();
-    if settings.auth.oauth2.is_some() {
-        // Beside PLAIN and LOGIN; like them, only ever offered inside TLS.
-        smtp.auth_mechanisms
-            .extend(["OAUTHBEARER".to_owned(), "XOAUTH2".to_owned()]);
-    }
+    smtp.auth_mechanisms
+        .extend(token_mechanisms.iter().cloned());
     Arc::new(smtp)
+}
+
+/// The bearer-token mechanisms offered to clients: both, when
+/// `[auth.oauth2]` names an issuer; else those of XOAUTH2 and OAUTHBEARER
+/// that Dovecot offers (asked once, at start), passed through to it.
+pub(crate) async fn token_mechanisms(settings: &Settings) -> Vec<String> {
+    const TOKEN_MECHANISMS: [&str; 2] = ["OAUTHBEARER", "XOAUTH2"];
+    if settings.auth.oauth2.is_some() {
+        return TOKEN_MECHANISMS.map(str::to_owned).to_vec();
+    }
+    let PasswordBackend::Dovecot { socket, timeout } = &settings.auth.backend else {
+        return Vec::new();
+    };
+    let dovecot = DovecotAuth {
+        socket: socket.clone(),
+        timeout: *timeout,
+    };
+    match dovecot.offered_mechanisms().await {
+        Ok(offered) => {
+            let passed: Vec<String> = offered
+                .into_iter()
+                .filter(|m| TOKEN_MECHANISMS.contains(&m.as_str()))
+                .collect();
+            if !passed.is_empty() {
+                tracing::info!(target: "submitd::auth", mechanisms = %passed.join(" "), "Dovecot offers bearer-token mechanisms: passed through to it");
+            }
+            passed
+        }
+        Err(error) => {
+            tracing::warn!(target: "submitd::auth", %error, "cannot ask Dovecot for its mechanisms; XOAUTH2 and OAUTHBEARER are not offered until a restart");
+            Vec::new()
+        }
+    }
 }

@@ -625,3 +625,109 @@ fn clients_log_in_with_tokens_and_bad_tokens_are_all_refused_alike() {
     });
     drop(daemon);
 }
+
+/// With `backend = "dovecot"` and no issuer of submitd's own, the token
+/// mechanisms Dovecot offers are offered and passed through: Dovecot's
+/// oauth2 passdb introspects the token at the same provider.
+#[test]
+fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
+    require("dovecot", "apt-get install dovecot-core");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let provider = Provider::start(d, 0);
+    let run = d.join("dovecot");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(d.join("passwd"), "").unwrap();
+    std::fs::write(
+        d.join("oauth2.conf.ext"),
+        format!(
+            "introspection_mode = post\nintrospection_url = https://dovecot:dovecot-secret@localhost:{}/token/introspection\n\
+             username_attribute = sub\nactive_attribute = active\nactive_value = true\nforce_introspection = yes\n\
+             tls_ca_cert_file = {}\n",
+            provider.port,
+            d.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("dovecot.conf"),
+        format!(
+            "protocols =\nlisten = 127.0.0.1\nbase_dir = {run}\nstate_dir = {run}\n\
+             log_path = /dev/stderr\nssl = no\nauth_mechanisms = plain login xoauth2 oauthbearer\n\
+             disable_plaintext_auth = no\n\
+             passdb {{\n  driver = passwd-file\n  args = {passwd}\n  mechanisms = plain login\n}}\n\
+             passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {oauth2}\n}}\n\
+             userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}}\n\
+             service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n\
+             service anvil {{\n  chroot =\n}}\n",
+            run = run.display(),
+            passwd = d.join("passwd").display(),
+            oauth2 = d.join("oauth2.conf.ext").display(),
+            socket = d.join("auth-client").display(),
+        ),
+    )
+    .unwrap();
+    let mut dovecot = Command::new("dovecot")
+        .args(["-F", "-c"])
+        .arg(d.join("dovecot.conf"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("Dovecot's auth socket", Duration::from_secs(20), || {
+        d.join("auth-client").exists()
+    });
+    // Policy only: alice may send as herself.
+    std::fs::write(
+        d.join("users"),
+        "alice@example.org - send-as=alice@example.org\n",
+    )
+    .unwrap();
+    let config = d.join("submitd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
+             [tls]\ncertificate = \"submitd.crt\"\nkey = \"submitd.key\"\n\
+             [auth]\nusers = \"users\"\nbackend = \"dovecot\"\ndovecot_socket = \"auth-client\"\nfailure_delay = \"100ms\"\n\
+             [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n"
+        ),
+    )
+    .unwrap();
+    let daemon = common::start(Daemon::command(&config));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/token_login.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(daemon.implicit.unwrap().to_string())
+        .arg(d.join("ca.pem"))
+        .arg(provider.url(""))
+        .arg(d.join("idp"))
+        .arg("alice@example.org")
+        .arg("dovecot")
+        .output()
+        .unwrap();
+    let _ = dovecot.kill();
+    let _ = dovecot.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results = String::from_utf8(out.stdout).unwrap();
+    let log = daemon.log.lock().unwrap().join("\n");
+    for good in [
+        "\"oauthbearer\": {\"code\": 235",
+        "\"xoauth2\": {\"code\": 235",
+    ] {
+        assert!(results.contains(good), "{good}: {results}\n{log}");
+    }
+    assert!(results.contains("\"made_up\": {\"code\": 535"), "{results}");
+    assert!(log.contains("passed through to it"), "{log}");
+    assert_eq!(
+        log.matches("by=\"dovecot\"").count() + log.matches("by=dovecot").count(),
+        2,
+        "{log}"
+    );
+    drop(daemon);
+}

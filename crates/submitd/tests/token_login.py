@@ -2,7 +2,7 @@
 """Clients logging in to submitd with OAuth2 access tokens, with Python's
 smtplib (not the project's code) over implicit TLS.
 
-usage: token_login.py PORT CA PROVIDER_URL IDP_STATE_DIR USER
+usage: token_login.py PORT CA PROVIDER_URL IDP_STATE_DIR USER [dovecot]
 
 Gets a real access token for USER from the provider (the device grant,
 approved through the provider's test route), then:
@@ -14,6 +14,9 @@ approved through the provider's test route), then:
     for another audience, one signed with a key that is not the
     provider's, one with alg=none, and the good token named with another
     user in the SASL message.
+With "dovecot": the token is an opaque one for urn:dovecot, which
+submitd passes to Dovecot's oauth2 passdb; a good login with each
+mechanism and one with a made-up token.
 Prints one JSON object: what each attempt got.
 """
 
@@ -93,6 +96,15 @@ def attempt(mechanism, message, send=False):
             result["sent"] = not refused
         return result
 
+
+if len(sys.argv) > 6 and sys.argv[6] == "dovecot":
+    token = device_token(user, resource="urn:dovecot")
+    print(json.dumps({
+        "oauthbearer": attempt("OAUTHBEARER", oauthbearer(user, token), send=True),
+        "xoauth2": attempt("XOAUTH2", xoauth2(user, token), send=True),
+        "made_up": attempt("XOAUTH2", xoauth2(user, "made-up-token")),
+    }))
+    sys.exit(0)
 
 with open(state + "/jwks.json") as f:
     provider_key = jwt.PyJWK(json.load(f)["keys"][0])

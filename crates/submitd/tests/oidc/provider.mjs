@@ -11,6 +11,8 @@
 //
 // Access tokens are JWTs for the resource urn:submitd:smtp (or urn:other,
 // when asked), with an email claim for a person's tokens.
+// urn:dovecot gets opaque tokens, which the client "dovecot" (secret
+// "dovecot-secret", HTTP Basic) introspects for Dovecot's oauth2 passdb.
 // Clients: relay-cc (client credentials, secret "cc-secret", sent in the
 // form), relay-jwt (client credentials, private_key_jwt), relay-device
 // (the device grant and refresh tokens, a public client; refresh tokens
@@ -58,6 +60,15 @@ const clients = [
     response_types: [],
     redirect_uris: [],
     token_endpoint_auth_method: 'client_secret_post',
+  },
+  {
+    // Dovecot's oauth2 passdb, introspecting tokens (HTTP Basic).
+    client_id: 'dovecot',
+    client_secret: 'dovecot-secret',
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_basic',
   },
   {
     client_id: 'relay-device',
@@ -117,9 +128,10 @@ const provider = await (async () => {
         // audience).
         getResourceServerInfo: (ctx, indicator) => ({
           scope: 'smtp',
-          audience: indicator === 'urn:other' ? 'urn:other' : audience,
+          audience: ['urn:other', 'urn:dovecot'].includes(indicator) ? indicator : audience,
           accessTokenTTL: ttl,
-          accessTokenFormat: 'jwt',
+          // urn:dovecot: opaque tokens, which Dovecot introspects.
+          accessTokenFormat: indicator === 'urn:dovecot' ? 'opaque' : 'jwt',
           jwt: { sign: { alg: 'RS256' } },
         }),
       },
