@@ -687,12 +687,10 @@ fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
     let config = d.join("submitd.toml");
     std::fs::write(
         &config,
-        format!(
-            "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
+        "hostname = \"localhost\"\n[[listen]]\naddress = \"127.0.0.1:0\"\nmode = \"implicit\"\n\
              [tls]\ncertificate = \"submitd.crt\"\nkey = \"submitd.key\"\n\
              [auth]\nusers = \"users\"\nbackend = \"dovecot\"\ndovecot_socket = \"auth-client\"\nfailure_delay = \"100ms\"\n\
-             [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n"
-        ),
+             [queue]\ndirectory = \"queue\"\n[relay]\nmaildir = \"Maildir\"\n",
     )
     .unwrap();
     let daemon = common::start(Daemon::command(&config));
