@@ -251,6 +251,25 @@ impl TokenVerifier {
         }
     }
 
+    /// The same with the keys of `jwks` (a JWK set, as JSON) rather than
+    /// fetched ones, until the next fetch (tests and benchmarks).
+    pub fn with_keys(mut self, jwks: &str) -> Result<Self, KeysUnavailable> {
+        let set: JwkSet = serde_json::from_str(jwks).map_err(|_| KeysUnavailable::Document {
+            url: "(given)".into(),
+            reason: "not a JWK set".into(),
+        })?;
+        let keys = self.keys.get_mut();
+        keys.keys = Arc::new(
+            set.keys
+                .into_iter()
+                .filter_map(|k| serde_json::from_value::<Jwk>(k).ok())
+                .take(MAX_KEYS)
+                .collect(),
+        );
+        keys.fetched = Some(Instant::now());
+        Ok(self)
+    }
+
     /// What tokens must be.
     pub fn policy(&self) -> &IssuerPolicy {
         &self.policy

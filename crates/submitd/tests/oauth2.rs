@@ -133,7 +133,7 @@ fn setup(dir: &Path) {
     let hash = submitd_auth::hash_password(b"pw").unwrap();
     std::fs::write(
         dir.join("users"),
-        format!("alice {hash} send-as=alice@example.org,@assert.example\n"),
+        format!("alice {hash} send-as=alice@example.org,@assert.example max-messages=100000/h,100000/d max-recipients=100000/h,100000/d\n"),
     )
     .unwrap();
     password_file(&dir.join("cc.secret"), "cc-secret");
@@ -727,5 +727,75 @@ fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
         2,
         "{log}"
     );
+    drop(daemon);
+}
+
+/// Messages submitted at a steady rate over several token lifetimes: the
+/// token requests are one per lifetime for the route (renewed a quarter
+/// before expiry), not one per message or per connection. Prints the
+/// figure; `scripts/oauth2-token-load` runs it longer (OAUTH2_MESSAGES,
+/// OAUTH2_RATE per second, 4 clients).
+#[test]
+fn token_requests_follow_the_token_lifetime_not_the_message_count() {
+    let messages = common::env_or("OAUTH2_MESSAGES", 120);
+    let rate = common::env_or("OAUTH2_RATE", 4).max(1);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    let provider = Provider::start(d, 0);
+    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
+    let smarthost = start_upstream_as(
+        d,
+        &d.join("upstream.crt"),
+        &d.join("upstream.key"),
+        0,
+        (MAILBOX, &jwks),
+    );
+    let config = write_config(d, smarthost.port, provider.port, CLIENT_CREDENTIALS);
+    let daemon = common::start(Daemon::command(&config));
+    let port = daemon.implicit.unwrap();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            let d = d.to_path_buf();
+            std::thread::spawn(move || {
+                let mut i = c;
+                while i < messages {
+                    // Paced: message i goes at i / rate seconds.
+                    let due = started + Duration::from_millis(i * 1000 / rate);
+                    std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                    submit(&d, port, "alice@example.org", &format!("load {i}"));
+                    i += 4;
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    let messages = usize::try_from(messages).unwrap();
+    wait_for("every delivery", Duration::from_secs(120), || {
+        delivered(d).len() == messages
+    });
+    let elapsed = started.elapsed();
+    let (requests, ok) = provider.token_requests("client_credentials");
+    let per_thousand = requests as f64 * 1000.0 / messages as f64;
+    println!(
+        "oauth2 load: {messages} messages in {:.0}s at {rate}/s, tokens of {TTL}s: {requests} token requests ({ok} ok), {per_thousand:.1} per 1,000 messages",
+        elapsed.as_secs_f64()
+    );
+    // Renewed at three quarters of the lifetime: one more per 22.5 s.
+    let lifetimes = elapsed.as_secs_f64() / (TTL as f64 * 0.75);
+    assert!(
+        ok == requests && requests >= 1,
+        "{requests} requests, {ok} ok"
+    );
+    assert!(
+        (requests as f64) <= lifetimes.ceil() + 1.0,
+        "{requests} requests in {elapsed:?}"
+    );
+    let distinct: std::collections::BTreeSet<String> =
+        delivered(d).into_iter().map(|e| e.jti).collect();
+    assert_eq!(distinct.len(), requests, "each token fetched was used");
     drop(daemon);
 }
