@@ -461,4 +461,114 @@ mod tests {
         assert_eq!(login("alice", "new").await, ok("alice"));
         assert_eq!(checks(), 8);
     }
+
+    /// A verifier with one P-256 key, and tokens it signs.
+    fn token_gate(dir: &Path, block_after: u32) -> (LoginGate, impl Fn(&str) -> String) {
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+        use base64::Engine as _;
+        let enc = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let alg = &ECDSA_P256_SHA256_FIXED_SIGNING;
+        let doc = EcdsaKeyPair::generate_pkcs8(alg, &SystemRandom::new()).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(alg, doc.as_ref()).unwrap();
+        let point = pair.public_key().as_ref().to_vec();
+        let jwks = format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"k","x":"{}","y":"{}"}}]}}"#,
+            enc(&point[1..33]),
+            enc(&point[33..65])
+        );
+        let policy = submitd_oauth2::IssuerPolicy {
+            issuer: "https://idp.test".into(),
+            audience: "urn:smtp".into(),
+            login_claim: "email".into(),
+            algorithms: submitd_oauth2::Algorithm::ALL.to_vec(),
+            leeway: Duration::from_secs(5),
+        };
+        let http = submitd_oauth2::Http::new(None, Duration::from_secs(1)).unwrap();
+        let verifier = TokenVerifier::new(policy, submitd_oauth2::KeyPolicy::default(), http)
+            .with_keys(&jwks)
+            .unwrap();
+        let gate = gate(dir, block_after).with_tokens(Arc::new(verifier));
+        let sign = move |email: &str| {
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 600;
+            let claims = format!(
+                r#"{{"iss":"https://idp.test","aud":"urn:smtp","exp":{exp},"email":"{email}"}}"#
+            );
+            let input = format!(
+                "{}.{}",
+                enc(br#"{"alg":"ES256","kid":"k"}"#),
+                enc(claims.as_bytes())
+            );
+            let sig = pair.sign(&SystemRandom::new(), input.as_bytes()).unwrap();
+            format!("{input}.{}", enc(sig.as_ref()))
+        };
+        (gate, sign)
+    }
+
+    fn bearer(user: Option<&str>, token: &str) -> TokenCredentials {
+        TokenCredentials {
+            username: user.map(str::to_owned),
+            token: Zeroizing::new(token.to_owned()),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_logins_need_a_known_user_and_failures_count_like_passwords() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, sign) = token_gate(dir.path(), 3);
+        assert!(gate.takes_tokens());
+        let m = Mechanism::OAuthBearer;
+        // The token alone names alice; or alice names herself.
+        for named in [None, Some("alice"), Some("ALICE")] {
+            let outcome = gate
+                .login_token(&bearer(named, &sign("alice")), CLIENT, m)
+                .await;
+            assert_eq!(
+                outcome,
+                LoginOutcome::Authenticated {
+                    user: "alice".into()
+                },
+                "{named:?}"
+            );
+        }
+        // A user not in the file (from another network, not to count here).
+        let elsewhere = IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 9));
+        let outcome = gate
+            .login_token(&bearer(None, &sign("bob")), elsewhere, m)
+            .await;
+        assert_eq!(outcome, LoginOutcome::Rejected);
+        // Named as alice: another user's token, a forged one, another's.
+        let started = tokio::time::Instant::now();
+        for (named, token) in [
+            (Some("alice"), sign("bob")),
+            (Some("alice"), format!("{}x", sign("alice"))),
+            (Some("alice"), sign("carol")),
+        ] {
+            let outcome = gate.login_token(&bearer(named, &token), CLIENT, m).await;
+            assert_eq!(outcome, LoginOutcome::Rejected);
+        }
+        assert!(
+            started.elapsed() >= Duration::from_millis(600),
+            "refusals are delayed"
+        );
+        // Three failures for alice from this network: blocked, even with a
+        // good token, and for her password too.
+        let outcome = gate
+            .login_token(&bearer(Some("alice"), &sign("alice")), CLIENT, m)
+            .await;
+        assert_eq!(outcome, LoginOutcome::TryLater);
+        let outcome = gate
+            .login(&credentials("alice", "pw"), CLIENT, Mechanism::Plain)
+            .await;
+        assert_eq!(outcome, LoginOutcome::TryLater);
+        let challenge = String::from_utf8(gate.token_error_challenge()).unwrap();
+        assert_eq!(
+            challenge,
+            r#"{"status":"invalid_token","schemes":"bearer","openid-configuration":"https://idp.test/.well-known/openid-configuration"}"#
+        );
+    }
 }

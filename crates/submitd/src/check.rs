@@ -103,17 +103,21 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
                     http,
                 )
             });
+        // An issuer out of reach stops token logins only (454), not the
+        // server: warnings, so `check` before the start does not fail.
         match verifier {
             Err(e) => found.problem(format!("auth: tokens of {issuer}: {e}")),
             Ok(verifier) => match verifier.fetch_keys().await {
-                Ok(0) => found.problem(format!(
+                Ok(0) => found.warning(format!(
                     "auth: tokens of {issuer}: the issuer publishes no signing key"
                 )),
                 Ok(n) => found.ok(format!(
                     "auth: tokens of {issuer}: {n} signing key(s) found; OAUTHBEARER and XOAUTH2 offered, logins by the {:?} claim",
                     tokens.policy.login_claim
                 )),
-                Err(e) => found.problem(format!("auth: tokens of {issuer}: {e}")),
+                Err(e) => found.warning(format!(
+                    "auth: tokens of {issuer}: {e}; token logins get 454 until it answers"
+                )),
             },
         }
     }
@@ -195,9 +199,11 @@ fn oauth2_files(endpoint: &TokenEndpoint, found: &mut Findings) {
     for (path, key) in files {
         use std::os::unix::fs::PermissionsExt as _;
         match std::fs::metadata(path) {
+            // Messages of the route wait in the queue until it is
+            // written; the server itself can run.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && key == "refresh_token_file" => {
-                found.problem(format!(
-                    "relay: route {route}: {} does not exist; run `submitd oauth2 authorize {route}`",
+                found.warning(format!(
+                    "relay: route {route}: {} does not exist; run `submitd oauth2 authorize {route}` (until then its messages stay queued)",
                     path.display()
                 ))
             }
