@@ -176,6 +176,8 @@ pub(crate) struct OAuth2 {
     pub(crate) token_url: Option<String>,
     #[serde(default)]
     pub(crate) device_url: Option<String>,
+    #[serde(default)]
+    pub(crate) auth_url: Option<String>,
     pub(crate) client_id: String,
     #[serde(default)]
     pub(crate) client_secret_file: Option<PathBuf>,

@@ -454,8 +454,8 @@ impl<'a> Context<'a> {
             }
         };
         // Presets: the endpoints the providers publish; explicit keys win.
-        let (token_url, device_url, scope) = match o.preset.as_deref() {
-            None => (None, None, None),
+        let (token_url, device_url, auth_url, scope) = match o.preset.as_deref() {
+            None => (None, None, None, None),
             Some("microsoft365") => {
                 let Some(tenant) = o.tenant.as_deref().filter(|t| !t.is_empty()) else {
                     return Err(self.err(
@@ -474,12 +474,14 @@ impl<'a> Context<'a> {
                 (
                     Some(format!("{base}/token")),
                     Some(format!("{base}/devicecode")),
+                    Some(format!("{base}/authorize")),
                     Some(scope.to_owned()),
                 )
             }
             Some("google") => (
                 Some("https://oauth2.googleapis.com/token".to_owned()),
                 Some("https://oauth2.googleapis.com/device/code".to_owned()),
+                Some("https://accounts.google.com/o/oauth2/v2/auth".to_owned()),
                 Some("https://mail.google.com/".to_owned()),
             ),
             Some(other) => {
@@ -496,9 +498,11 @@ impl<'a> Context<'a> {
             )
         })?;
         let device_url = o.device_url.clone().or(device_url);
+        let auth_url = o.auth_url.clone().or(auth_url);
         for (name, url) in [
             ("token_url", Some(&token_url)),
             ("device_url", device_url.as_ref()),
+            ("auth_url", auth_url.as_ref()),
         ] {
             if let Some(url) = url {
                 if !url.starts_with("https://") || url.len() <= "https://".len() {
@@ -545,6 +549,7 @@ impl<'a> Context<'a> {
             endpoint: TokenEndpoint {
                 token_url,
                 device_url,
+                auth_url,
                 client_id: o.client_id.clone(),
                 client_auth,
                 scope,

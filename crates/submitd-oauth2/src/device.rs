@@ -65,6 +65,15 @@ pub enum DeviceError {
         /// The route.
         route: String,
     },
+    /// Something on this machine failed (the loopback listener, the
+    /// random source), or the answer pasted does not fit.
+    #[error("route {route}: {reason}")]
+    Local {
+        /// The route.
+        route: String,
+        /// What.
+        reason: String,
+    },
     /// Nobody entered the code in time.
     #[error("route {route}: the code expired before it was entered; run the command again")]
     Expired {

@@ -9,7 +9,9 @@
 //!   none) and one request.
 //! - [`TokenSource`] (`source.rs`): one per upstream, shared by its
 //!   workers: cached tokens, one request at a time, a failure window.
-//! - `device.rs`: RFC 8628. `files.rs`: the 0600 files, the refresh token
+//! - `device.rs`: RFC 8628; `code.rs`: the authorization code grant with
+//!   PKCE and a loopback redirect (for providers whose device grant does
+//!   not cover mail). `files.rs`: the 0600 files, the refresh token
 //!   rewritten atomically under a lock. `assertion.rs`: RFC 7523.
 //! - [`TokenVerifier`] (`jwt.rs`): clients' access tokens checked locally
 //!   against the issuer's keys (OpenID discovery), for OAUTHBEARER and
@@ -23,6 +25,7 @@
 //! tokens and secrets.
 
 mod assertion;
+pub mod code;
 pub mod device;
 mod files;
 mod http;
@@ -30,6 +33,7 @@ pub mod jwt;
 mod source;
 mod token;
 
+pub use code::BrowserAuthorization;
 pub use device::{DeviceAuthorization, DeviceError};
 pub use files::FileError;
 pub use http::{Http, HttpError, HttpSetupError};

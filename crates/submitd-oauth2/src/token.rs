@@ -52,6 +52,8 @@ pub struct TokenEndpoint {
     pub token_url: String,
     /// The device authorization endpoint, for `submitd oauth2 authorize`.
     pub device_url: Option<String>,
+    /// The authorization endpoint, for `submitd oauth2 authorize --browser`.
+    pub auth_url: Option<String>,
     /// The client (application) id.
     pub client_id: String,
     /// How the client proves who it is.

@@ -86,13 +86,19 @@ pub(crate) enum Command {
 
 #[derive(Subcommand)]
 pub(crate) enum OAuth2Command {
-    /// Authorize a route's mailbox with the device grant (RFC 8628): prints
-    /// an address and a code to enter there, waits, and writes the refresh
-    /// token to the route's refresh_token_file.
+    /// Authorize a route's mailbox: with the device grant (RFC 8628), print
+    /// an address and a code to enter there; with --browser, an address to
+    /// sign in at. Waits, then writes the refresh token to the route's
+    /// refresh_token_file.
     Authorize {
         /// `default` for [[relay.upstream]], or a sender route's name (its
         /// `name`, else its first sender).
         route: String,
+        /// The authorization code grant with a loopback redirect instead
+        /// (needed for Gmail): open the address in a browser; on a server
+        /// without one, paste the address the browser failed to load.
+        #[arg(long)]
+        browser: bool,
     },
     /// Get an access token for each OAuth2 upstream now and say how long it
     /// lives (the token itself is never shown).

@@ -251,7 +251,7 @@ pub(crate) fn oauth2_command(settings: &Settings, command: &OAuth2Command) -> Re
     use std::io::Write as _;
     use submitd_oauth2::{device, Grant, Http};
     match command {
-        OAuth2Command::Authorize { route } => {
+        OAuth2Command::Authorize { route, browser } => {
             let endpoints: Vec<_> = oauth2_endpoints(settings, Some(route))
                 .into_iter()
                 .filter(|o| matches!(o.endpoint.grant, Grant::RefreshToken { .. }))
@@ -266,24 +266,44 @@ pub(crate) fn oauth2_command(settings: &Settings, command: &OAuth2Command) -> Re
                 let endpoint = &oauth2.endpoint;
                 let http = Http::new(oauth2.ca_file.as_deref(), oauth2.timeout)
                     .map_err(|e| format!("route {route}: {e}"))?;
-                let authorization = device::start(endpoint, &http).map_err(|e| e.to_string())?;
                 let mut out = std::io::stdout();
-                let _ = writeln!(
-                    out,
-                    "To authorize route {route} ({}): open {} and enter the code {}",
-                    endpoint.client_id, authorization.verification_uri, authorization.user_code
-                );
-                if let Some(complete) = &authorization.verification_uri_complete {
-                    let _ = writeln!(out, "(or open {complete})");
+                if *browser {
+                    let authorization =
+                        submitd_oauth2::code::start(endpoint).map_err(|e| e.to_string())?;
+                    let _ = writeln!(
+                        out,
+                        "To authorize route {route} ({}): open this address in a browser and sign in as the mailbox this route sends as:\n{}",
+                        endpoint.client_id, authorization.url
+                    );
+                    let _ = writeln!(
+                        out,
+                        "If the browser is on another machine, it then fails to load {}?code=...: paste that whole address here and press Enter.",
+                        authorization.redirect_uri
+                    );
+                    let _ = out.flush();
+                    authorization
+                        .finish(endpoint, &http, std::io::BufReader::new(std::io::stdin()))
+                        .map_err(|e| e.to_string())?;
+                } else {
+                    let authorization =
+                        device::start(endpoint, &http).map_err(|e| e.to_string())?;
+                    let _ = writeln!(
+                        out,
+                        "To authorize route {route} ({}): open {} and enter the code {}",
+                        endpoint.client_id, authorization.verification_uri, authorization.user_code
+                    );
+                    if let Some(complete) = &authorization.verification_uri_complete {
+                        let _ = writeln!(out, "(or open {complete})");
+                    }
+                    let _ = writeln!(
+                        out,
+                        "Sign in there as the mailbox this route sends as. Waiting up to {} minutes...",
+                        authorization.expires_in.as_secs().div_ceil(60)
+                    );
+                    let _ = out.flush();
+                    device::finish(endpoint, &http, &authorization, &mut std::thread::sleep)
+                        .map_err(|e| e.to_string())?;
                 }
-                let _ = writeln!(
-                    out,
-                    "Sign in there as the mailbox this route sends as. Waiting up to {} minutes...",
-                    authorization.expires_in.as_secs().div_ceil(60)
-                );
-                let _ = out.flush();
-                device::finish(endpoint, &http, &authorization, &mut std::thread::sleep)
-                    .map_err(|e| e.to_string())?;
                 if let Grant::RefreshToken { file } = &endpoint.grant {
                     let _ = writeln!(
                         out,

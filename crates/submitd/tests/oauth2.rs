@@ -222,6 +222,7 @@ mod serde_like {
         pub(crate) mail_from: String,
         pub(crate) jti: String,
         pub(crate) client_id: String,
+        pub(crate) session: String,
     }
 
     fn field(text: &str, name: &str) -> String {
@@ -238,6 +239,7 @@ mod serde_like {
                 mail_from: field(text, "mail_from"),
                 jti: field(text, "jti"),
                 client_id: field(text, "client_id"),
+                session: field(text, "session"),
             }
         }
     }
@@ -752,6 +754,12 @@ fn token_requests_follow_the_token_lifetime_not_the_message_count() {
         (MAILBOX, &jwks),
     );
     let config = write_config(d, smarthost.port, provider.port, CLIENT_CREDENTIALS);
+    // OAUTH2_IDLE: how long the relay keeps an idle upstream connection;
+    // short, every message opens one (and needs a token at AUTH).
+    let idle = std::env::var("OAUTH2_IDLE").unwrap_or_else(|_| "1s".into());
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[relay]\nidle_connection = \"{idle}\"\n"));
+    std::fs::write(&config, text).unwrap();
     let daemon = common::start(Daemon::command(&config));
     let port = daemon.implicit.unwrap();
     let started = Instant::now();
@@ -781,8 +789,9 @@ fn token_requests_follow_the_token_lifetime_not_the_message_count() {
     let (requests, ok) = provider.token_requests("client_credentials");
     let per_thousand = requests as f64 * 1000.0 / messages as f64;
     println!(
-        "oauth2 load: {messages} messages in {:.0}s at {rate}/s, tokens of {TTL}s: {requests} token requests ({ok} ok), {per_thousand:.1} per 1,000 messages",
-        elapsed.as_secs_f64()
+        "oauth2 load: {messages} messages in {:.0}s at {rate}/s, tokens of {TTL}s, idle upstream connections kept {idle}: {requests} token requests ({ok} ok), {per_thousand:.1} per 1,000 messages; {} upstream sessions (logins)",
+        elapsed.as_secs_f64(),
+        delivered(d).into_iter().map(|e| e.session).collect::<std::collections::BTreeSet<_>>().len()
     );
     // Renewed at three quarters of the lifetime: one more per 22.5 s.
     let lifetimes = elapsed.as_secs_f64() / (TTL as f64 * 0.75);
@@ -797,5 +806,128 @@ fn token_requests_follow_the_token_lifetime_not_the_message_count() {
     let distinct: std::collections::BTreeSet<String> =
         delivered(d).into_iter().map(|e| e.jti).collect();
     assert_eq!(distinct.len(), requests, "each token fetched was used");
+    drop(daemon);
+}
+
+/// Follows the provider's redirects the way a browser would (cookies
+/// kept), up to the loopback address it sends back to; returns that.
+fn browse_to_loopback(dir: &Path, start: &str) -> String {
+    let jar = dir.join("cookies");
+    let mut url = start.to_owned();
+    for _ in 0..10 {
+        let out = Command::new(require("curl", "curl"))
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{redirect_url}",
+                "--max-time",
+                "10",
+                "--cacert",
+            ])
+            .arg(dir.join("ca.pem"))
+            .arg("-c")
+            .arg(&jar)
+            .arg("-b")
+            .arg(&jar)
+            .arg(&url)
+            .output()
+            .unwrap();
+        url = String::from_utf8(out.stdout).unwrap();
+        if url.starts_with("http://127.0.0.1") {
+            return url;
+        }
+        assert!(
+            url.starts_with("https://localhost"),
+            "redirected to {url:?}"
+        );
+    }
+    panic!("no redirect back to the loopback address")
+}
+
+/// `submitd oauth2 authorize --browser`: the authorization code grant
+/// with PKCE and a loopback redirect (what Gmail needs), once with the
+/// address pasted (a headless server) and once with the redirect reaching
+/// the command's listener; the refresh token then relays.
+#[test]
+fn browser_sign_in_by_loopback_redirect_or_pasted_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    setup(d);
+    std::fs::create_dir(d.join("state")).unwrap();
+    let provider = Provider::start(d, 0);
+    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
+    let smarthost = start_upstream_as(
+        d,
+        &d.join("upstream.crt"),
+        &d.join("upstream.key"),
+        0,
+        (MAILBOX, &jwks),
+    );
+    let rest = format!(
+        "auth_url = \"{}\"\nclient_id = \"relay-code\"\ngrant = \"refresh_token\"\nrefresh_token_file = \"state/default.token\"\n",
+        provider.url("/auth")
+    );
+    let config = write_config(d, smarthost.port, provider.port, &rest);
+    let token_file = d.join("state/default.token");
+    let mut tokens = Vec::new();
+    let mut backs: Vec<String> = Vec::new();
+    for pasted in [true, false] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
+            .args(["oauth2", "authorize", "default", "--browser", "--config"])
+            .arg(&config)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let said = lines.next().unwrap().unwrap();
+        assert!(said.contains("open this address in a browser"), "{said}");
+        let address = lines.next().unwrap().unwrap();
+        assert!(address.contains("code_challenge_method=S256"), "{address}");
+        let back = browse_to_loopback(d, &address);
+        assert!(back.contains("code=") && back.contains("state="), "{back}");
+        if pasted {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            writeln!(stdin, "{back}").unwrap();
+        } else {
+            let page = Command::new("curl")
+                .args(["-s", "--max-time", "10", &back])
+                .output()
+                .unwrap();
+            assert!(String::from_utf8_lossy(&page.stdout).contains("authorization received"));
+        }
+        let status = child.wait().unwrap();
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(status.success(), "pasted={pasted}: {}", rest.join("\n"));
+        tokens.push(std::fs::read_to_string(&token_file).unwrap());
+    }
+    assert_ne!(
+        tokens[0], tokens[1],
+        "each sign-in wrote its own refresh token"
+    );
+    // An old address (its state spent) is refused without a token request.
+    let daemon = common::start(Daemon::command(&config));
+    submit(
+        d,
+        daemon.implicit.unwrap(),
+        "alice@example.org",
+        "after a browser sign-in",
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered(d).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "not delivered:\n{}\n{:?}",
+            daemon.log.lock().unwrap().join("\n"),
+            provider.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(delivered(d)[0].client_id, "relay-code");
+    assert_eq!(provider.token_requests("authorization_code"), (2, 2));
     drop(daemon);
 }

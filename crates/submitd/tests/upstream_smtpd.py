@@ -51,6 +51,7 @@ class Store:
                     "rcpt_tos": envelope.rcpt_tos,
                     "mail_options": envelope.mail_options,
                     "authenticated": session.authenticated,
+                    "session": str(id(session)),
                     "token": session.auth_data
                     if isinstance(session.auth_data, dict)
                     else None,
@@ -119,12 +120,18 @@ class TokenStore(Store):
         return AuthResult(success=True, auth_data=data)
 
 
+class TokenSMTP(SMTP):
+    # AUTH lines with a token are a few KB (aiosmtpd reads lines of at most
+    # 1001 octets by default).
+    line_length_limit = 16384
+
+
 class ImplicitTlsController(Controller):
     def factory(self):
         # The socket is TLS from the first byte, so AUTH is safe; aiosmtpd
         # only knows of STARTTLS, hence auth_require_tls=False here.
         tokens = isinstance(self.handler, TokenStore)
-        server = SMTP(
+        server = (TokenSMTP if tokens else SMTP)(
             self.handler,
             authenticator=None if tokens else self.authenticator,
             auth_required=True,

@@ -20,8 +20,11 @@
 //
 // Prints "ready PORT", then one JSON line per token request
 // ({"event":"token","grant":...,"status":...}); stops after SECONDS.
-// Test-only route: POST /test/approve?user_code=…&account=… approves a
-// pending device code as that account, as a person signing in would.
+// Test-only routes: POST /test/approve?user_code=…&account=… approves a
+// pending device code as that account, as a person signing in would;
+// GET /interaction/UID (where the authorization endpoint sends the
+// browser) signs in as TEST_ACCOUNT and consents. The client relay-code
+// (public, native, loopback redirect) uses the authorization code grant.
 
 import fs from 'node:fs';
 import https from 'node:https';
@@ -71,6 +74,15 @@ const clients = [
     token_endpoint_auth_method: 'client_secret_basic',
   },
   {
+    // A native app with a loopback redirect (any port, RFC 8252).
+    client_id: 'relay-code',
+    grant_types: ['authorization_code', 'refresh_token'],
+    response_types: ['code'],
+    redirect_uris: ['http://127.0.0.1/'],
+    token_endpoint_auth_method: 'none',
+    application_type: 'native',
+  },
+  {
     client_id: 'relay-device',
     grant_types: ['urn:ietf:params:oauth:grant-type:device_code', 'refresh_token'],
     response_types: [],
@@ -108,6 +120,9 @@ const provider = await (async () => {
   return new Provider(issuer, {
     clients,
     jwks,
+    // Sign-in pages are the test's: /interaction/UID signs in as
+    // TEST_ACCOUNT and consents, as a person clicking through would.
+    interactions: { url: (ctx, interaction) => `/interaction/${interaction.uid}` },
     findAccount: async (ctx, id) => ({
       accountId: id,
       claims: async () => ({ sub: id, email: id }),
@@ -153,6 +168,27 @@ const provider = await (async () => {
 })();
 
 provider.use(async (ctx, next) => {
+  if (ctx.path.startsWith('/interaction/') && ctx.method === 'GET') {
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    if (process.env.DEBUG_INTERACTIONS) console.error(JSON.stringify(details.prompt));
+    let result;
+    if (details.prompt.name === 'login') {
+      result = { login: { accountId: process.env.TEST_ACCOUNT || 'relay@example.org' } };
+    } else {
+      const grant = details.grantId
+        ? await provider.Grant.find(details.grantId)
+        : new provider.Grant({ accountId: details.session.accountId, clientId: details.params.client_id });
+      const missing = details.prompt.details;
+      grant.addOIDCScope((missing.missingOIDCScope || []).join(' '));
+      for (const [resource, scopes] of Object.entries(missing.missingResourceScopes || {})) {
+        grant.addResourceScope(resource, scopes.join(' '));
+      }
+      result = { consent: { grantId: await grant.save() } };
+    }
+    await provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: true });
+    ctx.respond = false;
+    return;
+  }
   if (ctx.path === '/test/approve' && ctx.method === 'POST') {
     const userCode = String(ctx.query.user_code || '').toUpperCase().replace(/[^A-Z0-9]/g, '');
     const accountId = String(ctx.query.account || '');
