@@ -904,12 +904,30 @@ fn browser_sign_in_by_loopback_redirect_or_pasted_address() {
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         assert!(status.success(), "pasted={pasted}: {}", rest.join("\n"));
         tokens.push(std::fs::read_to_string(&token_file).unwrap());
+        backs.push(back);
     }
     assert_ne!(
         tokens[0], tokens[1],
         "each sign-in wrote its own refresh token"
     );
-    // An old address (its state spent) is refused without a token request.
+    // An old address pasted into a new sign-in: its state is not this
+    // one's; refused without a token request, the file untouched.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_submitd"))
+        .args(["oauth2", "authorize", "default", "--browser", "--config"])
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        writeln!(child.stdin.take().unwrap(), "{}", backs[0]).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("state does not match"));
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), tokens[1]);
     let daemon = common::start(Daemon::command(&config));
     submit(
         d,
