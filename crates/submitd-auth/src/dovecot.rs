@@ -67,7 +67,15 @@ pub enum DovecotAnswer {
 impl DovecotAuth {
     /// Checks `login`/`password` for a client at `client` over TLS.
     pub async fn check(&self, login: &str, password: &str, client: IpAddr) -> CheckOutcome {
-        match tokio::time::timeout(self.timeout, self.exchange(login, password, client)).await {
+        self.bounded(self.exchange(login, password, client)).await
+    }
+
+    /// `exchange` within the timeout, as the login gate takes it.
+    async fn bounded(
+        &self,
+        exchange: impl std::future::Future<Output = Result<DovecotAnswer, DovecotError>>,
+    ) -> CheckOutcome {
+        match tokio::time::timeout(self.timeout, exchange).await {
             Ok(Ok(DovecotAnswer::Ok(user))) => CheckOutcome::Authenticated {
                 user,
                 app_password: None,
@@ -119,22 +127,8 @@ impl DovecotAuth {
         message: &[u8],
         client: IpAddr,
     ) -> CheckOutcome {
-        let exchange = self.token_exchange(mechanism, message, client);
-        match tokio::time::timeout(self.timeout, exchange).await {
-            Ok(Ok(DovecotAnswer::Ok(user))) => CheckOutcome::Authenticated {
-                user,
-                app_password: None,
-            },
-            Ok(Ok(DovecotAnswer::Fail)) => CheckOutcome::Rejected,
-            Ok(Err(e)) => {
-                tracing::error!(target: "submitd::auth", error = %e, "Dovecot auth unavailable");
-                CheckOutcome::Unavailable
-            }
-            Err(_) => {
-                tracing::error!(target: "submitd::auth", socket = %self.socket.display(), timeout = ?self.timeout, "Dovecot auth did not answer in time");
-                CheckOutcome::Unavailable
-            }
-        }
+        self.bounded(self.token_exchange(mechanism, message, client))
+            .await
     }
 
     async fn token_exchange(

@@ -158,9 +158,7 @@ impl LoginGate {
         mechanism: Mechanism,
     ) -> LoginOutcome {
         let named = credentials.username.as_deref().unwrap_or("");
-        let admission = self.with_throttle(|t| t.admit(client, named, Instant::now()));
-        if let Admission::Blocked { .. } = admission {
-            tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, named, mechanism.name()));
+        if self.blocked(client, named, mechanism) {
             return LoginOutcome::TryLater;
         }
         let Some(verifier) = &self.tokens else {
@@ -213,6 +211,16 @@ impl LoginGate {
         f(throttle)
     }
 
+    /// Whether the throttle blocks `name` from `client` now (logged).
+    fn blocked(&self, client: IpAddr, name: &str, mechanism: Mechanism) -> bool {
+        let admission = self.with_throttle(|t| t.admit(client, name, Instant::now()));
+        let blocked = matches!(admission, Admission::Blocked { .. });
+        if blocked {
+            tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, name, mechanism.name()));
+        }
+        blocked
+    }
+
     /// One login attempt from `client` with `credentials`, by `mechanism`.
     /// Returns when the client may be answered: a rejection only after
     /// the throttle's delay.
@@ -223,9 +231,7 @@ impl LoginGate {
         mechanism: Mechanism,
     ) -> LoginOutcome {
         let username = credentials.username.as_str();
-        let admission = self.with_throttle(|t| t.admit(client, username, Instant::now()));
-        if let Admission::Blocked { .. } = admission {
-            tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, username, mechanism.name()));
+        if self.blocked(client, username, mechanism) {
             return LoginOutcome::TryLater;
         }
         let users = self.credentials.users();

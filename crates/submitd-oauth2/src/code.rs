@@ -106,18 +106,10 @@ fn query(text: &str) -> Vec<(String, String)> {
 /// verifier and a random state.
 pub fn start(endpoint: &TokenEndpoint) -> Result<BrowserAuthorization, DeviceError> {
     let route = endpoint.route.clone();
-    let Some(auth_url) = endpoint.auth_url.as_deref() else {
-        return Err(DeviceError::NotConfigured {
-            route,
-            problem: "no auth_url (the authorization endpoint) is set; set it or a preset",
-        });
-    };
-    if !matches!(endpoint.grant, Grant::RefreshToken { .. }) {
-        return Err(DeviceError::NotConfigured {
-            route,
-            problem: "grant is not \"refresh_token\": only that grant is authorized by a person",
-        });
-    }
+    let auth_url = endpoint.person_endpoint(
+        endpoint.auth_url.as_deref(),
+        "no auth_url (the authorization endpoint) is set; set it or a preset",
+    )?;
     let io = |e: std::io::Error| DeviceError::Local {
         route: route.clone(),
         reason: e.to_string(),

@@ -92,18 +92,10 @@ pub enum DeviceError {
 /// Asks `endpoint`'s device authorization endpoint for a code.
 pub fn start(endpoint: &TokenEndpoint, http: &Http) -> Result<DeviceAuthorization, DeviceError> {
     let route = endpoint.route.clone();
-    let Some(url) = endpoint.device_url.as_deref() else {
-        return Err(DeviceError::NotConfigured {
-            route,
-            problem: "no device_url (the device authorization endpoint) is set",
-        });
-    };
-    if !matches!(endpoint.grant, Grant::RefreshToken { .. }) {
-        return Err(DeviceError::NotConfigured {
-            route,
-            problem: "grant is not \"refresh_token\": only that grant is authorized by a person",
-        });
-    }
+    let url = endpoint.person_endpoint(
+        endpoint.device_url.as_deref(),
+        "no device_url (the device authorization endpoint) is set",
+    )?;
     let mut fields = endpoint.client_fields()?;
     fields.push(("scope", Zeroizing::new(endpoint.scope.clone())));
     let form: Vec<(&str, &str)> = fields.iter().map(|(k, v)| (*k, v.as_str())).collect();

@@ -370,6 +370,30 @@ impl TokenEndpoint {
         }
     }
 
+    /// The endpoint `url` of a grant a person authorizes, checked: set,
+    /// and the grant is `refresh_token` (`missing` says which key to set).
+    pub(crate) fn person_endpoint<'a>(
+        &self,
+        url: Option<&'a str>,
+        missing: &'static str,
+    ) -> Result<&'a str, crate::DeviceError> {
+        let route = self.route.clone();
+        let Some(url) = url else {
+            return Err(crate::DeviceError::NotConfigured {
+                route,
+                problem: missing,
+            });
+        };
+        if !matches!(self.grant, Grant::RefreshToken { .. }) {
+            return Err(crate::DeviceError::NotConfigured {
+                route,
+                problem:
+                    "grant is not \"refresh_token\": only that grant is authorized by a person",
+            });
+        }
+        Ok(url)
+    }
+
     pub(crate) fn refused(&self, error: String, description: String) -> TokenError {
         TokenError::Refused {
             route: self.route.clone(),

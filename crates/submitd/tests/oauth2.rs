@@ -139,6 +139,19 @@ fn setup(dir: &Path) {
     password_file(&dir.join("cc.secret"), "cc-secret");
 }
 
+/// aiosmtpd taking only XOAUTH2, checking tokens against the provider's
+/// keys (made by [`Provider::start`] in `dir/idp`) for [`MAILBOX`].
+fn xoauth2_smarthost(dir: &Path) -> common::Upstream {
+    let jwks = format!("jwks:{}", dir.join("idp/public-jwks.json").display());
+    start_upstream_as(
+        dir,
+        &dir.join("upstream.crt"),
+        &dir.join("upstream.key"),
+        0,
+        (MAILBOX, &jwks),
+    )
+}
+
 fn oauth2_table(provider_port: u16, rest: &str) -> String {
     format!(
         "token_url = \"https://localhost:{provider_port}/token\"\ndevice_url = \"https://localhost:{provider_port}/device/auth\"\n\
@@ -281,6 +294,13 @@ fn authorize(dir: &Path, config: &Path, provider: &Provider) -> String {
         .trim()
         .to_owned();
     assert!(first.contains(&provider.url("/device")), "{first}");
+    // The person is slower than the first poll: it is answered pending
+    // (or, the first time, slow_down), then approved.
+    let device = "urn:ietf:params:oauth:grant-type:device_code";
+    let polls = provider.token_requests(device).0;
+    wait_for("the first poll", Duration::from_secs(20), || {
+        provider.token_requests(device).0 > polls
+    });
     let approved = provider.post(
         dir,
         &format!("/test/approve?user_code={code}&account={MAILBOX}"),
@@ -299,14 +319,7 @@ fn client_credentials_with_a_secret_and_with_a_signed_assertion() {
     let d = dir.path();
     setup(d);
     let provider = Provider::start(d, 0);
-    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(
-        d,
-        &d.join("upstream.crt"),
-        &d.join("upstream.key"),
-        0,
-        (MAILBOX, &jwks),
-    );
+    let smarthost = xoauth2_smarthost(d);
     let config = write_config(d, smarthost.port, provider.port, CLIENT_CREDENTIALS);
     let daemon = common::start(Daemon::command(&config));
     let port = daemon.implicit.unwrap();
@@ -353,14 +366,7 @@ fn a_dead_provider_defers_with_one_request_per_window_and_nothing_is_lost() {
     let provider_port = common::free_port();
     // Keys made now, so the smarthost knows them before the provider runs.
     drop(Provider::start(d, provider_port));
-    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(
-        d,
-        &d.join("upstream.crt"),
-        &d.join("upstream.key"),
-        0,
-        (MAILBOX, &jwks),
-    );
+    let smarthost = xoauth2_smarthost(d);
     let config = write_config(d, smarthost.port, provider_port, CLIENT_CREDENTIALS);
     let daemon = common::start(Daemon::command(&config));
     let port = daemon.implicit.unwrap();
@@ -391,29 +397,46 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     setup(d);
     std::fs::create_dir(d.join("state")).unwrap();
     let provider = Provider::start(d, 0);
-    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(
-        d,
-        &d.join("upstream.crt"),
-        &d.join("upstream.key"),
-        0,
-        (MAILBOX, &jwks),
-    );
+    let smarthost = xoauth2_smarthost(d);
     let config = write_config(d, smarthost.port, provider.port, REFRESH);
     let token_file = d.join("state/default.token");
 
-    // Before authorizing, `check` says what to run.
+    // Before authorizing, `check` says what to run (a warning: the server
+    // can run; the route's messages wait).
     let out = submitd(&config, &["check"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(!out.status.success());
     assert!(
-        text.contains("run `submitd oauth2 authorize default`"),
+        text.contains("warning: relay: route default:")
+            && text.contains("run `submitd oauth2 authorize default`"),
         "{text}"
     );
 
     // The device grant, approved at the provider.
     let said = authorize(d, &config, &provider);
     assert!(said.contains("Authorized"), "{said}");
+    // Polled politely: 5 s apart (no interval given), 10 s after slow_down.
+    let polls: Vec<(String, u64)> = provider
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("device_code"))
+        .map(|l| {
+            let error = l
+                .split("\"error\":\"")
+                .nth(1)
+                .map_or("", |r| r.split('"').next().unwrap_or(""));
+            let at = l
+                .split("\"at\":")
+                .nth(1)
+                .and_then(|r| r.trim_end_matches('}').parse().ok())
+                .unwrap_or(0);
+            (error.to_owned(), at)
+        })
+        .collect();
+    assert_eq!(polls.len(), 2, "{polls:?}");
+    assert_eq!(polls[0].0, "slow_down");
+    assert!(polls[1].1 - polls[0].1 >= 9_500, "{polls:?}");
     let first_refresh = std::fs::read_to_string(&token_file).unwrap();
     let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
@@ -638,8 +661,6 @@ fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
     let d = dir.path();
     setup(d);
     let provider = Provider::start(d, 0);
-    let run = d.join("dovecot");
-    std::fs::create_dir_all(&run).unwrap();
     std::fs::write(d.join("passwd"), "").unwrap();
     std::fs::write(
         d.join("oauth2.conf.ext"),
@@ -652,34 +673,7 @@ fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
         ),
     )
     .unwrap();
-    std::fs::write(
-        d.join("dovecot.conf"),
-        format!(
-            "protocols =\nlisten = 127.0.0.1\nbase_dir = {run}\nstate_dir = {run}\n\
-             log_path = /dev/stderr\nssl = no\nauth_mechanisms = plain login xoauth2 oauthbearer\n\
-             disable_plaintext_auth = no\n\
-             passdb {{\n  driver = passwd-file\n  args = {passwd}\n  mechanisms = plain login\n}}\n\
-             passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {oauth2}\n}}\n\
-             userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}}\n\
-             service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n\
-             service anvil {{\n  chroot =\n}}\n",
-            run = run.display(),
-            passwd = d.join("passwd").display(),
-            oauth2 = d.join("oauth2.conf.ext").display(),
-            socket = d.join("auth-client").display(),
-        ),
-    )
-    .unwrap();
-    let mut dovecot = Command::new("dovecot")
-        .args(["-F", "-c"])
-        .arg(d.join("dovecot.conf"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("Dovecot's auth socket", Duration::from_secs(20), || {
-        d.join("auth-client").exists()
-    });
+    let dovecot = common::start_dovecot_with(d, Some(&d.join("oauth2.conf.ext")));
     // Policy only: alice may send as herself.
     std::fs::write(
         d.join("users"),
@@ -707,8 +701,7 @@ fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
         .arg("dovecot")
         .output()
         .unwrap();
-    let _ = dovecot.kill();
-    let _ = dovecot.wait();
+    drop(dovecot);
     assert!(
         out.status.success(),
         "{}",
@@ -745,14 +738,7 @@ fn token_requests_follow_the_token_lifetime_not_the_message_count() {
     let d = dir.path();
     setup(d);
     let provider = Provider::start(d, 0);
-    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(
-        d,
-        &d.join("upstream.crt"),
-        &d.join("upstream.key"),
-        0,
-        (MAILBOX, &jwks),
-    );
+    let smarthost = xoauth2_smarthost(d);
     let config = write_config(d, smarthost.port, provider.port, CLIENT_CREDENTIALS);
     // OAUTH2_IDLE: how long the relay keeps an idle upstream connection;
     // short, every message opens one (and needs a token at AUTH).
@@ -857,14 +843,7 @@ fn browser_sign_in_by_loopback_redirect_or_pasted_address() {
     setup(d);
     std::fs::create_dir(d.join("state")).unwrap();
     let provider = Provider::start(d, 0);
-    let jwks = format!("jwks:{}", d.join("idp/public-jwks.json").display());
-    let smarthost = start_upstream_as(
-        d,
-        &d.join("upstream.crt"),
-        &d.join("upstream.key"),
-        0,
-        (MAILBOX, &jwks),
-    );
+    let smarthost = xoauth2_smarthost(d);
     let rest = format!(
         "auth_url = \"{}\"\nclient_id = \"relay-code\"\ngrant = \"refresh_token\"\nrefresh_token_file = \"state/default.token\"\n",
         provider.url("/auth")

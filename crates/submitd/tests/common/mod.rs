@@ -277,16 +277,33 @@ impl Drop for Dovecot {
 /// Starts Dovecot with a passwd-file passdb at `dir/passwd`, its auth
 /// socket at `dir/auth-client`.
 pub(crate) fn start_dovecot(dir: &Path) -> Dovecot {
+    start_dovecot_with(dir, None)
+}
+
+/// The same; with `oauth2`, also XOAUTH2 and OAUTHBEARER, decided by an
+/// oauth2 passdb with that settings file (passwords stay passwd-file's).
+pub(crate) fn start_dovecot_with(dir: &Path, oauth2: Option<&Path>) -> Dovecot {
     let run = dir.join("run");
     std::fs::create_dir_all(&run).unwrap();
     let _ = std::fs::remove_file(dir.join("auth-client"));
+    let (mechanisms, passwd_only, oauth2_passdb) = match oauth2 {
+        None => ("plain login", String::new(), String::new()),
+        Some(args) => (
+            "plain login xoauth2 oauthbearer",
+            "  mechanisms = plain login\n".to_owned(),
+            format!(
+                "passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n  args = {}\n}}\n",
+                args.display()
+            ),
+        ),
+    };
     std::fs::write(
         dir.join("dovecot.conf"),
         format!(
             "protocols =\nlisten = 127.0.0.1\nbase_dir = {run}\nstate_dir = {run}\n\
-             log_path = /dev/stderr\nssl = no\nauth_mechanisms = plain login\n\
+             log_path = /dev/stderr\nssl = no\nauth_mechanisms = {mechanisms}\n\
              disable_plaintext_auth = no\n\
-             passdb {{\n  driver = passwd-file\n  args = {passwd}\n}}\n\
+             passdb {{\n  driver = passwd-file\n  args = {passwd}\n{passwd_only}}}\n{oauth2_passdb}\
              userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home=/nonexistent\n}}\n\
              service auth {{\n  unix_listener {socket} {{\n    mode = 0666\n  }}\n}}\n\
              service anvil {{\n  chroot =\n}}\n",

@@ -19,7 +19,8 @@
 // rotate on every use).
 //
 // Prints "ready PORT", then one JSON line per token request
-// ({"event":"token","grant":...,"status":...}); stops after SECONDS.
+// ({"event":"token","grant":...,"status":...,"error":...,"at":ms}); stops
+// after SECONDS. The first pending device-code poll gets slow_down.
 // Test-only routes: POST /test/approve?user_code=…&account=… approves a
 // pending device code as that account, as a person signing in would;
 // GET /interaction/UID (where the authorization endpoint sends the
@@ -167,6 +168,7 @@ const provider = await (async () => {
   });
 })();
 
+let slowedDown = false;
 provider.use(async (ctx, next) => {
   if (ctx.path.startsWith('/interaction/') && ctx.method === 'GET') {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
@@ -218,7 +220,15 @@ provider.use(async (ctx, next) => {
   await next();
   if (ctx.path === '/token') {
     const grant = ctx.oidc && ctx.oidc.params ? ctx.oidc.params.grant_type : undefined;
-    console.log(JSON.stringify({ event: 'token', grant, status: ctx.status, at: Date.now() }));
+    // The first pending device poll ever is answered slow_down (RFC 8628
+    // §3.5), which oidc-provider itself never sends.
+    if (grant === 'urn:ietf:params:oauth:grant-type:device_code' && !slowedDown
+        && ctx.body && ctx.body.error === 'authorization_pending') {
+      slowedDown = true;
+      ctx.body = { error: 'slow_down', error_description: 'polling too fast' };
+    }
+    const error = ctx.body && ctx.body.error;
+    console.log(JSON.stringify({ event: 'token', grant, status: ctx.status, error, at: Date.now() }));
   }
 });
 
