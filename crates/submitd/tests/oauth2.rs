@@ -520,6 +520,27 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     drop(daemon);
 }
 
+/// Runs `tests/token_login.py` (smtplib) against `daemon` as alice, with
+/// `extra` arguments.
+fn token_login(
+    d: &Path,
+    daemon: &Daemon,
+    provider: &Provider,
+    extra: &[&str],
+) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/token_login.py");
+    Command::new("python3")
+        .arg(script)
+        .arg(daemon.implicit.unwrap().to_string())
+        .arg(d.join("ca.pem"))
+        .arg(provider.url(""))
+        .arg(d.join("idp"))
+        .arg("alice@example.org")
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 /// Clients log in with the provider's tokens (OAUTHBEARER and XOAUTH2,
 /// through smtplib); every bad token gets RFC 7628's error challenge and
 /// then the same 535, and counts as a failed login.
@@ -553,16 +574,7 @@ fn clients_log_in_with_tokens_and_bad_tokens_are_all_refused_alike() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("auth: tokens of"), "{text}");
     let daemon = common::start(Daemon::command(&config));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/token_login.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(daemon.implicit.unwrap().to_string())
-        .arg(d.join("ca.pem"))
-        .arg(provider.url(""))
-        .arg(d.join("idp"))
-        .arg("alice@example.org")
-        .output()
-        .unwrap();
+    let out = token_login(d, &daemon, &provider, &[]);
     assert!(
         out.status.success(),
         "{}",
@@ -690,17 +702,7 @@ fn dovecot_decides_token_logins_when_it_offers_the_mechanisms() {
     )
     .unwrap();
     let daemon = common::start(Daemon::command(&config));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/token_login.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg(daemon.implicit.unwrap().to_string())
-        .arg(d.join("ca.pem"))
-        .arg(provider.url(""))
-        .arg(d.join("idp"))
-        .arg("alice@example.org")
-        .arg("dovecot")
-        .output()
-        .unwrap();
+    let out = token_login(d, &daemon, &provider, &["dovecot"]);
     drop(dovecot);
     assert!(
         out.status.success(),
