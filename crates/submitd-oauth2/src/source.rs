@@ -147,3 +147,58 @@ impl TokenSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::{ClientAuth, Grant};
+
+    fn endpoint(url: String) -> TokenEndpoint {
+        TokenEndpoint {
+            token_url: url,
+            device_url: None,
+            auth_url: None,
+            client_id: "c".into(),
+            client_auth: ClientAuth::None,
+            scope: "s".into(),
+            grant: Grant::ClientCredentials,
+            route: "default".into(),
+        }
+    }
+
+    /// A provider that accepts the connection and never answers: the
+    /// request ends at the timeout, and the failure holds for the window
+    /// (one request, however many attempts ask).
+    #[tokio::test]
+    async fn a_silent_provider_costs_one_timeout_per_window() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+            drop(stream);
+        });
+        let http = Http::new(None, Duration::from_millis(500)).unwrap();
+        let source = TokenSource::new(endpoint(format!("https://127.0.0.1:{port}/token")), http)
+            .with_failure_window(Duration::from_secs(60));
+        let started = Instant::now();
+        let first = source.token().await.unwrap_err();
+        assert!(first.to_string().contains("no answer within"), "{first}");
+        assert!(!first.needs_attention());
+        assert!(started.elapsed() < Duration::from_secs(3));
+        for _ in 0..5 {
+            let again = source.token().await.unwrap_err();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(source.requests(), 1);
+        held.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn http_addresses_are_never_asked() {
+        let http = Http::new(None, Duration::from_secs(1)).unwrap();
+        let source = TokenSource::new(endpoint("http://127.0.0.1:9/token".into()), http);
+        let error = source.token().await.unwrap_err();
+        assert!(error.to_string().contains("only https://"), "{error}");
+    }
+}
