@@ -297,6 +297,53 @@ async fn world(plan: &Plan) -> Result<World, String> {
             .map_err(|e| format!("sinks: {e}"))?
     };
     let sinks = SinkRuntime(Some(sinks));
+    let sink_port = plan
+        .relay_to
+        .pick(memory_sink.addr.port(), sink.addr.port());
+    write_files(d, plan, &ca, sink_port)?;
+    let daemon = start_submitd(&plan.submitd, &d.join("submitd.toml"))?;
+    let base = Target {
+        host: "localhost".into(),
+        port: 0,
+        tls: Transport::ImplicitTls,
+        ca_file: Some(d.join("ca.pem")),
+        user: String::new(),
+        password: String::new(),
+        from: "load@example.org".into(),
+        to: "rcpt@example.net".into(),
+    };
+    let direct = Target {
+        port: sink.addr.port(),
+        user: "alice".into(),
+        password: "secret".into(),
+        ..base.clone()
+    };
+    let direct_memory = Target {
+        port: memory_sink.addr.port(),
+        ..direct.clone()
+    };
+    let through = Target {
+        port: daemon.port,
+        user: "load".into(),
+        password: "load password".into(),
+        ..base
+    };
+    Ok(World {
+        _dir: dir,
+        durable_sink: sink,
+        memory_sink,
+        relay_to: plan.relay_to,
+        daemon,
+        direct,
+        direct_memory,
+        through,
+        _sinks: sinks,
+    })
+}
+
+/// The daemon's files in `d`: test certificate, users (load, load0, …),
+/// the upstream password and `submitd.toml` relaying to `sink_port`.
+fn write_files(d: &Path, plan: &Plan, ca: &TestCa, sink_port: u16) -> Result<(), String> {
     let write = |name: &str, text: &str| {
         std::fs::write(d.join(name), text).map_err(|e| format!("{name}: {e}"))
     };
@@ -347,50 +394,11 @@ connections = {many}
 connections_per_client = {many}
 unauthenticated_connections = {many}
 "#,
-            port = plan
-                .relay_to
-                .pick(memory_sink.addr.port(), sink.addr.port()),
+            port = sink_port,
             relay = plan.relay_connections
         ),
     )?;
-    let daemon = start_submitd(&plan.submitd, &d.join("submitd.toml"))?;
-    let base = Target {
-        host: "localhost".into(),
-        port: 0,
-        tls: Transport::ImplicitTls,
-        ca_file: Some(d.join("ca.pem")),
-        user: String::new(),
-        password: String::new(),
-        from: "load@example.org".into(),
-        to: "rcpt@example.net".into(),
-    };
-    let direct = Target {
-        port: sink.addr.port(),
-        user: "alice".into(),
-        password: "secret".into(),
-        ..base.clone()
-    };
-    let direct_memory = Target {
-        port: memory_sink.addr.port(),
-        ..direct.clone()
-    };
-    let through = Target {
-        port: daemon.port,
-        user: "load".into(),
-        password: "load password".into(),
-        ..base
-    };
-    Ok(World {
-        _dir: dir,
-        durable_sink: sink,
-        memory_sink,
-        relay_to: plan.relay_to,
-        daemon,
-        direct,
-        direct_memory,
-        through,
-        _sinks: sinks,
-    })
+    Ok(())
 }
 
 /// A whole-path run: the report (`elapsed` to the last arrival at the

@@ -453,8 +453,78 @@ impl<'a> Context<'a> {
                 ))
             }
         };
-        // Presets: the endpoints the providers publish; explicit keys win.
-        let (token_url, device_url, auth_url, scope) = match o.preset.as_deref() {
+        let (token_url, device_url, auth_url, scope) = self.oauth2_preset(key, o, &grant)?;
+        let token_url = o.token_url.clone().or(token_url).ok_or_else(|| {
+            self.err(
+                &k("token_url"),
+                "is not set (or set preset = \"microsoft365\" or \"google\")",
+            )
+        })?;
+        let device_url = o.device_url.clone().or(device_url);
+        let auth_url = o.auth_url.clone().or(auth_url);
+        for (name, url) in [
+            ("token_url", Some(&token_url)),
+            ("device_url", device_url.as_ref()),
+            ("auth_url", auth_url.as_ref()),
+        ] {
+            if let Some(url) = url {
+                if !url.starts_with("https://") || url.len() <= "https://".len() {
+                    return Err(self.err(&k(name), format!("{url:?} is not an https:// address")));
+                }
+            }
+        }
+        let scope = o.scope.clone().or(scope).unwrap_or_default();
+        if scope.trim().is_empty() {
+            return Err(self.err(
+                &k("scope"),
+                "is not set: the scope the provider grants SMTP with",
+            ));
+        }
+        if o.client_id.trim().is_empty() {
+            return Err(self.err(&k("client_id"), "is empty: the application (client) id"));
+        }
+        let client_auth = self.oauth2_client_auth(key, o)?;
+        if grant == Grant::ClientCredentials && client_auth == ClientAuth::None {
+            return Err(self.err(
+                key,
+                "grant = \"client_credentials\" needs client_secret_file, or client_certificate and client_key",
+            ));
+        }
+        Ok(OAuth2Settings {
+            endpoint: TokenEndpoint {
+                token_url,
+                device_url,
+                auth_url,
+                client_id: o.client_id.clone(),
+                client_auth,
+                scope,
+                grant,
+                route: route.to_owned(),
+            },
+            ca_file: o.ca_file.as_deref().map(|p| self.abs(p)),
+            timeout: self.duration(&k("timeout"), &o.timeout, DEFAULT_OAUTH2_TIMEOUT)?,
+        })
+    }
+
+    /// The endpoints and scope of a documented preset; explicit keys win
+    /// over them in `oauth2`.
+    #[allow(clippy::type_complexity)]
+    fn oauth2_preset(
+        &self,
+        key: &str,
+        o: &file::OAuth2,
+        grant: &Grant,
+    ) -> Result<
+        (
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        ),
+        ConfigError,
+    > {
+        let k = |name: &str| format!("{key}.{name}");
+        Ok(match o.preset.as_deref() {
             None => (None, None, None, None),
             Some("microsoft365") => {
                 let Some(tenant) = o.tenant.as_deref().filter(|t| !t.is_empty()) else {
@@ -490,75 +560,33 @@ impl<'a> Context<'a> {
                     format!("{other:?} is not \"microsoft365\" or \"google\"; or leave it out and set token_url and scope"),
                 ))
             }
-        };
-        let token_url = o.token_url.clone().or(token_url).ok_or_else(|| {
-            self.err(
-                &k("token_url"),
-                "is not set (or set preset = \"microsoft365\" or \"google\")",
-            )
-        })?;
-        let device_url = o.device_url.clone().or(device_url);
-        let auth_url = o.auth_url.clone().or(auth_url);
-        for (name, url) in [
-            ("token_url", Some(&token_url)),
-            ("device_url", device_url.as_ref()),
-            ("auth_url", auth_url.as_ref()),
-        ] {
-            if let Some(url) = url {
-                if !url.starts_with("https://") || url.len() <= "https://".len() {
-                    return Err(self.err(&k(name), format!("{url:?} is not an https:// address")));
-                }
-            }
-        }
-        let scope = o.scope.clone().or(scope).unwrap_or_default();
-        if scope.trim().is_empty() {
-            return Err(self.err(
-                &k("scope"),
-                "is not set: the scope the provider grants SMTP with",
-            ));
-        }
-        if o.client_id.trim().is_empty() {
-            return Err(self.err(&k("client_id"), "is empty: the application (client) id"));
-        }
-        let client_auth = match (&o.client_secret_file, &o.client_certificate, &o.client_key) {
-            (None, None, None) => ClientAuth::None,
-            (Some(file), None, None) => ClientAuth::Secret {
-                file: self.abs(file),
-            },
-            (None, Some(cert), Some(key)) => ClientAuth::Assertion {
-                certificate: self.abs(cert),
-                key: self.abs(key),
-            },
-            (None, Some(_), None) | (None, None, Some(_)) => {
-                return Err(self.err(key, "set both client_certificate and client_key"))
-            }
-            (Some(_), _, _) => {
-                return Err(self.err(
-                    key,
-                    "set client_secret_file or client_certificate with client_key, not both",
-                ))
-            }
-        };
-        if grant == Grant::ClientCredentials && client_auth == ClientAuth::None {
-            return Err(self.err(
-                key,
-                "grant = \"client_credentials\" needs client_secret_file, or client_certificate and client_key",
-            ));
-        }
-        Ok(OAuth2Settings {
-            endpoint: TokenEndpoint {
-                token_url,
-                device_url,
-                auth_url,
-                client_id: o.client_id.clone(),
-                client_auth,
-                scope,
-                grant,
-                route: route.to_owned(),
-            },
-            ca_file: o.ca_file.as_deref().map(|p| self.abs(p)),
-            timeout: self.duration(&k("timeout"), &o.timeout, DEFAULT_OAUTH2_TIMEOUT)?,
         })
+    }
+
+    /// How the token endpoint knows this client: nothing, a secret or a
+    /// signed assertion.
+    fn oauth2_client_auth(&self, key: &str, o: &file::OAuth2) -> Result<ClientAuth, ConfigError> {
+        Ok(
+            match (&o.client_secret_file, &o.client_certificate, &o.client_key) {
+                (None, None, None) => ClientAuth::None,
+                (Some(file), None, None) => ClientAuth::Secret {
+                    file: self.abs(file),
+                },
+                (None, Some(cert), Some(key)) => ClientAuth::Assertion {
+                    certificate: self.abs(cert),
+                    key: self.abs(key),
+                },
+                (None, Some(_), None) | (None, None, Some(_)) => {
+                    return Err(self.err(key, "set both client_certificate and client_key"))
+                }
+                (Some(_), _, _) => {
+                    return Err(self.err(
+                        key,
+                        "set client_secret_file or client_certificate with client_key, not both",
+                    ))
+                }
+            },
+        )
     }
 
     fn sender_route(
