@@ -41,6 +41,10 @@ pub(crate) struct Listen {
     pub(crate) mode: TlsMode,
     #[serde(default)]
     pub(crate) max_connections: Option<usize>,
+    #[serde(default)]
+    pub(crate) proxy_protocol: bool,
+    #[serde(default)]
+    pub(crate) trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

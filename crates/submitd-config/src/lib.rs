@@ -211,6 +211,31 @@ maildir = "Maildir"
     }
 
     #[test]
+    fn proxy_listeners_name_whom_they_trust() {
+        let with = |keys: &str| {
+            load(&MINIMAL.replace(
+                "mode = \"implicit\"\n",
+                &format!("mode = \"implicit\"\n{keys}"),
+            ))
+        };
+        assert_eq!(with("").unwrap().listen[0].proxy, None);
+        let s = with("proxy_protocol = true\ntrusted_proxies = [\"10.0.0.5\", \"fd00::/8\"]\n")
+            .unwrap();
+        let proxy = s.listen[0].proxy.as_ref().unwrap();
+        assert!(proxy.trusted.trusts("10.0.0.5".parse().unwrap()));
+        assert!(proxy.trusted.trusts("fd00::9".parse().unwrap()));
+        assert!(!proxy.trusted.trusts("10.0.0.6".parse().unwrap()));
+        for (keys, expected) in [
+            ("proxy_protocol = true\n", "DIR/submitd.toml: key `listen[0].trusted_proxies`: proxy_protocol = true needs the load balancers' addresses"),
+            ("trusted_proxies = [\"10.0.0.5\"]\n", "DIR/submitd.toml: key `listen[0].trusted_proxies`: is set but proxy_protocol is not"),
+            ("proxy_protocol = true\ntrusted_proxies = [\"10.0.0.0/40\"]\n", "DIR/submitd.toml: key `listen[0].trusted_proxies`: \"10.0.0.0/40\" is not an address or a network"),
+        ] {
+            let e = with(keys).unwrap_err();
+            assert!(e.starts_with(expected), "{e}");
+        }
+    }
+
+    #[test]
     fn sender_upstreams_name_their_senders() {
         let with = |extra: &str| load(&format!("{MINIMAL}{extra}"));
         let s = with("[[relay.sender_upstream]]\nsenders = [\"bob@gmail.com\", \"@example.net\"]\nhost = \"smtp.gmail.com\"\nport = 465\ntls = \"implicit\"\nusername = \"bob@gmail.com\"\npassword_file = \"bob.pass\"\n").unwrap();

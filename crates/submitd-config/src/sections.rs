@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig, VerifiedCache};
-use submitd_listener::{CertificatePaths, ConnectionLimits};
+use submitd_listener::{
+    CertificatePaths, ConnectionLimits, Network, ProxyProtocol, TrustedProxies,
+};
 use submitd_oauth2::{Algorithm, ClientAuth, Grant, IssuerPolicy, TokenEndpoint};
 use submitd_relay::{RelayConfig, RetryPolicy};
 use submitd_smtp::{Mechanism, SecretKind};
@@ -126,9 +128,42 @@ impl<'a> Context<'a> {
                     total: l.max_connections.unwrap_or(shared.total),
                     ..shared
                 },
+                proxy: self.proxy(i, l)?,
             });
         }
         Ok(out)
+    }
+
+    /// A listener's `proxy_protocol` and `trusted_proxies`: both or
+    /// neither, so that no listener believes headers from anyone.
+    fn proxy(&self, i: usize, l: &file::Listen) -> Result<Option<ProxyProtocol>, ConfigError> {
+        let key = |name: &str| format!("listen[{i}].{name}");
+        if !l.proxy_protocol {
+            if !l.trusted_proxies.is_empty() {
+                return Err(self.err(
+                    &key("trusted_proxies"),
+                    "is set but proxy_protocol is not: set proxy_protocol = true, or remove trusted_proxies",
+                ));
+            }
+            return Ok(None);
+        }
+        if l.trusted_proxies.is_empty() {
+            return Err(self.err(
+                &key("trusted_proxies"),
+                "proxy_protocol = true needs the load balancers' addresses, such as [\"10.0.0.5\", \"10.0.1.0/24\"]: a PROXY header is believed only from them",
+            ));
+        }
+        let networks = l
+            .trusted_proxies
+            .iter()
+            .map(|n| {
+                n.parse::<Network>()
+                    .map_err(|e| self.err(&key("trusted_proxies"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(ProxyProtocol {
+            trusted: TrustedProxies::new(networks),
+        }))
     }
 
     fn tls(&self, tls: &file::Tls) -> TlsSettings {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use submitd_auth::ThrottleConfig;
-use submitd_listener::{CertificatePaths, ConnectionLimits};
+use submitd_listener::{CertificatePaths, ConnectionLimits, ProxyProtocol};
 use submitd_oauth2::{IssuerPolicy, TokenEndpoint};
 use submitd_relay::RetryPolicy;
 use submitd_smtp::{Mechanism, Transport};
@@ -51,6 +51,9 @@ pub struct ListenSettings {
     /// `max_connections` (else `[limits] connections`), with `[limits]`
     /// `connections_per_client` and `unauthenticated_connections`.
     pub limits: ConnectionLimits,
+    /// `proxy_protocol` with its `trusted_proxies`: connections come
+    /// through a load balancer that names the client in a PROXY header.
+    pub proxy: Option<ProxyProtocol>,
 }
 
 /// `[tls]`.

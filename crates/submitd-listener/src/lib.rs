@@ -24,13 +24,15 @@
 mod answers;
 mod driver;
 mod limits;
+pub mod proxy;
 pub mod tls;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use submitd_smtp::ServerConfig;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -39,6 +41,7 @@ use tokio_util::task::TaskTracker;
 pub use answers::Services;
 pub use driver::{serve_connection, serve_local_connection, Io};
 pub use limits::{ConnectionLimits, Refusal, Unauthenticated};
+pub use proxy::{Network, ProxyProtocol, TrustedProxies};
 pub use tls::{
     server_tls_config, single_certificate, CertificateError, CertificateFacts, CertificatePaths,
     Certificates, TlsError,
@@ -92,28 +95,40 @@ const REFUSALS_AT_ONCE: usize = 32;
 /// connection past a limit is answered `421` (after the TLS handshake on
 /// an implicit-TLS listener, so that the client can read it) and closed,
 /// with a log line: mail clients then say "try again later" instead of a
-/// network error. On cancellation every session ends with 421 at its next
-/// command boundary, after finishing a message in flight. Returns the
-/// tracker of running sessions, to wait on.
+/// network error. With `proxy`, each connection must come from a trusted
+/// proxy and start with a PROXY protocol header, whose client address is
+/// then the client's for everything (limits, throttle, logs, Received).
+/// On cancellation every session ends with 421 at its next command
+/// boundary, after finishing a message in flight. Returns the tracker of
+/// running sessions, to wait on.
 pub async fn serve(
     listener: TcpListener,
     smtp: Arc<ServerConfig>,
     tls: Arc<rustls::ServerConfig>,
     services: Arc<Services>,
     limits: ConnectionLimits,
+    proxy: Option<ProxyProtocol>,
     shutdown: CancellationToken,
 ) -> TaskTracker {
     let tracker = TaskTracker::new();
-    let permits = Arc::new(Semaphore::new(limits.total.max(1)));
-    let refusals = Arc::new(Semaphore::new(REFUSALS_AT_ONCE));
-    let answering = Arc::new(Answering::default());
-    let per_client = Arc::new(PerClient::default());
-    let unauthenticated = Arc::new(UnauthenticatedSet::default());
-    let rate = ConnectionRate::new(limits.rate, limits.per_client.saturating_mul(2));
-    let refusal_log = Arc::new(RefusalLog::default());
+    let gate = Arc::new(Gate {
+        smtp,
+        acceptor: TlsAcceptor::from(tls),
+        services,
+        limits,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        permits: Arc::new(Semaphore::new(limits.total.max(1))),
+        refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+        answering: Arc::new(Answering::default()),
+        per_client: PerClient::default(),
+        unauthenticated: Arc::new(UnauthenticatedSet::default()),
+        rate: ConnectionRate::new(limits.rate, limits.per_client.saturating_mul(2)),
+        refusal_log: Arc::new(RefusalLog::default()),
+    });
     {
         // The refusals of each second in one line.
-        let (log, shutdown) = (Arc::clone(&refusal_log), shutdown.clone());
+        let (log, shutdown) = (Arc::clone(&gate.refusal_log), shutdown.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
@@ -125,23 +140,101 @@ pub async fn serve(
             log.flush();
         });
     }
-    let acceptor = TlsAcceptor::from(tls);
+    // Connections whose PROXY header is still being read: as many as the
+    // listener takes sessions.
+    let headers = Arc::new(Semaphore::new(limits.total.max(1)));
     while let Some((tcp, peer)) = next_connection(&shutdown, || listener.accept()).await {
-        if !rate.admit(peer.ip(), Instant::now()) {
-            let refusal = Refusal::Rate;
-            refusal_log.refused(peer.ip(), refusal.reason(), refusal.limit(&limits), false);
-            continue;
-        }
         let _ = tcp.set_nodelay(true);
-        let admitted = match Arc::clone(&permits).try_acquire_owned() {
+        match &proxy {
+            None => gate.admit(tcp, peer),
+            Some(proxy) => {
+                if !proxy.trusted.trusts(peer.ip()) {
+                    gate.refusal_log
+                        .refused(peer.ip(), "not a trusted proxy", 0, false);
+                    continue;
+                }
+                let Ok(place) = Arc::clone(&headers).try_acquire_owned() else {
+                    let limit = limits.total;
+                    gate.refusal_log.refused(
+                        peer.ip(),
+                        "too many PROXY headers pending",
+                        limit,
+                        false,
+                    );
+                    continue;
+                };
+                let gate = Arc::clone(&gate);
+                tracker.spawn(async move {
+                    gate.admit_proxied(tcp, peer).await;
+                    drop(place);
+                });
+            }
+        }
+    }
+    tracker.close();
+    tracker
+}
+
+/// What the accept loop of one listener shares with the tasks it starts:
+/// the bounds and the state that enforces them.
+struct Gate {
+    smtp: Arc<ServerConfig>,
+    acceptor: TlsAcceptor,
+    services: Arc<Services>,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    permits: Arc<Semaphore>,
+    refusals: Arc<Semaphore>,
+    answering: Arc<Answering>,
+    per_client: PerClient,
+    unauthenticated: Arc<UnauthenticatedSet>,
+    rate: ConnectionRate,
+    refusal_log: Arc<RefusalLog>,
+}
+
+impl Gate {
+    /// Reads a PROXY header from a trusted proxy's connection (bounded by
+    /// [`proxy::HEADER_TIMEOUT`]), then admits the connection as the
+    /// client it names; closes it, with a log line, if the header is
+    /// missing, malformed or slow.
+    async fn admit_proxied(self: &Arc<Self>, mut tcp: TcpStream, proxy: SocketAddr) {
+        let read = tokio::select! {
+            () = self.shutdown.cancelled() => return,
+            read = tokio::time::timeout(proxy::HEADER_TIMEOUT, proxy::read_header(&mut tcp)) => read,
+        };
+        let reason = match read {
+            Ok(Ok(header)) => {
+                let client = header.addresses.map_or(proxy, |(client, _)| client);
+                tracing::debug!(target: "submitd::listener", proxy = %proxy, client = %client, "PROXY header");
+                return self.admit(tcp, client);
+            }
+            Ok(Err(proxy::ReadError::Header(e))) => e.reason(),
+            Ok(Err(proxy::ReadError::Io(_))) => "closed before the PROXY header ended",
+            Err(_) => "PROXY header too slow",
+        };
+        self.refusal_log.refused(proxy.ip(), reason, 0, false);
+    }
+
+    /// Admits a connection from `peer` within the bounds and starts its
+    /// session, or refuses it (answered with 421 where that is cheap).
+    fn admit(self: &Arc<Self>, tcp: TcpStream, peer: SocketAddr) {
+        let limits = &self.limits;
+        if !self.rate.admit(peer.ip(), Instant::now()) {
+            let refusal = Refusal::Rate;
+            self.refusal_log
+                .refused(peer.ip(), refusal.reason(), refusal.limit(limits), false);
+            return;
+        }
+        let admitted = match Arc::clone(&self.permits).try_acquire_owned() {
             Err(_) => Err(Refusal::Busy),
-            Ok(permit) if !per_client.enter(peer.ip(), limits.per_client.max(1)) => {
+            Ok(permit) if !self.per_client.enter(peer.ip(), limits.per_client.max(1)) => {
                 drop(permit);
                 Err(Refusal::PerClient)
             }
             Ok(permit) => {
-                let known = services.known_network(peer.ip());
-                match unauthenticated.enter(
+                let known = self.services.known_network(peer.ip());
+                match self.unauthenticated.enter(
                     peer.ip(),
                     known,
                     limits.unauthenticated.max(1),
@@ -149,7 +242,7 @@ pub async fn serve(
                 ) {
                     Some(slot) => Ok((permit, slot)),
                     None => {
-                        per_client.leave(peer.ip());
+                        self.per_client.leave(peer.ip());
                         Err(Refusal::Unauthenticated)
                     }
                 }
@@ -157,40 +250,48 @@ pub async fn serve(
         };
         let (permit, slot) = match admitted {
             Ok(admitted) => admitted,
-            Err(refusal) => {
-                let limit = refusal.limit(&limits);
-                let answered = answering.begin(peer.ip()).and_then(|one| {
-                    let place = Arc::clone(&refusals).try_acquire_owned().ok()?;
-                    Some((one, place))
-                });
-                refusal_log.refused(peer.ip(), refusal.reason(), limit, answered.is_some());
-                if let Some(place) = answered {
-                    let (reply, tls) = (refusal.reply(&smtp.hostname), acceptor.clone());
-                    let transport = smtp.transport;
-                    let timeout = services.handshake_timeout().min(limits::REFUSAL_TIMEOUT);
-                    tracker.spawn(async move {
-                        let client = peer.to_string();
-                        refuse_connection(tcp, &client, transport, tls, reply, timeout).await;
-                        drop(place);
-                    });
-                }
-                continue;
-            }
+            Err(refusal) => return self.refuse(tcp, peer, refusal),
         };
-        let per_client = Arc::clone(&per_client);
-        let (smtp, acceptor, services) =
-            (Arc::clone(&smtp), acceptor.clone(), Arc::clone(&services));
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
+        let gate = Arc::clone(self);
+        self.tracker.spawn(async move {
             // Replies are written whole (see the driver's `unsent`); Nagle
-            // would only hold them back (set above).
+            // would only hold them back (set at accept).
+            let (smtp, acceptor, services) = (
+                Arc::clone(&gate.smtp),
+                gate.acceptor.clone(),
+                Arc::clone(&gate.services),
+            );
+            let shutdown = gate.shutdown.clone();
             serve_connection(tcp, peer, smtp, acceptor, services, Some(slot), shutdown).await;
-            per_client.leave(peer.ip());
+            gate.per_client.leave(peer.ip());
             drop(permit);
         });
     }
-    tracker.close();
-    tracker
+
+    /// Answers a refused connection with its 421 if a place to answer is
+    /// free (one per network, [`REFUSALS_AT_ONCE`] in all), else closes it.
+    fn refuse(&self, tcp: TcpStream, peer: SocketAddr, refusal: Refusal) {
+        let limit = refusal.limit(&self.limits);
+        let answered = self.answering.begin(peer.ip()).and_then(|one| {
+            let place = Arc::clone(&self.refusals).try_acquire_owned().ok()?;
+            Some((one, place))
+        });
+        self.refusal_log
+            .refused(peer.ip(), refusal.reason(), limit, answered.is_some());
+        if let Some(place) = answered {
+            let (reply, tls) = (refusal.reply(&self.smtp.hostname), self.acceptor.clone());
+            let transport = self.smtp.transport;
+            let timeout = self
+                .services
+                .handshake_timeout()
+                .min(limits::REFUSAL_TIMEOUT);
+            self.tracker.spawn(async move {
+                let client = peer.to_string();
+                refuse_connection(tcp, &client, transport, tls, reply, timeout).await;
+                drop(place);
+            });
+        }
+    }
 }
 
 /// Local sessions at once.

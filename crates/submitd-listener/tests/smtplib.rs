@@ -158,6 +158,7 @@ async fn python_smtplib_submits_over_implicit_tls_and_starttls() {
                 unauthenticated: 100,
                 rate: 0,
             },
+            None,
             shutdown.clone(),
         ));
     }
@@ -415,6 +416,7 @@ async fn implicit_listener(w: &World, unauthenticated: usize) -> (u16, Cancellat
             unauthenticated,
             rate: 0,
         },
+        None,
         shutdown.clone(),
     ));
     (port, shutdown)

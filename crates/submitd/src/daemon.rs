@@ -148,13 +148,26 @@ async fn start(settings: &Settings) -> Result<Running, String> {
             Transport::StartTls => "starttls",
             _ => "implicit",
         };
-        tracing::info!(address = %local, mode = %mode, "listening");
+        match &listen.proxy {
+            None => tracing::info!(address = %local, mode = %mode, "listening"),
+            Some(proxy) => {
+                let trusted: Vec<String> = proxy
+                    .trusted
+                    .networks()
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                let trusted = trusted.join(",");
+                tracing::info!(address = %local, mode = %mode, proxy_protocol = true, trusted_proxies = %trusted, "listening");
+            }
+        }
         listeners.push(tokio::spawn(serve_listener(
             socket,
             wiring::server_config(settings, listen.transport, &token_mechanisms),
             Arc::clone(&tls),
             Arc::clone(&services),
             listen.limits,
+            listen.proxy.clone(),
             shutdown.clone(),
         )));
     }

@@ -1,0 +1,422 @@
+//! Behind HAProxy: a real `haproxy` in TCP mode on loopback in front of
+//! two submitd instances, sending PROXY protocol v2 to their implicit-TLS
+//! listeners (round robin) and v1 to a STARTTLS listener. Clients
+//! (Python's smtplib) connect from several 127.0.0.x source addresses;
+//! the address HAProxy names in the header must reach the log, the
+//! Received header, the connection limit and the login throttle, and a
+//! connection to a PROXY listener from an untrusted address, or without
+//! a header, must be closed and logged.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+
+/// The client side, one mode per call:
+/// `send SRC PORT CA implicit|starttls USER PASSWORD N`: N messages, one
+///   session each; prints `sent` or the refusal per message.
+/// `hold SRC PORT CA N EXTRA`: holds N logged-in sessions, then opens
+///   EXTRA more and prints how each was answered.
+const CLIENT: &str = r#"
+import smtplib, ssl, sys
+mode, src, port, ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+ctx = ssl.create_default_context(cafile=ca)
+def connect(kind):
+    if kind == "implicit":
+        return smtplib.SMTP_SSL("localhost", port, context=ctx, timeout=30, source_address=(src, 0))
+    s = smtplib.SMTP("localhost", port, timeout=30, source_address=(src, 0))
+    s.starttls(context=ctx)
+    return s
+if mode == "send":
+    kind, user, password, n = sys.argv[5], sys.argv[6], sys.argv[7], int(sys.argv[8])
+    for i in range(n):
+        s = None
+        try:
+            s = connect(kind)
+            s.login(user, password)
+            s.sendmail("alice@example.org", ["bob@example.net"],
+                       "From: alice@example.org\r\nSubject: via %s %d\r\n\r\nhello\r\n" % (src, i))
+            print("sent")
+        except (smtplib.SMTPAuthenticationError, smtplib.SMTPResponseException) as e:
+            print("refused", e.smtp_code, e.smtp_error.decode())
+        if s is not None:
+            try:
+                s.quit()
+            except smtplib.SMTPException:
+                s.close()
+elif mode == "hold":
+    n, extra = int(sys.argv[5]), int(sys.argv[6])
+    held = []
+    for i in range(n):
+        s = connect("implicit")
+        s.login("alice", "pw")
+        held.append(s)
+    print("held", len(held))
+    for i in range(extra):
+        try:
+            s = connect("implicit")
+            print("served")
+            s.quit()
+        except smtplib.SMTPConnectError as e:
+            print("refused", e.smtp_code, e.smtp_error.decode())
+    for s in held:
+        s.quit()
+"#;
+
+fn client(args: &[&str]) -> Vec<String> {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(CLIENT)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "client {args:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().map(str::to_owned).collect()
+}
+
+/// One submitd instance with a PROXY implicit-TLS listener and a PROXY
+/// STARTTLS listener, both trusting 127.0.0.1 (HAProxy's source here).
+struct Instance {
+    daemon: Daemon,
+    implicit: u16,
+    starttls: u16,
+    dir: PathBuf,
+}
+
+fn instance(root: &Path, name: &str) -> Instance {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root.join("submitd.crt"), dir.join("submitd.crt")).unwrap();
+    std::fs::copy(root.join("submitd.key"), dir.join("submitd.key")).unwrap();
+    std::fs::copy(root.join("users"), dir.join("users")).unwrap();
+    let (implicit, starttls) = (common::free_port(), common::free_port());
+    let config = dir.join("submitd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"hostname = "localhost"
+[[listen]]
+address = "127.0.0.1:{implicit}"
+mode = "implicit"
+proxy_protocol = true
+trusted_proxies = ["127.0.0.1"]
+[[listen]]
+address = "127.0.0.1:{starttls}"
+mode = "starttls"
+proxy_protocol = true
+trusted_proxies = ["127.0.0.1/32"]
+[tls]
+certificate = "submitd.crt"
+key = "submitd.key"
+[auth]
+users = "users"
+failure_delay = "0s"
+[queue]
+directory = "queue"
+[relay]
+maildir = "Maildir"
+[limits]
+connections_per_client = 3
+# Not the subject here (its burst is twice the per-client bound).
+connection_rate = 1000
+"#
+        ),
+    )
+    .unwrap();
+    Instance {
+        daemon: common::start(Daemon::command(&config)),
+        implicit,
+        starttls,
+        dir,
+    }
+}
+
+struct Haproxy(Child);
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy on `implicit` (round robin over both instances' implicit-TLS
+/// listeners, PROXY v2) and `starttls` (the first instance's STARTTLS
+/// listener, PROXY v1).
+fn haproxy(dir: &Path, a: &Instance, b: &Instance, implicit: u16, starttls: u16) -> Haproxy {
+    let haproxy = common::require("haproxy", "apt-get install haproxy");
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 512\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend submissions\n  bind 127.0.0.1:{implicit}\n  default_backend submissions\n\
+             backend submissions\n  balance roundrobin\n\
+             \x20 server a 127.0.0.1:{} send-proxy-v2\n  server b 127.0.0.1:{} send-proxy-v2\n\
+             frontend submission\n  bind 127.0.0.1:{starttls}\n  default_backend submission\n\
+             backend submission\n  server a 127.0.0.1:{} send-proxy\n",
+            a.implicit, b.implicit, a.starttls
+        ),
+    )
+    .unwrap();
+    let check = Command::new(&haproxy)
+        .args(["-c", "-f"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "haproxy -c: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let child = Command::new(&haproxy)
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for port in [implicit, starttls] {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Haproxy(child)
+}
+
+fn delivered(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("Maildir/new")) else {
+        return Vec::new();
+    };
+    entries
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect()
+}
+
+fn wait_delivered(dir: &Path, n: usize) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered(dir).len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    delivered(dir)
+}
+
+#[test]
+fn behind_haproxy_the_client_address_is_the_client() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    common::certificates(r, &["submitd"]);
+    common::alice(r);
+    let (a, b) = (instance(r, "a"), instance(r, "b"));
+    let (front_implicit, front_starttls) = (common::free_port(), common::free_port());
+    let _haproxy = haproxy(r, &a, &b, front_implicit, front_starttls);
+    let ca = r.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let port = front_implicit.to_string();
+
+    // Two messages over v2 (one to each instance) and one over v1 with
+    // STARTTLS, each from its own source address: logged and written in
+    // Received as that address, not HAProxy's.
+    let sent = client(&[
+        "send",
+        "127.0.0.21",
+        &port,
+        ca,
+        "implicit",
+        "alice",
+        "pw",
+        "2",
+    ]);
+    assert_eq!(sent, ["sent", "sent"]);
+    let sent = client(&[
+        "send",
+        "127.0.0.22",
+        &front_starttls.to_string(),
+        ca,
+        "starttls",
+        "alice",
+        "pw",
+        "1",
+    ]);
+    assert_eq!(sent, ["sent"]);
+    let (in_a, in_b) = (wait_delivered(&a.dir, 2), wait_delivered(&b.dir, 1));
+    assert_eq!(
+        (in_a.len(), in_b.len()),
+        (2, 1),
+        "round robin: 1 + 1 over v2, 1 over v1 to a"
+    );
+    let received = |m: &String| {
+        m.lines()
+            .find(|l| l.starts_with("Received:"))
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        in_b.iter().all(|m| received(m).contains("[127.0.0.21]")),
+        "{in_b:?}"
+    );
+    assert_eq!(
+        in_a.iter()
+            .filter(|m| received(m).contains("[127.0.0.21]"))
+            .count(),
+        1,
+        "{in_a:?}"
+    );
+    assert_eq!(
+        in_a.iter()
+            .filter(|m| received(m).contains("[127.0.0.22]"))
+            .count(),
+        1,
+        "{in_a:?}"
+    );
+    for (instance, sources) in [
+        (&a, &["127.0.0.21", "127.0.0.22"][..]),
+        (&b, &["127.0.0.21"][..]),
+    ] {
+        for source in sources {
+            assert!(
+                instance
+                    .daemon
+                    .wait_log(&format!("client={source}:"), Duration::from_secs(5)),
+                "{source} not in the log"
+            );
+        }
+    }
+
+    // The connection limit counts the client's address: 3 per client per
+    // instance, so 6 held from one address fill both; the 7th reads 421,
+    // another address is served.
+    let held = client(&["hold", "127.0.0.23", &port, ca, "6", "1"]);
+    assert_eq!(held[0], "held 6");
+    assert_eq!(
+        held[1],
+        "refused 421 4.7.0 localhost Too many connections from your address, try again later"
+    );
+    let sent = client(&[
+        "send",
+        "127.0.0.24",
+        &port,
+        ca,
+        "implicit",
+        "alice",
+        "pw",
+        "1",
+    ]);
+    assert_eq!(sent, ["sent"]);
+
+    // The throttle counts the client's address: 10 sessions with a wrong
+    // password for alice from .25 (5 at each instance; smtplib tries
+    // PLAIN, then LOGIN, so 10 failures at each) block that pair on both;
+    // alice from .26 still logs in. fail2ban's line names .25.
+    let wrong = client(&[
+        "send",
+        "127.0.0.25",
+        &port,
+        ca,
+        "implicit",
+        "alice",
+        "wrong",
+        "10",
+    ]);
+    assert_eq!(wrong.len(), 10);
+    assert!(
+        wrong.iter().all(|l| l.starts_with("refused 535")),
+        "{wrong:?}"
+    );
+    let blocked = client(&[
+        "send",
+        "127.0.0.25",
+        &port,
+        ca,
+        "implicit",
+        "alice",
+        "pw",
+        "2",
+    ]);
+    assert!(
+        blocked.iter().all(|l| l.starts_with("refused 454")),
+        "{blocked:?}"
+    );
+    let sent = client(&[
+        "send",
+        "127.0.0.26",
+        &port,
+        ca,
+        "implicit",
+        "alice",
+        "pw",
+        "2",
+    ]);
+    assert_eq!(sent, ["sent", "sent"]);
+    for instance in [&a, &b] {
+        assert!(instance.daemon.wait_log(
+            "authentication failed: client=127.0.0.25 user=\"alice\"",
+            Duration::from_secs(5)
+        ));
+    }
+
+    // Straight to a PROXY listener: from an address that is not a trusted
+    // proxy, closed at once; from the proxy's address without a header (a
+    // client's TLS hello first), closed as well. Both logged.
+    for (source, reason) in [
+        ("127.0.0.27", "not a trusted proxy"),
+        ("127.0.0.1", "no PROXY header"),
+    ] {
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(format!(
+                "import smtplib, ssl\n\
+                 ctx = ssl.create_default_context(cafile={ca:?})\n\
+                 try:\n  smtplib.SMTP_SSL('localhost', {port}, context=ctx, timeout=10, source_address=({source:?}, 0))\n  print('served')\n\
+                 except (ssl.SSLError, ConnectionError, smtplib.SMTPServerDisconnected) as e:\n  print('closed')\n",
+                port = a.implicit
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&output.stdout).trim(),
+            "closed",
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            a.daemon.wait_log(reason, Duration::from_secs(5)),
+            "{reason} not logged"
+        );
+    }
+    // A header that stalls halfway is closed after the header timeout.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", a.starttls)).unwrap();
+    std::io::Write::write_all(&mut stalled, b"PROXY TCP4 192.0.2.").unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stalled, &mut rest);
+    let waited = started.elapsed();
+    assert!(rest.is_empty(), "no greeting before the header");
+    assert!(
+        waited >= submitd_listener::proxy::HEADER_TIMEOUT - Duration::from_millis(500)
+            && waited < Duration::from_secs(15),
+        "closed after {waited:?}"
+    );
+    assert!(a
+        .daemon
+        .wait_log("PROXY header too slow", Duration::from_secs(5)));
+    assert!(a.daemon.stop());
+    assert!(b.daemon.stop());
+}
