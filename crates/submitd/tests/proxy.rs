@@ -227,31 +227,25 @@ fn behind_haproxy_the_client_address_is_the_client() {
     let ca = r.join("ca.pem");
     let ca = ca.to_str().unwrap();
     let port = front_implicit.to_string();
+    let send = |source: &str, port: u16, kind: &str, user: &str, password: &str, n: usize| {
+        client(&[
+            "send",
+            source,
+            &port.to_string(),
+            ca,
+            kind,
+            user,
+            password,
+            &n.to_string(),
+        ])
+    };
 
     // Two messages over v2 (one to each instance) and one over v1 with
     // STARTTLS, each from its own source address: logged and written in
     // Received as that address, not HAProxy's.
-    let sent = client(&[
-        "send",
-        "127.0.0.21",
-        &port,
-        ca,
-        "implicit",
-        "alice",
-        "pw",
-        "2",
-    ]);
+    let sent = send("127.0.0.21", front_implicit, "implicit", "alice", "pw", 2);
     assert_eq!(sent, ["sent", "sent"]);
-    let sent = client(&[
-        "send",
-        "127.0.0.22",
-        &front_starttls.to_string(),
-        ca,
-        "starttls",
-        "alice",
-        "pw",
-        "1",
-    ]);
+    let sent = send("127.0.0.22", front_starttls, "starttls", "alice", "pw", 1);
     assert_eq!(sent, ["sent"]);
     let (in_a, in_b) = (wait_delivered(&a.dir, 2), wait_delivered(&b.dir, 1));
     assert_eq!(
@@ -306,61 +300,32 @@ fn behind_haproxy_the_client_address_is_the_client() {
         held[1],
         "refused 421 4.7.0 localhost Too many connections from your address, try again later"
     );
-    let sent = client(&[
-        "send",
-        "127.0.0.24",
-        &port,
-        ca,
-        "implicit",
-        "alice",
-        "pw",
-        "1",
-    ]);
+    let sent = send("127.0.0.24", front_implicit, "implicit", "alice", "pw", 1);
     assert_eq!(sent, ["sent"]);
 
     // The throttle counts the client's address: 10 sessions with a wrong
     // password for alice from .25 (5 at each instance; smtplib tries
     // PLAIN, then LOGIN, so 10 failures at each) block that pair on both;
     // alice from .26 still logs in. fail2ban's line names .25.
-    let wrong = client(&[
-        "send",
+    let wrong = send(
         "127.0.0.25",
-        &port,
-        ca,
+        front_implicit,
         "implicit",
         "alice",
         "wrong",
-        "10",
-    ]);
+        10,
+    );
     assert_eq!(wrong.len(), 10);
     assert!(
         wrong.iter().all(|l| l.starts_with("refused 535")),
         "{wrong:?}"
     );
-    let blocked = client(&[
-        "send",
-        "127.0.0.25",
-        &port,
-        ca,
-        "implicit",
-        "alice",
-        "pw",
-        "2",
-    ]);
+    let blocked = send("127.0.0.25", front_implicit, "implicit", "alice", "pw", 2);
     assert!(
         blocked.iter().all(|l| l.starts_with("refused 454")),
         "{blocked:?}"
     );
-    let sent = client(&[
-        "send",
-        "127.0.0.26",
-        &port,
-        ca,
-        "implicit",
-        "alice",
-        "pw",
-        "2",
-    ]);
+    let sent = send("127.0.0.26", front_implicit, "implicit", "alice", "pw", 2);
     assert_eq!(sent, ["sent", "sent"]);
     for instance in [&a, &b] {
         assert!(instance.daemon.wait_log(
