@@ -115,10 +115,14 @@ impl LoginGate {
         {
             CheckOutcome::Authenticated { user, .. } => {
                 tracing::info!(target: "submitd::auth", client = %client, %user, mechanism = mechanism.name(), by = "dovecot", "authenticated");
+                counted(mechanism.name(), "ok");
                 LoginOutcome::Authenticated { user }
             }
             CheckOutcome::Rejected => self.reject(client, named, mechanism.name()).await,
-            CheckOutcome::Unavailable => LoginOutcome::TryLater,
+            CheckOutcome::Unavailable => {
+                counted(mechanism.name(), "unavailable");
+                LoginOutcome::TryLater
+            }
         }
     }
 
@@ -169,6 +173,7 @@ impl LoginGate {
         let verified = match verifier.verify(&credentials.token).await {
             Err(unavailable) => {
                 tracing::warn!(target: "submitd::auth", client = %client, error = %unavailable, "cannot check tokens: the issuer's keys are out of reach");
+                counted(mechanism.name(), "unavailable");
                 return LoginOutcome::TryLater;
             }
             Ok(Err(rejection)) => {
@@ -188,6 +193,7 @@ impl LoginGate {
         };
         let user = user.name.clone();
         tracing::info!(target: "submitd::auth", client = %client, %user, mechanism = mechanism.name(), subject = verified.subject.as_deref().unwrap_or("-"), "authenticated");
+        counted(mechanism.name(), "ok");
         LoginOutcome::Authenticated { user }
     }
 
@@ -217,6 +223,7 @@ impl LoginGate {
         let blocked = matches!(admission, Admission::Blocked { .. });
         if blocked {
             tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, name, mechanism.name()));
+            counted(mechanism.name(), "blocked");
         }
         blocked
     }
@@ -249,6 +256,7 @@ impl LoginGate {
         if let Some((cache, key)) = cached {
             if let Some(hit) = cache.get(key, epoch, cache_now()) {
                 tracing::info!(target: "submitd::auth", client = %client, user = %hit.user, app_password = hit.app_password.as_deref().unwrap_or("-"), cached = true, "authenticated");
+                counted(mechanism.name(), "ok");
                 return LoginOutcome::Authenticated { user: hit.user };
             }
         }
@@ -259,6 +267,7 @@ impl LoginGate {
         match checked {
             CheckOutcome::Authenticated { user, app_password } => {
                 tracing::info!(target: "submitd::auth", client = %client, %user, app_password = app_password.as_deref().unwrap_or("-"), "authenticated");
+                counted(mechanism.name(), "ok");
                 if let Some((cache, key)) = cached {
                     let verified = Verified {
                         user: user.clone(),
@@ -269,7 +278,10 @@ impl LoginGate {
                 LoginOutcome::Authenticated { user }
             }
             CheckOutcome::Rejected => self.reject(client, username, mechanism.name()).await,
-            CheckOutcome::Unavailable => LoginOutcome::TryLater,
+            CheckOutcome::Unavailable => {
+                counted(mechanism.name(), "unavailable");
+                LoginOutcome::TryLater
+            }
         }
     }
 
@@ -283,12 +295,23 @@ impl LoginGate {
 
     /// A failure: counted, logged in the fail2ban format, and answered
     /// after the throttle's delay.
-    async fn reject(&self, client: IpAddr, username: &str, mechanism: &str) -> LoginOutcome {
+    async fn reject(
+        &self,
+        client: IpAddr,
+        username: &str,
+        mechanism: &'static str,
+    ) -> LoginOutcome {
+        counted(mechanism, "failed");
         let delay = self.with_throttle(|t| t.failure(client, username, Instant::now()));
         tracing::warn!(target: "submitd::auth", "{}", failure_line(client, username, mechanism));
         tokio::time::sleep(delay).await;
         LoginOutcome::Rejected
     }
+}
+
+/// A login attempt in the metrics.
+fn counted(mechanism: &'static str, outcome: &'static str) {
+    submitd_metrics::metrics().login(mechanism, outcome);
 }
 
 #[cfg(test)]

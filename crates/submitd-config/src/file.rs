@@ -24,6 +24,16 @@ pub(crate) struct File {
     pub(crate) limits: Limits,
     #[serde(default)]
     pub(crate) local: Option<Local>,
+    #[serde(default)]
+    pub(crate) metrics: Option<Metrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Metrics {
+    pub(crate) listen: String,
+    #[serde(default)]
+    pub(crate) per_user: bool,
 }
 
 /// `mode = ` of a listener and `tls = ` of an upstream.

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 pub use settings::{
     AuthSettings, ClientTokenSettings, LimitSettings, ListenSettings, LocalSettings,
-    OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
+    MetricsSettings, OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
     SenderRouteSettings, Settings, TlsSettings, UpstreamAuthSettings, UpstreamSettings,
 };
 

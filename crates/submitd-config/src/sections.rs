@@ -1,6 +1,7 @@
 //! From the file as written to checked settings, one function per
 //! section. Every error names the file, the key and what is expected.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use submitd_smtp::Transport;
 use crate::file::{self, BackendKind, File, TlsMode};
 use crate::settings::{
     AuthSettings, ClientTokenSettings, LimitSettings, ListenSettings, LocalSettings,
-    OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
+    MetricsSettings, OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
     SenderRouteSettings, Settings, TlsSettings, UpstreamAuthSettings, UpstreamSettings,
 };
 use crate::{parse_size, ConfigError};
@@ -84,6 +85,7 @@ impl<'a> Context<'a> {
             relay: self.relay(&file.relay)?,
             limits: self.limits(&file.limits)?,
             local: self.local(file.local.as_ref(), &file.hostname)?,
+            metrics: self.metrics(file.metrics.as_ref(), &file.listen)?,
             hostname: file.hostname,
             demo: file.demo,
             privacy: file.privacy,
@@ -163,6 +165,43 @@ impl<'a> Context<'a> {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Some(ProxyProtocol {
             trusted: TrustedProxies::new(networks),
+        }))
+    }
+
+    /// `[metrics]`: an address that is no mail listener's and not on a
+    /// mail port, so that metrics never answer on the ports clients use.
+    fn metrics(
+        &self,
+        metrics: Option<&file::Metrics>,
+        listen: &[file::Listen],
+    ) -> Result<Option<MetricsSettings>, ConfigError> {
+        let Some(m) = metrics else {
+            return Ok(None);
+        };
+        let address: SocketAddr = m.listen.parse().map_err(|_| {
+            self.err(
+                "metrics.listen",
+                format!(
+                    "{:?} is not an address and port, such as \"127.0.0.1:9465\"",
+                    m.listen
+                ),
+            )
+        })?;
+        let mail_port = [25, 465, 587].contains(&address.port())
+            || listen.iter().any(|l| {
+                l.address
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.port() == address.port())
+            });
+        if mail_port {
+            return Err(self.err(
+                "metrics.listen",
+                format!("{address} is a mail port: serve metrics apart, such as on 127.0.0.1:9465"),
+            ));
+        }
+        Ok(Some(MetricsSettings {
+            listen: address,
+            per_user: m.per_user,
         }))
     }
 

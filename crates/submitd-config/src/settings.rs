@@ -39,6 +39,17 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// `[local]`, if present.
     pub local: Option<LocalSettings>,
+    /// `[metrics]`, if present.
+    pub metrics: Option<MetricsSettings>,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// `listen`: where `GET /metrics` is served.
+    pub listen: SocketAddr,
+    /// `per_user`: series with a user name in them (one per user).
+    pub per_user: bool,
 }
 
 /// One `[[listen]]`.

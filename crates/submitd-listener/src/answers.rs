@@ -92,6 +92,15 @@ impl Services {
 /// The SMTP reply for a refused sender: 451 when the account is gone (log
 /// in again), 550 5.7.1 for an address that is not the user's, 450 for a
 /// sending limit (try later).
+/// One word for the metrics.
+fn refusal_reason(refusal: &SenderRefusal) -> &'static str {
+    match refusal {
+        SenderRefusal::AccountGone => "account",
+        SenderRefusal::NotAllowed(_) => "sender_not_allowed",
+        SenderRefusal::Limit(_) => "sending_limit",
+    }
+}
+
 fn refusal_reply(refusal: &SenderRefusal) -> Reply {
     match refusal {
         SenderRefusal::AccountGone => {
@@ -269,6 +278,7 @@ impl Answers {
     pub(crate) fn sender(&self, user: Option<&str>, mail_from: &MailFrom) -> Verdict {
         // No room in the queue: refused before anything else is read.
         if let Err(e) = self.services.intake.admit(mail_from.params.size) {
+            submitd_metrics::metrics().message_refused(e.reason());
             return Verdict::Reject(e.reply());
         }
         let policy = &self.services.policy;
@@ -283,7 +293,10 @@ impl Answers {
             });
         match checked {
             Ok(()) => Verdict::Accept,
-            Err(refused) => Verdict::Reject(refusal_reply(&refused)),
+            Err(refused) => {
+                submitd_metrics::metrics().message_refused(refusal_reason(&refused));
+                Verdict::Reject(refusal_reply(&refused))
+            }
         }
     }
 
@@ -335,12 +348,27 @@ impl Answers {
     /// user `login`: the queue id once the message is durable, or the
     /// reply that refuses it.
     pub(crate) async fn store(&mut self, login: Option<&str>) -> Result<String, Reply> {
+        let stored = self.store_message(login).await;
+        if let Err((reason, _)) = &stored {
+            submitd_metrics::metrics().message_refused(reason);
+        }
+        stored.map_err(|(_, reply)| reply)
+    }
+
+    /// [`Answers::store`], with one word for why a message was refused.
+    async fn store_message(
+        &mut self,
+        login: Option<&str>,
+    ) -> Result<String, (&'static str, Reply)> {
         let draft = match self.message.take() {
             Some(Ok(draft)) => draft,
-            Some(Err(reply)) => return Err(reply),
-            None => return Err(Reply::new(451, (4, 3, 0), "Local error in processing")),
+            Some(Err(reply)) => return Err(("account", reply)),
+            None => {
+                let reply = Reply::new(451, (4, 3, 0), "Local error in processing");
+                return Err(("spool", reply));
+            }
         };
-        let prepared = draft.finish().map_err(|e| e.reply())?;
+        let prepared = draft.finish().map_err(|e| (e.reason(), e.reply()))?;
         let policy = &self.services.policy;
         // Resolved again: the account may have changed while the message
         // arrived (a reload), and the header check needs the user.
@@ -348,14 +376,22 @@ impl Answers {
             .map(|name| self.account(name))
             .ok_or(SenderRefusal::AccountGone)
             .and_then(|account| policy.resolve(&account))
-            .map_err(|refused| refusal_reply(&refused))?;
+            .map_err(|refused| (refusal_reason(&refused), refusal_reply(&refused)))?;
         let senders = prepared.senders();
         if let Err(refused) = policy.check_header(&user, &senders.from, senders.sender.as_ref()) {
             self.log_refusal(&user.name, &refused);
-            return Err(refusal_reply(&refused));
+            return Err((refusal_reason(&refused), refusal_reply(&refused)));
         }
-        let accepted = prepared.commit().await.map_err(|e| e.reply())?;
+        let accepted = prepared
+            .commit()
+            .await
+            .map_err(|e| (e.reason(), e.reply()))?;
         policy.record(&user, accepted.recipients, Instant::now());
+        submitd_metrics::metrics().message_accepted(
+            &user.name,
+            accepted.recipients,
+            accepted.size as u64,
+        );
         self.messages += 1;
         Ok(accepted.id.to_string())
     }

@@ -205,6 +205,8 @@ struct Driver<S> {
     shutdown: CancellationToken,
     shutdown_seen: bool,
     started: Instant,
+    /// The listener's mode, for the metrics.
+    listener: &'static str,
     /// Why the session ended, when the server ended it.
     ended: Option<String>,
     /// Replies not yet written: all the replies to one read go out in one
@@ -222,7 +224,15 @@ impl<S: Io> Driver<S> {
         answers: Answers,
         shutdown: CancellationToken,
     ) -> Self {
+        let listener = match session.transport() {
+            Transport::ImplicitTls => "implicit",
+            Transport::StartTls => "starttls",
+            Transport::Local => "local",
+            Transport::Plaintext => "plaintext",
+        };
+        submitd_metrics::metrics().session_began(listener);
         Self {
+            listener,
             session,
             stream,
             client,
@@ -238,6 +248,16 @@ impl<S: Io> Driver<S> {
 
     /// The one summary line of a session.
     fn summary(self) {
+        let tls = match &self.stream {
+            Stream::Tls(s) => s
+                .get_ref()
+                .1
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS"),
+            _ => "none",
+        };
+        submitd_metrics::metrics().session_ended(self.listener, tls);
         let user = self.session.auth_user().unwrap_or("-").to_owned();
         let ended = self
             .ended

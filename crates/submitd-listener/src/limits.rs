@@ -428,6 +428,7 @@ impl RefusalLog {
         limit: usize,
         answered: bool,
     ) {
+        submitd_metrics::metrics().connection_refused(reason);
         let now = Instant::now();
         let mut state = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let quiet = state

@@ -112,6 +112,7 @@ impl TokenSource {
                 let margin = (token.lifetime / 4).min(MAX_MARGIN);
                 let secret = Arc::new(token.secret.clone());
                 tracing::info!(target: "submitd::oauth2", route = %self.endpoint.route, lifetime = token.lifetime.as_secs(), "access token fetched");
+                submitd_metrics::metrics().token_request(&self.endpoint.route, true);
                 state.token = Some(Cached {
                     secret: Arc::clone(&secret),
                     renew_at: now + token.lifetime.saturating_sub(margin),
@@ -121,6 +122,7 @@ impl TokenSource {
             }
             Err(error) => {
                 let error = Arc::new(error);
+                submitd_metrics::metrics().token_request(&self.endpoint.route, false);
                 if error.needs_attention() {
                     tracing::error!(target: "submitd::oauth2", route = %self.endpoint.route, %error, "no access token; messages stay queued");
                 } else {

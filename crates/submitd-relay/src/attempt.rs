@@ -133,7 +133,9 @@ impl Relay {
             now,
             random_unit(),
         );
+        let route = self.routes.for_sender(stored.mail_from.sender());
         log_recipients(id, &stored, &state, &tried, figures);
+        count_recipients(self.routes.name(route), &state, &tried);
         // The bounce first: a crash between the two sends a second bounce
         // at worst, never none.
         if !failed_now.is_empty() {
@@ -238,6 +240,7 @@ impl Relay {
                 Ok(c) => return Ok(c),
                 Err(error) => {
                     tracing::warn!(target: "submitd::relay", %error, "upstream unavailable");
+                    submitd_metrics::metrics().upstream_failure(self.routes.name(route));
                     errors.push(error);
                 }
             }
@@ -303,6 +306,14 @@ impl Relay {
         if state.is_finished() {
             self.spool.remove_later(id.clone(), has_state);
             figures.removed += 1;
+            if let (true, Some(created)) = (delivered > 0, id.created()) {
+                let latency = SystemTime::now()
+                    .duration_since(created)
+                    .unwrap_or_default();
+                submitd_metrics::metrics()
+                    .delivery_latency_seconds
+                    .observe(latency.as_secs_f64());
+            }
             let outcome = if failed == 0 {
                 "delivered"
             } else if delivered == 0 {
@@ -317,6 +328,18 @@ impl Relay {
             tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients, delivered, failed, pending, size, attempts = state.attempts, next_try = state.next_try, outcome = "deferred", "message deferred");
             Ok(Some(state.next_try))
         }
+    }
+}
+
+/// The outcomes of the recipients tried, by route, in the metrics.
+fn count_recipients(route: &str, state: &DeliveryState, tried: &[usize]) {
+    for r in tried.iter().filter_map(|&i| state.recipients.get(i)) {
+        let outcome = match r {
+            RecipientState::Delivered(_) => "delivered",
+            RecipientState::Pending(_) => "deferred",
+            RecipientState::Failed(_) => "bounced",
+        };
+        submitd_metrics::metrics().delivery(route, outcome);
     }
 }
 

@@ -56,6 +56,16 @@ pub enum IntakeError {
 }
 
 impl IntakeError {
+    /// One word for the metrics: `content`, `disk_full` or `spool`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Refused(_) => "content",
+            Self::NoSpace(_) => "disk_full",
+            Self::Spool(e) if e.is_disk_full() => "disk_full",
+            Self::Spool(_) => "spool",
+        }
+    }
+
     /// The SMTP reply for this error: the refusal's own, 452 4.3.1 when
     /// the spool's disk is full (RFC 3463: mail system full), otherwise
     /// 451 4.3.0. Both temporary: the client keeps the message.
@@ -364,11 +374,15 @@ impl PreparedMessage {
         let size = usize::try_from(file.size())
             .unwrap_or(usize::MAX)
             .saturating_add(tail.len());
+        let started = std::time::Instant::now();
         let stored = tokio::task::spawn_blocking(move || file.commit(&tail))
             .await
             .unwrap_or(Err(SpoolError::WriteStopped));
         match stored {
             Ok(id) => {
+                submitd_metrics::metrics()
+                    .spool_write_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 intake.relay.enqueue(id.clone());
                 tracing::info!(target: "submitd::message", queue_id = %id, %user, %from, recipients, size, outcome = "queued", "message accepted");
                 // Durable and due: the 250 waits (a second at most) while

@@ -34,6 +34,8 @@ pub enum Route {
 /// say, each with its own credentials.
 #[derive(Clone, Debug)]
 pub struct SenderRoute {
+    /// Its name in logs and metrics (`name`, else its first sender).
+    pub name: String,
     /// Whole addresses (`alice@example.org`) and domains (`@example.net`),
     /// compared without regard to case.
     pub senders: Vec<String>,
@@ -94,6 +96,15 @@ impl Routes {
             .map_or(RouteId::Default, RouteId::Sender)
     }
 
+    /// Route `id`'s name in logs and metrics: `default`, or the sender
+    /// route's.
+    pub(crate) fn name(&self, id: RouteId) -> &str {
+        match id {
+            RouteId::Default => "default",
+            RouteId::Sender(i) => self.senders.get(i).map_or("?", |r| r.name.as_str()),
+        }
+    }
+
     /// Where route `id` delivers.
     pub(crate) fn destination(&self, id: RouteId) -> Destination<'_> {
         match (id, &self.default) {
@@ -141,6 +152,7 @@ mod tests {
         let senders = senders
             .iter()
             .map(|list| SenderRoute {
+                name: list[0].to_string(),
                 senders: list.iter().map(|s| s.to_string()).collect(),
                 upstreams: Vec::new(),
             })

@@ -163,6 +163,17 @@ impl Relay {
         self.schedule().len()
     }
 
+    /// Messages queued and the age of the oldest, for the metrics.
+    pub fn queue_figures(&self) -> (usize, Duration) {
+        let schedule = self.schedule();
+        let oldest = schedule
+            .oldest()
+            .and_then(QueueId::created)
+            .and_then(|created| std::time::SystemTime::now().duration_since(created).ok())
+            .unwrap_or_default();
+        (schedule.len(), oldest)
+    }
+
     /// Messages stored and not yet taken by a worker (the relay's backlog
     /// of new work).
     pub fn waiting(&self) -> usize {

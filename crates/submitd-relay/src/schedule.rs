@@ -127,6 +127,12 @@ impl Schedule {
     pub(crate) fn len(&self) -> usize {
         self.at.len() + self.busy.len()
     }
+
+    /// The oldest message scheduled or held (ids are time-ordered). O(n):
+    /// for a scrape every few seconds, not for the delivery path.
+    pub(crate) fn oldest(&self) -> Option<&QueueId> {
+        self.at.keys().chain(self.busy.iter()).min()
+    }
 }
 
 #[cfg(test)]

@@ -334,10 +334,12 @@ async fn senders_take_their_own_upstream_and_the_rest_the_default() {
     );
     config.sender_routes = vec![
         SenderRoute {
+            name: "net".into(),
             senders: vec!["@example.net".into()],
             upstreams: vec![upstream(&setup, &ca, net.addr.port())],
         },
         SenderRoute {
+            name: "gmail".into(),
             senders: vec!["Bob@example.NET".into()],
             upstreams: vec![upstream(&setup, &ca, gmail.addr.port())],
         },

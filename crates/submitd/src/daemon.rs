@@ -91,6 +91,39 @@ async fn run(settings: Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// The Prometheus endpoint (`[metrics]`), the queue read from `relay` at
+/// each scrape.
+async fn serve_metrics(
+    settings: &Settings,
+    metrics: &submitd_config::MetricsSettings,
+    relay: &submitd_relay::Relay,
+    shutdown: &CancellationToken,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(metrics.listen)
+        .await
+        .map_err(|e| {
+            format!(
+                "{}: metrics.listen: cannot listen on {}: {e}",
+                settings.path.display(),
+                metrics.listen
+            )
+        })?;
+    let registry = submitd_metrics::metrics();
+    registry.set_per_user(metrics.per_user);
+    let relay = relay.clone();
+    registry.set_queue_probe(move || {
+        let (messages, oldest) = relay.queue_figures();
+        submitd_metrics::QueueFigures {
+            messages: messages as u64,
+            oldest,
+        }
+    });
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %local, per_user = metrics.per_user, "metrics listening");
+    tokio::spawn(submitd_metrics::serve(listener, shutdown.clone()));
+    Ok(())
+}
+
 async fn start(settings: &Settings) -> Result<Running, String> {
     let (spool, recovery) = Spool::open(&settings.queue.directory).map_err(|e| e.to_string())?;
     tracing::info!(
@@ -110,6 +143,9 @@ async fn start(settings: &Settings) -> Result<Running, String> {
         server_tls_config(&settings.tls.certificates).map_err(|e| e.to_string())?;
     let relay = wiring::relay(settings, spool)?;
     let shutdown = CancellationToken::new();
+    if let Some(metrics) = &settings.metrics {
+        serve_metrics(settings, metrics, &relay, &shutdown).await?;
+    }
     let pressure = Arc::new(std::sync::atomic::AtomicBool::new(false));
     match memory::budget(settings.limits.memory_budget) {
         Some(budget) => {

@@ -81,6 +81,7 @@ pub(crate) fn sender_routes(settings: &Settings) -> Result<Vec<SenderRoute>, Str
         .iter()
         .map(|r| {
             Ok(SenderRoute {
+                name: r.name.clone(),
                 senders: r.senders.clone(),
                 upstreams: vec![upstream(&r.upstream)?],
             })

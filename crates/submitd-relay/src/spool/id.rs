@@ -36,6 +36,13 @@ impl QueueId {
         ok.then(|| Self(text.to_ascii_lowercase()))
     }
 
+    /// When the id was made (the message accepted), from its first 14
+    /// digits; `None` for an id not made by [`QueueId::generate`].
+    pub fn created(&self) -> Option<SystemTime> {
+        let micros = u64::from_str_radix(self.0.get(..14)?, 16).ok()?;
+        UNIX_EPOCH.checked_add(std::time::Duration::from_micros(micros))
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

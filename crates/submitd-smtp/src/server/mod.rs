@@ -484,6 +484,11 @@ impl ServerSession {
         Ok(())
     }
 
+    /// How the listener this session came in on starts TLS.
+    pub fn transport(&self) -> Transport {
+        self.config.transport
+    }
+
     /// Who authenticated in this session, if anyone.
     pub fn auth_user(&self) -> Option<&str> {
         self.auth_user.as_deref()
