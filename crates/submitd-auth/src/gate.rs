@@ -32,6 +32,7 @@ use std::time::Instant;
 use crate::backend::Authenticator;
 use crate::cache::{Verified, VerifiedCache};
 use crate::password::CheckOutcome;
+use submitd_cluster::Cluster;
 use submitd_oauth2::TokenVerifier;
 
 use crate::sasl::{Credentials, Mechanism, TokenCredentials};
@@ -71,6 +72,8 @@ pub struct LoginGate {
     cache: Option<VerifiedCache>,
     /// Checks bearer tokens (OAUTHBEARER, XOAUTH2), when an issuer is set.
     tokens: Option<Arc<TokenVerifier>>,
+    /// Failure counts and blocks shared with other instances.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl LoginGate {
@@ -87,7 +90,16 @@ impl LoginGate {
             throttle: Mutex::new((Throttle::new(throttle), generation)),
             cache: None,
             tokens: None,
+            cluster: None,
         }
+    }
+
+    /// Counts failures and blocks in `cluster` too, so that they hold
+    /// across the instances sharing it (this instance's own counts decide
+    /// alone while it is out of reach).
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// Takes bearer tokens too, checked by `verifier`.
@@ -162,7 +174,7 @@ impl LoginGate {
         mechanism: Mechanism,
     ) -> LoginOutcome {
         let named = credentials.username.as_deref().unwrap_or("");
-        if self.blocked(client, named, mechanism) {
+        if self.blocked(client, named, mechanism).await {
             return LoginOutcome::TryLater;
         }
         let Some(verifier) = &self.tokens else {
@@ -213,14 +225,23 @@ impl LoginGate {
             throttle.clear();
             *seen = generation;
             tracing::info!(target: "submitd::auth", "the users changed: failed-login counts and blocks cleared");
+            if let Some(cluster) = &self.cluster {
+                let cluster = Arc::clone(cluster);
+                tokio::spawn(async move { cluster.clear_logins().await });
+            }
         }
         f(throttle)
     }
 
-    /// Whether the throttle blocks `name` from `client` now (logged).
-    fn blocked(&self, client: IpAddr, name: &str, mechanism: Mechanism) -> bool {
+    /// Whether the throttle blocks `name` from `client` now (logged):
+    /// this instance's, or the shared one.
+    async fn blocked(&self, client: IpAddr, name: &str, mechanism: Mechanism) -> bool {
         let admission = self.with_throttle(|t| t.admit(client, name, Instant::now()));
-        let blocked = matches!(admission, Admission::Blocked { .. });
+        let mut blocked = matches!(admission, Admission::Blocked { .. });
+        if let (false, Some(cluster)) = (blocked, &self.cluster) {
+            let network = crate::client_network(client).to_string();
+            blocked = cluster.login_blocked(&network, name).await == Some(true);
+        }
         if blocked {
             tracing::warn!(target: "submitd::auth", "{} blocked=true", failure_line(client, name, mechanism.name()));
             counted(mechanism.name(), "blocked");
@@ -238,7 +259,7 @@ impl LoginGate {
         mechanism: Mechanism,
     ) -> LoginOutcome {
         let username = credentials.username.as_str();
-        if self.blocked(client, username, mechanism) {
+        if self.blocked(client, username, mechanism).await {
             return LoginOutcome::TryLater;
         }
         let users = self.credentials.users();
@@ -302,7 +323,19 @@ impl LoginGate {
         mechanism: &'static str,
     ) -> LoginOutcome {
         counted(mechanism, "failed");
-        let delay = self.with_throttle(|t| t.failure(client, username, Instant::now()));
+        let (mut delay, config) = self.with_throttle(|t| {
+            let delay = t.failure(client, username, Instant::now());
+            (delay, t.config().clone())
+        });
+        if let Some(cluster) = &self.cluster {
+            let network = crate::client_network(client).to_string();
+            let shared = cluster
+                .login_failed(&network, username, config.shared_rules())
+                .await;
+            if let Some(shared) = shared {
+                delay = delay.max(config.delay_after(shared.pair.max(shared.user)));
+            }
+        }
         tracing::warn!(target: "submitd::auth", "{}", failure_line(client, username, mechanism));
         tokio::time::sleep(delay).await;
         LoginOutcome::Rejected

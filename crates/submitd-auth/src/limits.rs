@@ -72,6 +72,49 @@ impl SendingLimits {
     }
 }
 
+/// What a user sent in the hour and day windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Used {
+    /// Messages in the last hour.
+    pub messages_hour: u32,
+    /// Messages in the last 24 hours.
+    pub messages_day: u32,
+    /// Recipients in the last hour.
+    pub recipients_hour: u32,
+    /// Recipients in the last 24 hours.
+    pub recipients_day: u32,
+}
+
+impl SendingLimits {
+    /// The first limit `used` has reached, if any.
+    pub fn exceeded(&self, used: Used) -> Option<LimitExceeded> {
+        [
+            (
+                self.messages_per_hour,
+                used.messages_hour,
+                LimitExceeded::MessagesPerHour as fn(u32) -> LimitExceeded,
+            ),
+            (
+                self.messages_per_day,
+                used.messages_day,
+                LimitExceeded::MessagesPerDay,
+            ),
+            (
+                self.recipients_per_hour,
+                used.recipients_hour,
+                LimitExceeded::RecipientsPerHour,
+            ),
+            (
+                self.recipients_per_day,
+                used.recipients_day,
+                LimitExceeded::RecipientsPerDay,
+            ),
+        ]
+        .into_iter()
+        .find_map(|(limit, used, error)| limit.filter(|&l| used >= l).map(error))
+    }
+}
+
 /// Which limit was reached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LimitExceeded {
@@ -174,32 +217,13 @@ impl RateLimiter {
         let usage = all.entry(user.to_owned()).or_default();
         usage.expire(minute);
         let (messages_hour, recipients_hour) = usage.hour(minute);
-        let (messages_day, recipients_day) = (usage.day_messages, usage.day_recipients);
-        let exceeded = [
-            (
-                limits.messages_per_hour,
-                messages_hour,
-                LimitExceeded::MessagesPerHour as fn(u32) -> LimitExceeded,
-            ),
-            (
-                limits.messages_per_day,
-                messages_day,
-                LimitExceeded::MessagesPerDay,
-            ),
-            (
-                limits.recipients_per_hour,
-                recipients_hour,
-                LimitExceeded::RecipientsPerHour,
-            ),
-            (
-                limits.recipients_per_day,
-                recipients_day,
-                LimitExceeded::RecipientsPerDay,
-            ),
-        ]
-        .into_iter()
-        .find_map(|(limit, used, error)| limit.filter(|&l| used >= l).map(error));
-        let Some(exceeded) = exceeded else {
+        let used = Used {
+            messages_hour,
+            messages_day: usage.day_messages,
+            recipients_hour,
+            recipients_day: usage.day_recipients,
+        };
+        let Some(exceeded) = limits.exceeded(used) else {
             return Ok(());
         };
         if usage.warned_until.is_none_or(|until| now >= until) {

@@ -17,8 +17,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use submitd_cluster::Cluster;
+
 use crate::backend::{local_policy_user, Authenticator};
-use crate::limits::{LimitExceeded, RateLimiter, SendingLimits};
+use crate::limits::{LimitExceeded, RateLimiter, SendingLimits, Used};
 use crate::policy::{check_envelope_sender, check_header_senders, PolicyError};
 use crate::store::{CredentialStore, User};
 
@@ -59,6 +61,7 @@ pub struct SenderPolicy {
     authenticator: Arc<Authenticator>,
     rate: RateLimiter,
     default_limits: SendingLimits,
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl SenderPolicy {
@@ -74,7 +77,16 @@ impl SenderPolicy {
             authenticator,
             rate: RateLimiter::new(),
             default_limits,
+            cluster: None,
         }
+    }
+
+    /// Counts sending in `cluster` too, so that the limits hold across
+    /// the instances sharing it (the local count decides alone while it
+    /// is out of reach).
+    pub fn with_cluster(mut self, cluster: Arc<Cluster>) -> Self {
+        self.cluster = Some(cluster);
+        self
     }
 
     /// The user whose policy applies to `account` now.
@@ -89,7 +101,8 @@ impl SenderPolicy {
     }
 
     /// May `user` start a message from `sender` (`None`: `<>`) at `now`?
-    pub fn check_envelope(
+    /// The limits are this instance's count, then the shared one.
+    pub async fn check_envelope(
         &self,
         user: &User,
         sender: Option<(&str, &str)>,
@@ -98,6 +111,22 @@ impl SenderPolicy {
         check_envelope_sender(user, sender)?;
         let limits = user.limits.or(self.default_limits);
         self.rate.check(&user.name, limits, now)?;
+        let Some(cluster) = &self.cluster else {
+            return Ok(());
+        };
+        let Some(shared) = cluster.usage(&user.name).await else {
+            return Ok(());
+        };
+        let used = Used {
+            messages_hour: shared.messages_hour,
+            messages_day: shared.messages_day,
+            recipients_hour: shared.recipients_hour,
+            recipients_day: shared.recipients_day,
+        };
+        if let Some(exceeded) = limits.exceeded(used) {
+            tracing::warn!(target: "submitd::limits", "sending limit reached: user={:?} limit=\"{exceeded}\" shared=true", user.name);
+            return Err(exceeded.into());
+        }
         Ok(())
     }
 
@@ -117,9 +146,12 @@ impl SenderPolicy {
     }
 
     /// `user` sent a message to `recipients` recipients at `now`.
-    pub fn record(&self, user: &User, recipients: usize, now: Instant) {
+    pub async fn record(&self, user: &User, recipients: usize, now: Instant) {
         let recipients = u32::try_from(recipients).unwrap_or(u32::MAX);
         self.rate.record(&user.name, recipients, now);
+        if let Some(cluster) = &self.cluster {
+            cluster.record(&user.name, recipients).await;
+        }
     }
 }
 
@@ -145,18 +177,22 @@ mod tests {
         )
     }
 
-    #[test]
-    fn envelope_header_limits_and_gone_accounts() {
+    #[tokio::test]
+    async fn envelope_header_limits_and_gone_accounts() {
         let dir = tempfile::tempdir().unwrap();
         let policy = policy(dir.path());
         let now = Instant::now();
         let alice = policy.resolve(&Account::Login("alice".into())).unwrap();
         assert_eq!(
-            policy.check_envelope(&alice, Some(("alice", "example.org")), now),
+            policy
+                .check_envelope(&alice, Some(("alice", "example.org")), now)
+                .await,
             Ok(())
         );
         assert!(matches!(
-            policy.check_envelope(&alice, Some(("ceo", "example.org")), now),
+            policy
+                .check_envelope(&alice, Some(("ceo", "example.org")), now)
+                .await,
             Err(SenderRefusal::NotAllowed(_))
         ));
         let ceo = [("ceo".to_owned(), "example.org".to_owned())];
@@ -164,10 +200,12 @@ mod tests {
             policy.check_header(&alice, &ceo, None),
             Err(SenderRefusal::NotAllowed(_))
         ));
-        policy.record(&alice, 1, now);
-        policy.record(&alice, 1, now);
+        policy.record(&alice, 1, now).await;
+        policy.record(&alice, 1, now).await;
         assert!(matches!(
-            policy.check_envelope(&alice, Some(("alice", "example.org")), now),
+            policy
+                .check_envelope(&alice, Some(("alice", "example.org")), now)
+                .await,
             Err(SenderRefusal::Limit(LimitExceeded::MessagesPerHour(2)))
         ));
         assert_eq!(
@@ -181,7 +219,9 @@ mod tests {
             })
             .unwrap();
         assert_eq!(
-            policy.check_envelope(&root, Some(("root", "example.org")), now),
+            policy
+                .check_envelope(&root, Some(("root", "example.org")), now)
+                .await,
             Ok(())
         );
     }

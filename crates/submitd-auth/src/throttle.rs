@@ -52,6 +52,25 @@ pub struct ThrottleConfig {
     pub max_entries: usize,
 }
 
+impl ThrottleConfig {
+    /// The reply delay after `failures` failures: doubling from the base,
+    /// at most the longest.
+    pub fn delay_after(&self, failures: u32) -> Duration {
+        let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(31));
+        self.base_delay.saturating_mul(factor).min(self.max_delay)
+    }
+
+    /// The rules the shared store applies.
+    pub fn shared_rules(&self) -> submitd_cluster::LoginRules {
+        submitd_cluster::LoginRules {
+            block_after: self.block_after,
+            spray_after: self.spray_after,
+            block_for: self.block_for,
+            window: self.window,
+        }
+    }
+}
+
 impl Default for ThrottleConfig {
     fn default() -> Self {
         Self {
@@ -175,12 +194,12 @@ impl Throttle {
                 network.blocked_until = Some(now + config.block_for);
             }
         }
-        let worst = pair.failures.max(user);
-        let factor = 2u32.saturating_pow(worst.saturating_sub(1).min(31));
-        config
-            .base_delay
-            .saturating_mul(factor)
-            .min(config.max_delay)
+        config.delay_after(pair.failures.max(user))
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ThrottleConfig {
+        &self.config
     }
 
     /// How many networks and user names are remembered.

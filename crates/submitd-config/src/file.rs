@@ -26,6 +26,18 @@ pub(crate) struct File {
     pub(crate) local: Option<Local>,
     #[serde(default)]
     pub(crate) metrics: Option<Metrics>,
+    #[serde(default)]
+    pub(crate) cluster: Option<Cluster>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Cluster {
+    pub(crate) redis: String,
+    #[serde(default)]
+    pub(crate) prefix: Option<String>,
+    #[serde(default)]
+    pub(crate) timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

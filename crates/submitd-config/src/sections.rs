@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use submitd_auth::{DovecotAuth, PasswordChecker, ThrottleConfig, VerifiedCache};
+use submitd_cluster::ClusterConfig;
 use submitd_listener::{
     CertificatePaths, ConnectionLimits, Network, ProxyProtocol, TrustedProxies,
 };
@@ -86,6 +87,7 @@ impl<'a> Context<'a> {
             limits: self.limits(&file.limits)?,
             local: self.local(file.local.as_ref(), &file.hostname)?,
             metrics: self.metrics(file.metrics.as_ref(), &file.listen)?,
+            cluster: self.cluster(file.cluster.as_ref())?,
             hostname: file.hostname,
             demo: file.demo,
             privacy: file.privacy,
@@ -203,6 +205,42 @@ impl<'a> Context<'a> {
             listen: address,
             per_user: m.per_user,
         }))
+    }
+
+    /// `[cluster]`: Redis for the limits the instances share.
+    fn cluster(
+        &self,
+        cluster: Option<&file::Cluster>,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        let Some(c) = cluster else {
+            return Ok(None);
+        };
+        if !(c.redis.starts_with("redis://") || c.redis.starts_with("rediss://")) {
+            return Err(self.err(
+                "cluster.redis",
+                "is not a redis:// or rediss:// URL, such as \"redis://10.0.0.9:6379/0\" (rediss:// for TLS)",
+            ));
+        }
+        let prefix = c.prefix.clone().unwrap_or_else(|| "submitd".into());
+        if prefix.is_empty() || prefix.contains(char::is_whitespace) {
+            return Err(self.err("cluster.prefix", "must be one word, such as \"submitd\""));
+        }
+        let timeout = self.duration("cluster.timeout", &c.timeout, Duration::from_millis(500))?;
+        if timeout.is_zero() || timeout > Duration::from_secs(5) {
+            return Err(self.err(
+                "cluster.timeout",
+                "must be between 1ms and 5s: a login waits this long for Redis before counting alone",
+            ));
+        }
+        let config = ClusterConfig {
+            url: c.redis.clone(),
+            prefix,
+            timeout,
+        };
+        // The URL's form, checked now rather than at the first login.
+        submitd_cluster::Cluster::new(config.clone())
+            .map_err(|e| self.err("cluster.redis", e.to_string()))?;
+        Ok(Some(config))
     }
 
     fn tls(&self, tls: &file::Tls) -> TlsSettings {

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use submitd_auth::ThrottleConfig;
+use submitd_cluster::ClusterConfig;
 use submitd_listener::{CertificatePaths, ConnectionLimits, ProxyProtocol};
 use submitd_oauth2::{IssuerPolicy, TokenEndpoint};
 use submitd_relay::RetryPolicy;
@@ -41,6 +42,8 @@ pub struct Settings {
     pub local: Option<LocalSettings>,
     /// `[metrics]`, if present.
     pub metrics: Option<MetricsSettings>,
+    /// `[cluster]`, if present: limits shared in Redis.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

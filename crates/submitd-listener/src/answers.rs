@@ -275,22 +275,24 @@ impl Answers {
 
     /// Answers [`submitd_smtp::Output::CheckSender`] for the session's
     /// user `user`.
-    pub(crate) fn sender(&self, user: Option<&str>, mail_from: &MailFrom) -> Verdict {
+    pub(crate) async fn sender(&self, user: Option<&str>, mail_from: &MailFrom) -> Verdict {
         // No room in the queue: refused before anything else is read.
         if let Err(e) = self.services.intake.admit(mail_from.params.size) {
             submitd_metrics::metrics().message_refused(e.reason());
             return Verdict::Reject(e.reply());
         }
         let policy = &self.services.policy;
-        let checked = user
+        let user = user
             .ok_or(SenderRefusal::AccountGone)
             .map(|name| self.account(name))
-            .and_then(|account| policy.resolve(&account))
-            .and_then(|user| {
-                policy
-                    .check_envelope(&user, mail_from.sender(), Instant::now())
-                    .inspect_err(|refused| self.log_refusal(&user.name, refused))
-            });
+            .and_then(|account| policy.resolve(&account));
+        let checked = match user {
+            Ok(user) => policy
+                .check_envelope(&user, mail_from.sender(), Instant::now())
+                .await
+                .inspect_err(|refused| self.log_refusal(&user.name, refused)),
+            Err(refused) => Err(refused),
+        };
         match checked {
             Ok(()) => Verdict::Accept,
             Err(refused) => {
@@ -386,7 +388,9 @@ impl Answers {
             .commit()
             .await
             .map_err(|e| (e.reason(), e.reply()))?;
-        policy.record(&user, accepted.recipients, Instant::now());
+        policy
+            .record(&user, accepted.recipients, Instant::now())
+            .await;
         submitd_metrics::metrics().message_accepted(
             &user.name,
             accepted.recipients,

@@ -366,7 +366,10 @@ impl<S: Io> Driver<S> {
                 Ok(())
             }
             Output::CheckSender(mail_from) => {
-                let verdict = self.answers.sender(self.session.auth_user(), &mail_from);
+                let verdict = self
+                    .answers
+                    .sender(self.session.auth_user(), &mail_from)
+                    .await;
                 self.session.answer_sender(verdict)
             }
             Output::CheckRecipient(_) => {

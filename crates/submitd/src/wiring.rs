@@ -5,6 +5,7 @@
 //! ```text
 //! Settings.relay + .queue ─▶ route(), sender_routes() ─▶ Relay (over the Spool)
 //! Settings.auth ─▶ authenticator() ─▶ LoginGate + SenderPolicy ─┐
+//!     (+ Settings.cluster ─▶ Cluster: counts shared in Redis)     │
 //! Relay + hostname + privacy ─▶ Intake ─────────────────────────┴▶ Services (listeners)
 //! Settings.listen[i] + .limits.session ─▶ ServerConfig per listener
 //! ```
@@ -16,6 +17,7 @@ use submitd_auth::{
     Authenticator, CredentialStore, DovecotAuth, LoginGate, PasswordChecker, SenderPolicy,
     SendingLimits, VerifiedCache,
 };
+use submitd_cluster::Cluster;
 use submitd_config::{
     PasswordBackend, RouteSettings, Settings, UpstreamAuthSettings, UpstreamSettings,
 };
@@ -142,7 +144,14 @@ pub(crate) fn services(
             VerifiedCache::new(ttl, VerifiedCache::DEFAULT_CAPACITY).map_err(|e| e.to_string())?;
         gate = gate.with_cache(cache);
     }
-    let policy = SenderPolicy::new(credentials, authenticator, SendingLimits::defaults());
+    let mut policy = SenderPolicy::new(credentials, authenticator, SendingLimits::defaults());
+    if let Some(config) = &settings.cluster {
+        let cluster =
+            Arc::new(Cluster::new(config.clone()).map_err(|e| format!("cluster.redis: {e}"))?);
+        tracing::info!(redis = %cluster.location(), prefix = %config.prefix, "limits shared in Redis");
+        gate = gate.with_cluster(Arc::clone(&cluster));
+        policy = policy.with_cluster(cluster);
+    }
     let intake = Intake::new(relay, &settings.hostname, settings.privacy)
         .with_min_free(settings.queue.min_free);
     Ok(Services::new(

@@ -1,11 +1,17 @@
-//! Behind HAProxy: a real `haproxy` in TCP mode on loopback in front of
-//! two submitd instances, sending PROXY protocol v2 to their implicit-TLS
-//! listeners (round robin) and v1 to a STARTTLS listener. Clients
-//! (Python's smtplib) connect from several 127.0.0.x source addresses;
-//! the address HAProxy names in the header must reach the log, the
-//! Received header, the connection limit and the login throttle, and a
-//! connection to a PROXY listener from an untrusted address, or without
-//! a header, must be closed and logged.
+//! Two instances behind HAProxy: a real `haproxy` in TCP mode on loopback
+//! in front of two submitd instances, sending PROXY protocol v2 to their
+//! implicit-TLS listeners (round robin) and v1 to a STARTTLS listener.
+//! Clients (Python's smtplib) connect from several 127.0.0.x source
+//! addresses.
+//!
+//! * The address HAProxy names in the header must reach the log, the
+//!   Received header, the connection limit and the login throttle, and a
+//!   connection to a PROXY listener from an untrusted address, or without
+//!   a header, must be closed and logged.
+//! * With a real `redis-server` behind both, sending limits and login
+//!   blocks hold across the instances; Redis killed, each instance counts
+//!   alone (logins and sending go on, a warning says so); Redis back,
+//!   limits are shared again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -39,8 +45,9 @@ if mode == "send":
         try:
             s = connect(kind)
             s.login(user, password)
-            s.sendmail("alice@example.org", ["bob@example.net"],
-                       "From: alice@example.org\r\nSubject: via %s %d\r\n\r\nhello\r\n" % (src, i))
+            sender = "%s@example.org" % user
+            s.sendmail(sender, ["bob@example.net"],
+                       "From: %s\r\nSubject: via %s %d\r\n\r\nhello\r\n" % (sender, src, i))
             print("sent")
         except (smtplib.SMTPAuthenticationError, smtplib.SMTPResponseException) as e:
             print("refused", e.smtp_code, e.smtp_error.decode())
@@ -93,7 +100,7 @@ struct Instance {
     dir: PathBuf,
 }
 
-fn instance(root: &Path, name: &str) -> Instance {
+fn instance(root: &Path, name: &str, extra: &str) -> Instance {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::copy(root.join("submitd.crt"), dir.join("submitd.crt")).unwrap();
@@ -129,7 +136,7 @@ maildir = "Maildir"
 connections_per_client = 3
 # Not the subject here (its burst is twice the per-client bound).
 connection_rate = 1000
-"#
+{extra}"#
         ),
     )
     .unwrap();
@@ -188,14 +195,19 @@ fn haproxy(dir: &Path, a: &Instance, b: &Instance, implicit: u16, starttls: u16)
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let haproxy = Haproxy(child);
+    wait_port(implicit, "haproxy");
+    wait_port(starttls, "haproxy");
+    haproxy
+}
+
+/// Waits (bounded) until something listens on loopback `port`.
+fn wait_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    for port in [implicit, starttls] {
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "haproxy did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Haproxy(child)
 }
 
 fn delivered(dir: &Path) -> Vec<String> {
@@ -221,7 +233,7 @@ fn behind_haproxy_the_client_address_is_the_client() {
     let r = root.path();
     common::certificates(r, &["submitd"]);
     common::alice(r);
-    let (a, b) = (instance(r, "a"), instance(r, "b"));
+    let (a, b) = (instance(r, "a", ""), instance(r, "b", ""));
     let (front_implicit, front_starttls) = (common::free_port(), common::free_port());
     let _haproxy = haproxy(r, &a, &b, front_implicit, front_starttls);
     let ca = r.join("ca.pem");
@@ -382,6 +394,143 @@ fn behind_haproxy_the_client_address_is_the_client() {
     assert!(a
         .daemon
         .wait_log("PROXY header too slow", Duration::from_secs(5)));
+    assert!(a.daemon.stop());
+    assert!(b.daemon.stop());
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `redis-server` on `port`, in memory only (as a restarted Redis without
+/// persistence, it starts empty).
+fn start_redis(port: u16) -> Redis {
+    let binary = common::require("redis-server", "apt-get install redis-server");
+    let child = Command::new(binary)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let redis = Redis(child);
+    wait_port(port, "redis-server");
+    redis
+}
+
+#[test]
+fn two_instances_share_limits_in_redis_and_go_on_without_it() {
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    common::certificates(r, &["submitd"]);
+    common::alice(r);
+    // carol may send 4 messages an hour, in all.
+    let hash = submitd_auth::hash_password(b"pw").unwrap();
+    let users = std::fs::read_to_string(r.join("users")).unwrap()
+        + &format!("carol {hash} send-as=carol@example.org max-messages=4/h\ndave {hash} send-as=dave@example.org\n");
+    std::fs::write(r.join("users"), users).unwrap();
+    let redis_port = common::free_port();
+    let redis = start_redis(redis_port);
+    let cluster =
+        format!("[cluster]\nredis = \"redis://127.0.0.1:{redis_port}/0\"\ntimeout = \"300ms\"\n");
+    let (a, b) = (instance(r, "a", &cluster), instance(r, "b", &cluster));
+    let (front, front_starttls) = (common::free_port(), common::free_port());
+    let _haproxy = haproxy(r, &a, &b, front, front_starttls);
+    let ca = r.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+    let send = |source: &str, user: &str, password: &str, n: usize| {
+        client(&[
+            "send",
+            source,
+            &front.to_string(),
+            ca,
+            "implicit",
+            user,
+            password,
+            &n.to_string(),
+        ])
+    };
+    let refused_454 = |lines: &[String]| lines.iter().all(|l| l.starts_with("refused 454"));
+
+    // Four messages over both instances, then the fifth and sixth (one at
+    // each) refused: without Redis each would have taken four.
+    assert_eq!(send("127.0.0.30", "carol", "pw", 4), ["sent"; 4]);
+    let over = send("127.0.0.30", "carol", "pw", 2);
+    assert!(
+        over.iter()
+            .all(|l| l.starts_with("refused 450 4.7.1 Sending limit reached")),
+        "{over:?}"
+    );
+    for instance in [&a, &b] {
+        assert!(instance
+            .daemon
+            .wait_log("shared=true", Duration::from_secs(5)));
+    }
+
+    // Ten user names failing from one address, five at each instance
+    // (fewer than the 10 that block a network on one instance alone):
+    // the network is blocked on both; another address is not.
+    for i in 0..10 {
+        let wrong = send("127.0.0.31", &format!("nobody{i}"), "wrong", 1);
+        // The tenth name's first failure blocks the network: smtplib's
+        // second mechanism then reads 454.
+        let blocked_now = i == 9 && wrong[0].starts_with("refused 454");
+        assert!(
+            wrong[0].starts_with("refused 535") || blocked_now,
+            "{i}: {wrong:?}"
+        );
+    }
+    assert!(refused_454(&send("127.0.0.31", "carol", "pw", 2)));
+    // 10 failures of dave from one address (5 sessions, PLAIN then LOGIN
+    // each; 5 at each instance): the pair is blocked on both.
+    let wrong = send("127.0.0.33", "dave", "wrong", 5);
+    assert!(
+        wrong.iter().all(|l| l.starts_with("refused 535")),
+        "{wrong:?}"
+    );
+    assert!(refused_454(&send("127.0.0.33", "dave", "pw", 2)));
+    assert_eq!(send("127.0.0.32", "dave", "pw", 2), ["sent", "sent"]);
+
+    // Redis gone: nobody is refused for it. Each instance counts alone:
+    // dave's shared block is not seen, carol (2 counted at each instance)
+    // may send again up to her limit at each.
+    drop(redis);
+    assert_eq!(send("127.0.0.33", "dave", "pw", 2), ["sent", "sent"]);
+    assert_eq!(send("127.0.0.30", "carol", "pw", 2), ["sent", "sent"]);
+    for instance in [&a, &b] {
+        assert!(instance
+            .daemon
+            .wait_log("Redis out of reach", Duration::from_secs(5)));
+    }
+
+    // Redis back (empty): after the retry pause, limits are shared again.
+    let _redis = start_redis(redis_port);
+    std::thread::sleep(submitd_cluster::RETRY_AFTER + Duration::from_millis(500));
+    assert_eq!(send("127.0.0.34", "alice", "pw", 2), ["sent", "sent"]);
+    for instance in [&a, &b] {
+        assert!(instance
+            .daemon
+            .wait_log("Redis reachable again", Duration::from_secs(10)));
+    }
+    let wrong = send("127.0.0.35", "dave", "wrong", 5);
+    assert!(
+        wrong.iter().all(|l| l.starts_with("refused 535")),
+        "{wrong:?}"
+    );
+    assert!(refused_454(&send("127.0.0.35", "dave", "pw", 2)));
     assert!(a.daemon.stop());
     assert!(b.daemon.stop());
 }
