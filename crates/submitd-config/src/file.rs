@@ -28,6 +28,26 @@ pub(crate) struct File {
     pub(crate) metrics: Option<Metrics>,
     #[serde(default)]
     pub(crate) cluster: Option<Cluster>,
+    #[serde(default)]
+    pub(crate) log: Log,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Log {
+    #[serde(default)]
+    pub(crate) format: LogFormat,
+}
+
+/// `[log] format`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One line of `key=value` fields (journald, grep, fail2ban).
+    #[default]
+    Text,
+    /// One JSON object a line, the same fields (Loki, ELK).
+    Json,
 }
 
 #[derive(Debug, Deserialize)]

@@ -29,7 +29,7 @@ mod settings;
 use std::path::{Path, PathBuf};
 
 pub use settings::{
-    AuthSettings, ClientTokenSettings, LimitSettings, ListenSettings, LocalSettings,
+    AuthSettings, ClientTokenSettings, LimitSettings, ListenSettings, LocalSettings, LogFormat,
     MetricsSettings, OAuth2Settings, PasswordBackend, QueueSettings, RelaySettings, RouteSettings,
     SenderRouteSettings, Settings, TlsSettings, UpstreamAuthSettings, UpstreamSettings,
 };

@@ -88,6 +88,7 @@ impl<'a> Context<'a> {
             local: self.local(file.local.as_ref(), &file.hostname)?,
             metrics: self.metrics(file.metrics.as_ref(), &file.listen)?,
             cluster: self.cluster(file.cluster.as_ref())?,
+            log_format: file.log.format,
             hostname: file.hostname,
             demo: file.demo,
             privacy: file.privacy,

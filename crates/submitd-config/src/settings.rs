@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use submitd_auth::ThrottleConfig;
 use submitd_cluster::ClusterConfig;
+
+pub use crate::file::LogFormat;
 use submitd_listener::{CertificatePaths, ConnectionLimits, ProxyProtocol};
 use submitd_oauth2::{IssuerPolicy, TokenEndpoint};
 use submitd_relay::RetryPolicy;
@@ -44,6 +46,8 @@ pub struct Settings {
     pub metrics: Option<MetricsSettings>,
     /// `[cluster]`, if present: limits shared in Redis.
     pub cluster: Option<ClusterConfig>,
+    /// `[log] format`.
+    pub log_format: LogFormat,
 }
 
 /// `[metrics]`: the Prometheus endpoint.

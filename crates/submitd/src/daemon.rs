@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use submitd_auth::CredentialStore;
-use submitd_config::Settings;
+use submitd_config::{LogFormat, Settings};
 use submitd_listener::{serve as serve_listener, server_tls_config, Certificates};
 use submitd_relay::Spool;
 use submitd_smtp::Transport;
@@ -37,14 +37,24 @@ pub(crate) fn serve(settings: Settings) -> Result<(), String> {
     } else {
         Vec::new()
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(crate::logwriter::start())
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(crate::logwriter::start());
+    match settings.log_format {
+        LogFormat::Text => log
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // One object a line: the event's fields at the top level beside
+        // timestamp, level, target and message.
+        LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     for line in said {
         eprintln!("{line}");
     }

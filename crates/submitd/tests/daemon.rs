@@ -331,3 +331,79 @@ print("sent", flush=True)
     assert_eq!(served_fingerprint(port, &d.join("ca.pem")), after);
     assert!(daemon.stop());
 }
+
+#[test]
+fn json_logs_carry_the_same_fields() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    common::certificates(d, &["submitd"]);
+    common::alice(d);
+    let config = common::config(
+        d,
+        "queue",
+        "[relay]\nmaildir = \"Maildir\"\n[log]\nformat = \"json\"\n",
+    );
+    let mut child = common::Daemon::command(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let next = |lines: &mut Vec<serde_json::Value>| {
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a log line");
+        let value: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(value.get(field).is_some(), "no {field}: {line}");
+        }
+        lines.push(value.clone());
+        value
+    };
+    let mut port = None;
+    loop {
+        let value = next(&mut lines);
+        if value["message"] == "listening" && value["mode"] == "implicit" {
+            let address = value["address"].as_str().unwrap();
+            port = address.rsplit(':').next().unwrap().parse::<u16>().ok();
+        }
+        if value["message"] == "ready" {
+            break;
+        }
+    }
+    let port = port.expect("a listening line with address and mode");
+    let script = "import smtplib, ssl, sys\n\
+        s = smtplib.SMTP_SSL('localhost', int(sys.argv[1]), context=ssl.create_default_context(cafile=sys.argv[2]), timeout=30)\n\
+        try:\n  s.login('alice', 'wrong')\n\
+        except smtplib.SMTPAuthenticationError as e:\n  print(e.smtp_code)\n";
+    let out = Command::new("python3")
+        .args(["-c", script, &port.to_string()])
+        .arg(d.join("ca.pem"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "535");
+    // The fail2ban line, whole, as the message; a session line with its
+    // fields as fields.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut failure, mut session) = (false, false);
+    while !(failure && session) {
+        assert!(Instant::now() < deadline, "lines missing: {lines:?}");
+        let value = next(&mut lines);
+        failure |= value["message"]
+            == "authentication failed: client=127.0.0.1 user=\"alice\" mechanism=PLAIN";
+        session |= value["message"] == "session ended" && value["client"].is_string();
+    }
+    common::signal(child.id(), "TERM");
+    assert!(child.wait().unwrap().success());
+}
