@@ -171,9 +171,9 @@ pub(crate) struct Point {
 }
 
 /// A running submitd, killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl Drop for Daemon {
@@ -183,7 +183,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start_submitd(binary: &Path, config: &Path) -> Result<Daemon, String> {
+pub(crate) fn start_submitd(binary: &Path, config: &Path) -> Result<Daemon, String> {
     let mut child = Command::new(binary)
         .args(["serve", "--config"])
         .arg(config)
@@ -231,7 +231,7 @@ fn start_submitd(binary: &Path, config: &Path) -> Result<Daemon, String> {
 
 /// The sinks' runtime, shut down without waiting when dropped (a runtime
 /// may not be dropped from inside another one otherwise).
-struct SinkRuntime(Option<tokio::runtime::Runtime>);
+pub(crate) struct SinkRuntime(pub(crate) Option<tokio::runtime::Runtime>);
 
 impl Drop for SinkRuntime {
     fn drop(&mut self) {

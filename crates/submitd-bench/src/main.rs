@@ -11,6 +11,8 @@
 //!   straight to the sink (the physical limit) and through submitd at each
 //!   concurrency; half load, fresh connections, TLS handshakes and argon2
 //!   alone, idle memory; writes results.md and throughput.svg.
+//! * `cluster` — what shared limits cost: two instances with Redis behind
+//!   HAProxy against one instance with local limits, in one run.
 //!
 //! Every run is bounded by a message count and a time limit, and every
 //! address it sends to is the one given (loopback in all of submitd's
@@ -24,6 +26,7 @@
 //! `tempfile` for the benchmark's throwaway folder.
 
 mod bench;
+mod cluster;
 mod idle;
 mod load;
 mod plot;
@@ -161,6 +164,41 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         fresh_logins: usize,
     },
+    /// Two instances with Redis behind HAProxy against one instance
+    /// (starts its own sink, redis-server, haproxy and submitds).
+    Cluster {
+        /// The submitd binary (default: beside this one).
+        #[arg(long)]
+        submitd: Option<PathBuf>,
+        /// Clients at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Messages per run over reused connections.
+        #[arg(long, default_value_t = 2000)]
+        messages: usize,
+        /// Messages per run with a fresh connection each.
+        #[arg(long, default_value_t = 300)]
+        fresh_messages: usize,
+        /// Rounds of the three paths.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Octets per message.
+        #[arg(long, default_value = "10K", value_parser = parse_size)]
+        size: usize,
+        /// Bound on each run.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        time_limit: Duration,
+    },
+}
+
+/// The submitd binary given, or the one beside this tool.
+fn submitd_binary(given: Option<PathBuf>) -> Result<PathBuf, String> {
+    match given {
+        Some(path) => Ok(path),
+        None => Ok(std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("submitd")),
+    }
 }
 
 fn parse_size(text: &str) -> Result<usize, String> {
@@ -295,12 +333,7 @@ async fn run(command: Command) -> Result<(), String> {
             relay_to,
             fresh_logins,
         } => {
-            let submitd = match submitd {
-                Some(path) => path,
-                None => std::env::current_exe()
-                    .map_err(|e| e.to_string())?
-                    .with_file_name("submitd"),
-            };
+            let submitd = submitd_binary(submitd)?;
             let md = bench::run(&bench::Plan {
                 submitd,
                 concurrency,
@@ -320,6 +353,28 @@ async fn run(command: Command) -> Result<(), String> {
                 out.display(),
                 out.display()
             );
+            Ok(())
+        }
+        Command::Cluster {
+            submitd,
+            concurrency,
+            messages,
+            fresh_messages,
+            rounds,
+            size,
+            time_limit,
+        } => {
+            let md = cluster::run(&cluster::ClusterPlan {
+                submitd: submitd_binary(submitd)?,
+                concurrency,
+                messages,
+                fresh_messages,
+                rounds,
+                size,
+                time_limit,
+            })
+            .await?;
+            println!("{md}");
             Ok(())
         }
     }

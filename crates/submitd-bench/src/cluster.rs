@@ -1,0 +1,373 @@
+//! The cluster scenario: what sharing limits costs. In one run, on
+//! loopback: a fake smarthost (memory sink) in this process, a real
+//! `redis-server`, two submitd instances with `[cluster]` behind a real
+//! `haproxy` (PROXY v2, round robin), and one submitd with local limits
+//! as the reference. Rounds alternate the three paths (straight to the
+//! sink, the single instance, the cluster through HAProxy), each with
+//! reused connections, then with a fresh connection (TLS and AUTH) per
+//! message; the report gives medians, the cluster's ratio to the single
+//! instance, and Redis's round trips and commands per message from its
+//! own `INFO commandstats`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use submitd_smtp::Transport;
+use submitd_testkit::{FakeSmarthost, Fault, TestCa};
+
+use crate::bench::{start_submitd, Daemon, SinkRuntime};
+use crate::load::{self, Spec, Target};
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub(crate) struct ClusterPlan {
+    /// The submitd binary.
+    pub(crate) submitd: PathBuf,
+    /// Clients at once.
+    pub(crate) concurrency: usize,
+    /// Messages per run (reused connections).
+    pub(crate) messages: usize,
+    /// Messages per run with a fresh connection each.
+    pub(crate) fresh_messages: usize,
+    /// Rounds of the three paths.
+    pub(crate) rounds: usize,
+    /// Octets per message.
+    pub(crate) size: usize,
+    /// Bound on each run.
+    pub(crate) time_limit: Duration,
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| e.to_string())
+}
+
+fn wait_port(port: u16, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not listen on {port}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn spawn(program: &str, args: &[String]) -> Result<Killed, String> {
+    Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Killed)
+        .map_err(|e| format!("{program}: {e} (apt-get install redis-server haproxy)"))
+}
+
+/// Redis's counts so far: round trips (scripts run, scripts loaded) and
+/// commands in all (the commands inside scripts count there too). INFO
+/// itself is left out.
+fn redis_commands(port: u16) -> Result<(u64, u64), String> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "INFO", "commandstats"])
+        .output()
+        .map_err(|e| format!("redis-cli: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut trips, mut all) = (0, 0);
+    for line in text.lines() {
+        let Some((name, rest)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let calls = rest
+            .split("calls=")
+            .nth(1)
+            .and_then(|c| c.split(',').next())
+            .and_then(|c| c.parse::<u64>().ok())
+            .unwrap_or(0);
+        if name == "info" {
+            continue;
+        }
+        all += calls;
+        if name == "evalsha" || name == "eval" || name.starts_with("script") {
+            trips += calls;
+        }
+    }
+    Ok((trips, all))
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    _redis: Killed,
+    _haproxy: Killed,
+    _single: Daemon,
+    _a: Daemon,
+    _b: Daemon,
+    _sink: FakeSmarthost,
+    _sinks: SinkRuntime,
+    redis_port: u16,
+    direct: Target,
+    single: Target,
+    cluster: Target,
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<(), String> {
+    std::fs::write(dir.join(name), text).map_err(|e| format!("{name}: {e}"))
+}
+
+async fn setup(plan: &ClusterPlan) -> Result<Setup, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let d = dir.path();
+    let ca = Arc::new(TestCa::new());
+    let sinks = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sink")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("sink runtime: {e}"))?;
+    let sink = {
+        let ca = Arc::clone(&ca);
+        sinks
+            .spawn(async move {
+                FakeSmarthost::start(&ca, &["localhost"], Transport::ImplicitTls, Fault::None).await
+            })
+            .await
+            .map_err(|e| format!("sink: {e}"))?
+    };
+    let sinks = SinkRuntime(Some(sinks));
+    write(d, "ca.pem", &ca.pem())?;
+    let (cert, key) = ca.issue_pem(&["localhost"]);
+    write(d, "cert.pem", &cert)?;
+    write(d, "key.pem", &key)?;
+    let hash = submitd_auth::hash_password(b"load password").map_err(|e| e.to_string())?;
+    write(d, "users", &format!("load {hash} send-as=load@example.org max-messages=100000000/h,100000000/d max-recipients=100000000/h,100000000/d\n"))?;
+    write(d, "upstream.pass", "secret\n")?;
+    std::fs::set_permissions(
+        d.join("upstream.pass"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .map_err(|e| e.to_string())?;
+
+    let redis_port = free_port()?;
+    let redis = spawn(
+        "redis-server",
+        &[
+            "--port".into(),
+            redis_port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--save".into(),
+            String::new(),
+            "--appendonly".into(),
+            "no".into(),
+        ],
+    )?;
+    wait_port(redis_port, "redis-server")?;
+
+    let config = |queue: &str, address: &str, extra: &str| {
+        format!(
+            r#"hostname = "localhost"
+[[listen]]
+address = "{address}"
+mode = "implicit"
+{extra}
+[tls]
+certificate = "cert.pem"
+key = "key.pem"
+[auth]
+users = "users"
+[queue]
+directory = "{queue}"
+[[relay.upstream]]
+host = "localhost"
+port = {port}
+tls = "implicit"
+username = "alice"
+password_file = "upstream.pass"
+ca_file = "ca.pem"
+[limits]
+connections = 2000
+connections_per_client = 2000
+unauthenticated_connections = 2000
+connection_rate = 0
+"#,
+            port = sink.addr.port()
+        )
+    };
+    write(d, "single.toml", &config("single", "127.0.0.1:0", ""))?;
+    let proxied = format!(
+        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n\
+         [cluster]\nredis = \"redis://127.0.0.1:{redis_port}/0\""
+    );
+    let (port_a, port_b) = (free_port()?, free_port()?);
+    write(
+        d,
+        "a.toml",
+        &config("a", &format!("127.0.0.1:{port_a}"), &proxied),
+    )?;
+    write(
+        d,
+        "b.toml",
+        &config("b", &format!("127.0.0.1:{port_b}"), &proxied),
+    )?;
+    let single = start_submitd(&plan.submitd, &d.join("single.toml"))?;
+    let a = start_submitd(&plan.submitd, &d.join("a.toml"))?;
+    let b = start_submitd(&plan.submitd, &d.join("b.toml"))?;
+
+    let front = free_port()?;
+    write(
+        d,
+        "haproxy.cfg",
+        &format!(
+            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend submissions\n  bind 127.0.0.1:{front}\n  default_backend both\n\
+             backend both\n  balance roundrobin\n  server a 127.0.0.1:{port_a} send-proxy-v2\n  server b 127.0.0.1:{port_b} send-proxy-v2\n"
+        ),
+    )?;
+    let haproxy = spawn(
+        "haproxy",
+        &[
+            "-db".into(),
+            "-f".into(),
+            d.join("haproxy.cfg").display().to_string(),
+        ],
+    )?;
+    wait_port(front, "haproxy")?;
+
+    let base = Target {
+        host: "localhost".into(),
+        port: 0,
+        tls: Transport::ImplicitTls,
+        ca_file: Some(d.join("ca.pem")),
+        user: "load".into(),
+        password: "load password".into(),
+        from: "load@example.org".into(),
+        to: "rcpt@example.net".into(),
+    };
+    Ok(Setup {
+        direct: Target {
+            port: sink.addr.port(),
+            user: "alice".into(),
+            password: "secret".into(),
+            ..base.clone()
+        },
+        single: Target {
+            port: single.port,
+            ..base.clone()
+        },
+        cluster: Target {
+            port: front,
+            ..base
+        },
+        _dir: dir,
+        _redis: redis,
+        _haproxy: haproxy,
+        _single: single,
+        _a: a,
+        _b: b,
+        _sink: sink,
+        _sinks: sinks,
+        redis_port,
+    })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Runs the scenario; returns the report (Markdown).
+pub(crate) async fn run(plan: &ClusterPlan) -> Result<String, String> {
+    let setup = setup(plan).await?;
+    let mut md = format!(
+        "# Cluster: HAProxy + 2 instances + Redis against one instance\n\n\
+         {} rounds; {} messages of {} octets at concurrency {} over reused connections, \
+         {} with a fresh connection (TLS + AUTH) each; medians.\n\n\
+         | path | reused msg/s | fresh msg/s |\n| --- | ---: | ---: |\n",
+        plan.rounds, plan.messages, plan.size, plan.concurrency, plan.fresh_messages
+    );
+    let mut rates: [[Vec<f64>; 2]; 3] = Default::default();
+    let mut ratios: [Vec<f64>; 2] = Default::default();
+    let (mut redis_trips, mut redis_commands_run, mut cluster_messages) = (0u64, 0u64, 0u64);
+    for _ in 0..plan.rounds {
+        for (f, fresh) in [false, true].into_iter().enumerate() {
+            let spec = Spec {
+                concurrency: plan.concurrency,
+                messages: if fresh {
+                    plan.fresh_messages
+                } else {
+                    plan.messages
+                },
+                size: plan.size,
+                fresh,
+                rate: None,
+                time_limit: plan.time_limit,
+                resume: true,
+                user_pool: 0,
+            };
+            let mut round = [0.0; 3];
+            for (p, target) in [&setup.direct, &setup.single, &setup.cluster]
+                .into_iter()
+                .enumerate()
+            {
+                let before = redis_commands(setup.redis_port)?;
+                let report = load::run(target, spec.clone()).await?;
+                if report.errors > 0 {
+                    return Err(format!(
+                        "{} errors on path {p}: {}",
+                        report.errors,
+                        report.first_error.unwrap_or_default()
+                    ));
+                }
+                if p == 2 && !fresh {
+                    let after = redis_commands(setup.redis_port)?;
+                    redis_trips += after.0 - before.0;
+                    redis_commands_run += after.1 - before.1;
+                    cluster_messages += report.sent as u64;
+                }
+                round[p] = report.rate();
+                rates[p][f].push(report.rate());
+            }
+            ratios[f].push(round[2] / round[1].max(1e-9));
+        }
+    }
+    for (p, name) in [
+        "straight to the sink",
+        "one instance, local limits",
+        "HAProxy + 2 instances + Redis",
+    ]
+    .iter()
+    .enumerate()
+    {
+        md.push_str(&format!(
+            "| {name} | {:.0} | {:.0} |\n",
+            median(rates[p][0].clone()),
+            median(rates[p][1].clone())
+        ));
+    }
+    md.push_str(&format!(
+        "\ncluster / one instance (median of per-round ratios): reused {:.2}, fresh {:.2}\n\
+         Redis per message through the cluster (reused connections): {:.2} round trips, \
+         {:.2} commands counting those inside scripts\n",
+        median(ratios[0].clone()),
+        median(ratios[1].clone()),
+        redis_trips as f64 / cluster_messages.max(1) as f64,
+        redis_commands_run as f64 / cluster_messages.max(1) as f64
+    ));
+    Ok(md)
+}
