@@ -326,7 +326,7 @@ pub(crate) async fn run(plan: &ClusterPlan) -> Result<String, String> {
                 .enumerate()
             {
                 let before = redis_commands(setup.redis_port)?;
-                let report = load::run(target, spec.clone()).await?;
+                let report = load::run(target, spec).await?;
                 if report.errors > 0 {
                     return Err(format!(
                         "{} errors on path {p}: {}",
