@@ -162,21 +162,54 @@ impl Drop for Haproxy {
 /// listener, PROXY v1).
 fn haproxy(dir: &Path, a: &Instance, b: &Instance, implicit: u16, starttls: u16) -> Haproxy {
     let haproxy = common::require("haproxy", "apt-get install haproxy");
-    let config = dir.join("haproxy.cfg");
-    std::fs::write(
-        &config,
-        format!(
-            "global\n  maxconn 512\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend submissions\n  bind 127.0.0.1:{implicit}\n  default_backend submissions\n\
-             backend submissions\n  balance roundrobin\n\
-             \x20 server a 127.0.0.1:{} send-proxy-v2\n  server b 127.0.0.1:{} send-proxy-v2\n\
-             frontend submission\n  bind 127.0.0.1:{starttls}\n  default_backend submission\n\
-             backend submission\n  server a 127.0.0.1:{} send-proxy\n",
-            a.implicit, b.implicit, a.starttls
+    // The shipped file, its addresses made loopback ones (its 587 front on
+    // a port of its own), and a PROXY v1 front to the first STARTTLS
+    // listener appended.
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/haproxy/haproxy.cfg");
+    let mut text = std::fs::read_to_string(shipped).unwrap();
+    let starttls_v2 = common::free_port();
+    for (from, to) in [
+        ("bind :465".to_owned(), format!("bind 127.0.0.1:{implicit}")),
+        (
+            "bind :587".to_owned(),
+            format!("bind 127.0.0.1:{starttls_v2}"),
         ),
-    )
-    .unwrap();
+        (
+            "10.0.0.11:465 send-proxy-v2 check port 587".to_owned(),
+            format!(
+                "127.0.0.1:{} send-proxy-v2 check port {}",
+                a.implicit, a.starttls
+            ),
+        ),
+        (
+            "10.0.0.12:465 send-proxy-v2 check port 587".to_owned(),
+            format!(
+                "127.0.0.1:{} send-proxy-v2 check port {}",
+                b.implicit, b.starttls
+            ),
+        ),
+        (
+            "10.0.0.11:587".to_owned(),
+            format!("127.0.0.1:{}", a.starttls),
+        ),
+        (
+            "10.0.0.12:587".to_owned(),
+            format!("127.0.0.1:{}", b.starttls),
+        ),
+    ] {
+        assert!(
+            text.contains(&from),
+            "the shipped haproxy.cfg has no {from:?}"
+        );
+        text = text.replace(&from, &to);
+    }
+    text.push_str(&format!(
+        "\nfrontend submission_v1\n    bind 127.0.0.1:{starttls}\n    default_backend submission_v1\n\
+         backend submission_v1\n    server mx1 127.0.0.1:{} send-proxy\n",
+        a.starttls
+    ));
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(&config, text).unwrap();
     let check = Command::new(&haproxy)
         .args(["-c", "-f"])
         .arg(&config)
@@ -531,6 +564,19 @@ fn two_instances_share_limits_in_redis_and_go_on_without_it() {
         "{wrong:?}"
     );
     assert!(refused_454(&send("127.0.0.35", "dave", "pw", 2)));
+    // HAProxy's health checks (a PROXY v2 LOCAL header, then the greeting
+    // on 587) are sessions from HAProxy's own address, never refusals.
+    for instance in [&a, &b] {
+        assert!(instance
+            .daemon
+            .wait_log("client=127.0.0.1:", Duration::from_secs(15)));
+        let log = instance.daemon.log.lock().unwrap();
+        assert!(
+            !log.iter()
+                .any(|l| l.contains("PROXY") && l.contains("refused")),
+            "{log:?}"
+        );
+    }
     assert!(a.daemon.stop());
     assert!(b.daemon.stop());
 }
