@@ -1,8 +1,9 @@
 //! Prometheus metrics against the real daemon and a real Prometheus:
 //! clients (Python's smtplib) log in, fail to log in, send and are refused;
 //! the endpoint's text passes `promtool check metrics` and says what
-//! happened; a real `prometheus` scrapes it and answers queries; the
-//! shipped alert rules pass `promtool check rules` and their unit tests.
+//! happened; a real `prometheus` scrapes it, loads the shipped alert rules
+//! and answers every query of the shipped Grafana dashboard; the alert
+//! rules pass `promtool check rules` and their unit tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -229,6 +230,19 @@ fn the_endpoint_says_what_happened_and_prometheus_scrapes_it() {
         assert!(rules.contains(alert), "{alert} not loaded: {rules}");
     }
     assert!(!rules.contains("\"health\":\"err\""), "{rules}");
+    // Every query of the shipped Grafana dashboard is one Prometheus takes.
+    let dashboard = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/grafana/submitd.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dashboard).unwrap()).unwrap();
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$instance", ".*");
+            wait_query(prometheus_port, &expr, "\"status\":\"success\"");
+            queries += 1;
+        }
+    }
+    assert!(queries >= 10);
     assert!(daemon.stop());
 }
 
