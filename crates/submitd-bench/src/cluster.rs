@@ -1,13 +1,14 @@
 //! The cluster scenario: what sharing limits costs. In one run, on
 //! loopback: a fake smarthost (memory sink) in this process, a real
-//! `redis-server`, two submitd instances with `[cluster]` behind a real
-//! `haproxy` (PROXY v2, round robin), and one submitd with local limits
-//! as the reference. Rounds alternate the three paths (straight to the
-//! sink, the single instance, the cluster through HAProxy), each with
-//! reused connections, then with a fresh connection (TLS and AUTH) per
-//! message; the report gives medians, the cluster's ratio to the single
-//! instance, and Redis's round trips and commands per message from its
-//! own `INFO commandstats`.
+//! `redis-server`, a real `haproxy` (PROXY v2, round robin) in front of
+//! two pairs of submitd instances (one pair with local limits, one with
+//! `[cluster]`), and one submitd alone with local limits. Rounds
+//! alternate the four paths (straight to the sink, one instance, the pair,
+//! the pair with Redis), each with reused connections, then with a fresh
+//! connection (TLS and AUTH) per message; the report gives medians, the
+//! Redis pair's ratios to the single instance and to the local pair (the
+//! cost of Redis alone), and Redis's round trips and commands per message
+//! from its own `INFO commandstats`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,13 +117,15 @@ struct Setup {
     _redis: Killed,
     _haproxy: Killed,
     _single: Daemon,
-    _a: Daemon,
-    _b: Daemon,
+    _instances: Vec<Daemon>,
     _sink: FakeSmarthost,
     _sinks: SinkRuntime,
     redis_port: u16,
     direct: Target,
     single: Target,
+    /// Two instances behind HAProxy, limits counted by each.
+    pair: Target,
+    /// The same with Redis.
     cluster: Target,
 }
 
@@ -210,33 +213,41 @@ connection_rate = 0
         )
     };
     write(d, "single.toml", &config("single", "127.0.0.1:0", ""))?;
-    let proxied = format!(
-        "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n\
-         [cluster]\nredis = \"redis://127.0.0.1:{redis_port}/0\""
-    );
-    let (port_a, port_b) = (free_port()?, free_port()?);
-    write(
-        d,
-        "a.toml",
-        &config("a", &format!("127.0.0.1:{port_a}"), &proxied),
-    )?;
-    write(
-        d,
-        "b.toml",
-        &config("b", &format!("127.0.0.1:{port_b}"), &proxied),
-    )?;
+    let proxied = "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n";
+    let shared = format!("{proxied}[cluster]\nredis = \"redis://127.0.0.1:{redis_port}/0\"");
     let single = start_submitd(&plan.submitd, &d.join("single.toml"))?;
-    let a = start_submitd(&plan.submitd, &d.join("a.toml"))?;
-    let b = start_submitd(&plan.submitd, &d.join("b.toml"))?;
-
-    let front = free_port()?;
+    // Four instances: a pair with local limits, a pair with Redis.
+    let mut instances = Vec::new();
+    let mut ports = Vec::new();
+    for (name, extra) in [
+        ("a", proxied),
+        ("b", proxied),
+        ("c", &shared),
+        ("d", &shared),
+    ] {
+        let port = free_port()?;
+        write(
+            d,
+            &format!("{name}.toml"),
+            &config(name, &format!("127.0.0.1:{port}"), extra),
+        )?;
+        instances.push(start_submitd(
+            &plan.submitd,
+            &d.join(format!("{name}.toml")),
+        )?);
+        ports.push(port);
+    }
+    let (front_pair, front_cluster) = (free_port()?, free_port()?);
     write(
         d,
         "haproxy.cfg",
         &format!(
-            "global\n  maxconn 4096\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
-             frontend submissions\n  bind 127.0.0.1:{front}\n  default_backend both\n\
-             backend both\n  balance roundrobin\n  server a 127.0.0.1:{port_a} send-proxy-v2\n  server b 127.0.0.1:{port_b} send-proxy-v2\n"
+            "global\n  maxconn 8192\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend pair\n  bind 127.0.0.1:{front_pair}\n  default_backend pair\n\
+             backend pair\n  balance roundrobin\n  server a 127.0.0.1:{} send-proxy-v2\n  server b 127.0.0.1:{} send-proxy-v2\n\
+             frontend cluster\n  bind 127.0.0.1:{front_cluster}\n  default_backend cluster\n\
+             backend cluster\n  balance roundrobin\n  server c 127.0.0.1:{} send-proxy-v2\n  server d 127.0.0.1:{} send-proxy-v2\n",
+            ports[0], ports[1], ports[2], ports[3]
         ),
     )?;
     let haproxy = spawn(
@@ -247,7 +258,8 @@ connection_rate = 0
             d.join("haproxy.cfg").display().to_string(),
         ],
     )?;
-    wait_port(front, "haproxy")?;
+    wait_port(front_pair, "haproxy")?;
+    wait_port(front_cluster, "haproxy")?;
 
     let base = Target {
         host: "localhost".into(),
@@ -270,16 +282,19 @@ connection_rate = 0
             port: single.port,
             ..base.clone()
         },
+        pair: Target {
+            port: front_pair,
+            ..base.clone()
+        },
         cluster: Target {
-            port: front,
+            port: front_cluster,
             ..base
         },
         _dir: dir,
         _redis: redis,
         _haproxy: haproxy,
         _single: single,
-        _a: a,
-        _b: b,
+        _instances: instances,
         _sink: sink,
         _sinks: sinks,
         redis_port,
@@ -301,8 +316,16 @@ pub(crate) async fn run(plan: &ClusterPlan) -> Result<String, String> {
          | path | reused msg/s | fresh msg/s |\n| --- | ---: | ---: |\n",
         plan.rounds, plan.messages, plan.size, plan.concurrency, plan.fresh_messages
     );
-    let mut rates: [[Vec<f64>; 2]; 3] = Default::default();
-    let mut ratios: [Vec<f64>; 2] = Default::default();
+    const PATHS: [&str; 4] = [
+        "straight to the sink",
+        "one instance, local limits",
+        "HAProxy + 2 instances, local limits",
+        "HAProxy + 2 instances + Redis",
+    ];
+    let targets = [&setup.direct, &setup.single, &setup.pair, &setup.cluster];
+    let mut rates: [[Vec<f64>; 2]; 4] = Default::default();
+    // Per round: cluster / single, Redis pair / local pair.
+    let mut ratios: [[Vec<f64>; 2]; 2] = Default::default();
     let (mut redis_trips, mut redis_commands_run, mut cluster_messages) = (0u64, 0u64, 0u64);
     for _ in 0..plan.rounds {
         for (f, fresh) in [false, true].into_iter().enumerate() {
@@ -320,21 +343,19 @@ pub(crate) async fn run(plan: &ClusterPlan) -> Result<String, String> {
                 resume: true,
                 user_pool: 0,
             };
-            let mut round = [0.0; 3];
-            for (p, target) in [&setup.direct, &setup.single, &setup.cluster]
-                .into_iter()
-                .enumerate()
-            {
+            let mut round = [0.0; 4];
+            for (p, target) in targets.into_iter().enumerate() {
                 let before = redis_commands(setup.redis_port)?;
                 let report = load::run(target, spec).await?;
                 if report.errors > 0 {
                     return Err(format!(
-                        "{} errors on path {p}: {}",
+                        "{} errors on {}: {}",
                         report.errors,
+                        PATHS[p],
                         report.first_error.unwrap_or_default()
                     ));
                 }
-                if p == 2 && !fresh {
+                if p == 3 && !fresh {
                     let after = redis_commands(setup.redis_port)?;
                     redis_trips += after.0 - before.0;
                     redis_commands_run += after.1 - before.1;
@@ -343,17 +364,11 @@ pub(crate) async fn run(plan: &ClusterPlan) -> Result<String, String> {
                 round[p] = report.rate();
                 rates[p][f].push(report.rate());
             }
-            ratios[f].push(round[2] / round[1].max(1e-9));
+            ratios[0][f].push(round[3] / round[1].max(1e-9));
+            ratios[1][f].push(round[3] / round[2].max(1e-9));
         }
     }
-    for (p, name) in [
-        "straight to the sink",
-        "one instance, local limits",
-        "HAProxy + 2 instances + Redis",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (p, name) in PATHS.iter().enumerate() {
         md.push_str(&format!(
             "| {name} | {:.0} | {:.0} |\n",
             median(rates[p][0].clone()),
@@ -361,11 +376,15 @@ pub(crate) async fn run(plan: &ClusterPlan) -> Result<String, String> {
         ));
     }
     md.push_str(&format!(
-        "\ncluster / one instance (median of per-round ratios): reused {:.2}, fresh {:.2}\n\
+        "\nMedians of per-round ratios (reused, fresh):\n\
+         - with Redis / one instance: {:.2}, {:.2}\n\
+         - with Redis / the same pair with local limits (the cost of Redis): {:.2}, {:.2}\n\n\
          Redis per message through the cluster (reused connections): {:.2} round trips, \
          {:.2} commands counting those inside scripts\n",
-        median(ratios[0].clone()),
-        median(ratios[1].clone()),
+        median(ratios[0][0].clone()),
+        median(ratios[0][1].clone()),
+        median(ratios[1][0].clone()),
+        median(ratios[1][1].clone()),
         redis_trips as f64 / cluster_messages.max(1) as f64,
         redis_commands_run as f64 / cluster_messages.max(1) as f64
     ));
