@@ -388,9 +388,7 @@ impl Answers {
             .commit()
             .await
             .map_err(|e| (e.reason(), e.reply()))?;
-        policy
-            .record(&user, accepted.recipients, Instant::now())
-            .await;
+        policy.record(&user, accepted.recipients, Instant::now());
         submitd_metrics::metrics().message_accepted(
             &user.name,
             accepted.recipients,
