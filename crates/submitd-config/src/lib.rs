@@ -236,6 +236,61 @@ maildir = "Maildir"
     }
 
     #[test]
+    fn metrics_cluster_and_log_sections() {
+        let with = |extra: &str| load(&format!("{MINIMAL}{extra}"));
+        let s = with("[metrics]\nlisten = \"127.0.0.1:9465\"\nper_user = true\n[cluster]\nredis = \"rediss://:pw@10.0.0.9:6379/0\"\ntimeout = \"200ms\"\n[log]\nformat = \"json\"\n").unwrap();
+        let metrics = s.metrics.unwrap();
+        assert_eq!(metrics.listen.port(), 9465);
+        assert!(metrics.per_user);
+        let cluster = s.cluster.unwrap();
+        assert_eq!(cluster.prefix, "submitd");
+        assert_eq!(cluster.timeout, std::time::Duration::from_millis(200));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert_eq!(with("").unwrap().log_format, LogFormat::Text);
+        for (extra, expected) in [
+            (
+                "[metrics]\nlisten = \"0.0.0.0:465\"\n",
+                "key `metrics.listen`: 0.0.0.0:465 is a mail port",
+            ),
+            (
+                "[metrics]\nlisten = \"127.0.0.1:4650\"\n",
+                "key `metrics.listen`: 127.0.0.1:4650 is a mail port",
+            ),
+            (
+                "[metrics]\nlisten = \"localhost\"\n",
+                "key `metrics.listen`: \"localhost\" is not an address and port",
+            ),
+            (
+                "[cluster]\nredis = \"10.0.0.9:6379\"\n",
+                "key `cluster.redis`: is not a redis:// or rediss:// URL",
+            ),
+            (
+                "[cluster]\nredis = \"redis://x\"\ntimeout = \"1m\"\n",
+                "key `cluster.timeout`: must be between 1ms and 5s",
+            ),
+            (
+                "[log]\nformat = \"xml\"\n",
+                "unknown variant `xml`, expected `text` or `json`",
+            ),
+        ] {
+            let e = with(extra).unwrap_err();
+            assert!(e.contains(expected), "{extra}: {e}");
+        }
+        // The example's sections, uncommented, are what this parses.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/submitd.example.toml");
+        let example = std::fs::read_to_string(path).unwrap();
+        let tail = &example[example.find("# [metrics]").unwrap()..];
+        let uncommented: String = tail
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.starts_with('[') || l.contains(" = "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let s = with(&uncommented).unwrap();
+        assert!(s.metrics.is_some() && s.cluster.is_some());
+    }
+
+    #[test]
     fn sender_upstreams_name_their_senders() {
         let with = |extra: &str| load(&format!("{MINIMAL}{extra}"));
         let s = with("[[relay.sender_upstream]]\nsenders = [\"bob@gmail.com\", \"@example.net\"]\nhost = \"smtp.gmail.com\"\nport = 465\ntls = \"implicit\"\nusername = \"bob@gmail.com\"\npassword_file = \"bob.pass\"\n").unwrap();

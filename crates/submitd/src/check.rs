@@ -121,6 +121,20 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
             },
         }
     }
+    if let Some(config) = &settings.cluster {
+        cluster(config, &mut found).await;
+    }
+    if let Some(metrics) = &settings.metrics {
+        found.ok(format!(
+            "metrics: GET /metrics on {}{}",
+            metrics.listen,
+            if metrics.per_user {
+                ", with per-user series"
+            } else {
+                ""
+            }
+        ));
+    }
     queue(&settings.queue.directory, &mut found);
     free_space(
         &settings.queue.directory,
@@ -185,6 +199,27 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
 
 /// The files an OAuth2 upstream needs, checked without asking the
 /// provider: present, private, not empty.
+/// Redis answers a read of the shared counts. Out of reach, the daemon
+/// still runs (each instance counts alone): a warning, not a problem.
+async fn cluster(config: &submitd_cluster::ClusterConfig, found: &mut Findings) {
+    let cluster = match submitd_cluster::Cluster::new(config.clone()) {
+        Ok(cluster) => cluster,
+        Err(e) => return found.problem(format!("cluster: {e}")),
+    };
+    match cluster.usage("submitd-check").await {
+        Some(_) => found.ok(format!(
+            "cluster: Redis at {} answers; limits are shared (prefix {:?})",
+            cluster.location(),
+            config.prefix
+        )),
+        None => found.warning(format!(
+            "cluster: Redis at {} does not answer within {:?}; each instance counts limits on its own until it does",
+            cluster.location(),
+            config.timeout
+        )),
+    }
+}
+
 fn oauth2_files(endpoint: &TokenEndpoint, found: &mut Findings) {
     let route = &endpoint.route;
     let mut files: Vec<(&Path, &str)> = Vec::new();
