@@ -244,7 +244,7 @@ maildir = "Maildir"
         assert!(metrics.per_user);
         let cluster = s.cluster.unwrap();
         assert_eq!(cluster.prefix, "submitd");
-        assert_eq!(cluster.timeout, std::time::Duration::from_millis(200));
+        assert_eq!(cluster.timeout, Duration::from_millis(200));
         assert_eq!(s.log_format, LogFormat::Json);
         assert_eq!(with("").unwrap().log_format, LogFormat::Text);
         for (extra, expected) in [
