@@ -41,6 +41,9 @@ pub struct ClusterConfig {
     pub prefix: String,
     /// The most one command may take before the local counters decide.
     pub timeout: Duration,
+    /// For `rediss://`: the CA (PEM) that signed Redis's certificate,
+    /// instead of the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The login throttle's rules, as the local throttle has them.
@@ -89,6 +92,20 @@ pub enum ClusterError {
         url: String,
         /// What was wrong.
         source: redis::RedisError,
+    },
+    /// The CA file cannot be read.
+    #[error("{path}: cannot read the CA file: {source}")]
+    CaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A CA file given for a URL that is not `rediss://`.
+    #[error("a CA file is for rediss:// (TLS) only; {url:?} is not")]
+    CaWithoutTls {
+        /// The URL given.
+        url: String,
     },
 }
 
@@ -187,11 +204,29 @@ impl Cluster {
     /// does, and a Redis that is down at start is the same as one that
     /// goes down later.
     pub fn new(config: ClusterConfig) -> Result<Self, ClusterError> {
-        let client =
-            redis::Client::open(config.url.as_str()).map_err(|source| ClusterError::BadUrl {
-                url: config.url.clone(),
-                source,
-            })?;
+        let bad_url = |source| ClusterError::BadUrl {
+            url: config.url.clone(),
+            source,
+        };
+        let client = match &config.ca_file {
+            None => redis::Client::open(config.url.as_str()).map_err(bad_url)?,
+            Some(_) if !config.url.starts_with("rediss://") => {
+                return Err(ClusterError::CaWithoutTls {
+                    url: config.url.clone(),
+                })
+            }
+            Some(path) => {
+                let root = std::fs::read(path).map_err(|source| ClusterError::CaFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                let certificates = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root),
+                };
+                redis::Client::build_with_tls(config.url.as_str(), certificates).map_err(bad_url)?
+            }
+        };
         Ok(Self {
             client,
             config,
@@ -403,6 +438,7 @@ mod tests {
             url: "redis://127.0.0.1:1/0".into(),
             prefix: "submitd".into(),
             timeout: Duration::from_millis(100),
+            ca_file: None,
         })
         .unwrap();
         assert_eq!(
@@ -413,6 +449,7 @@ mod tests {
             url: "http://x".into(),
             prefix: "p".into(),
             timeout: Duration::from_millis(100),
+            ca_file: None,
         })
         .is_err());
     }
@@ -424,6 +461,7 @@ mod tests {
             url: "redis://127.0.0.1:1/0".into(),
             prefix: "submitd".into(),
             timeout: Duration::from_millis(200),
+            ca_file: None,
         })
         .unwrap();
         let started = Instant::now();

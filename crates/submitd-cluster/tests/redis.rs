@@ -29,8 +29,15 @@ fn free_port() -> u16 {
 }
 
 fn start_redis(port: u16) -> Redis {
+    start_redis_with(port, &["--port", &port.to_string()])
+}
+
+/// `redis-server` on loopback, in memory only, with `args` (the port and
+/// any TLS settings); waits until `port` listens.
+fn start_redis_with(port: u16, args: &[&str]) -> Redis {
     let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -48,6 +55,7 @@ fn cluster(port: u16) -> Cluster {
         url: format!("redis://127.0.0.1:{port}/0"),
         prefix: "test".into(),
         timeout: Duration::from_millis(500),
+        ca_file: None,
     })
     .unwrap()
 }
@@ -145,4 +153,62 @@ async fn two_instances_share_counts_blocks_and_usage() {
     }
     b.record("alice", 1).await.unwrap();
     assert_eq!(a.usage("alice").await.unwrap().messages_hour, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_verifies_the_servers_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = submitd_testkit::TestCa::new();
+    std::fs::write(d.join("ca.pem"), ca.pem()).unwrap();
+    let (cert, key) = ca.issue_pem(&["localhost"]);
+    std::fs::write(d.join("redis.crt"), cert).unwrap();
+    std::fs::write(d.join("redis.key"), key).unwrap();
+    let port = free_port();
+    let path = |name: &str| d.join(name).display().to_string();
+    let _redis = start_redis_with(
+        port,
+        &[
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &path("redis.crt"),
+            "--tls-key-file",
+            &path("redis.key"),
+            "--tls-ca-cert-file",
+            &path("ca.pem"),
+            "--tls-auth-clients",
+            "no",
+        ],
+    );
+    let config = |ca_file: Option<std::path::PathBuf>| ClusterConfig {
+        url: format!("rediss://localhost:{port}/0"),
+        prefix: "tls".into(),
+        timeout: Duration::from_secs(2),
+        ca_file,
+    };
+    // With the CA that signed it: TLS, verified, and it works.
+    let trusted = Cluster::new(config(Some(d.join("ca.pem")))).unwrap();
+    trusted.record("alice", 2).await.unwrap();
+    assert_eq!(trusted.usage("alice").await.unwrap().recipients_hour, 2);
+    // Against the system's roots the test CA is unknown: refused, so the
+    // store says nothing (and never talks to an unverified server).
+    let untrusted = Cluster::new(config(None)).unwrap();
+    assert_eq!(untrusted.usage("alice").await, None);
+    // Plain redis:// to the TLS port gets nothing either.
+    let plain = Cluster::new(ClusterConfig {
+        url: format!("redis://localhost:{port}/0"),
+        ..config(None)
+    })
+    .unwrap();
+    assert_eq!(plain.usage("alice").await, None);
+    assert!(matches!(
+        Cluster::new(ClusterConfig {
+            url: format!("redis://localhost:{port}/0"),
+            ..config(Some(d.join("ca.pem")))
+        }),
+        Err(submitd_cluster::ClusterError::CaWithoutTls { .. })
+    ));
 }

@@ -57,6 +57,8 @@ pub(crate) struct Cluster {
     #[serde(default)]
     pub(crate) prefix: Option<String>,
     #[serde(default)]
+    pub(crate) ca_file: Option<PathBuf>,
+    #[serde(default)]
     pub(crate) timeout: Option<String>,
 }
 

@@ -237,10 +237,17 @@ impl<'a> Context<'a> {
             url: c.redis.clone(),
             prefix,
             timeout,
+            ca_file: c.ca_file.as_deref().map(|p| self.abs(p)),
         };
-        // The URL's form, checked now rather than at the first login.
-        submitd_cluster::Cluster::new(config.clone())
-            .map_err(|e| self.err("cluster.redis", e.to_string()))?;
+        // The URL's form (and the CA file), checked now rather than at the
+        // first login.
+        submitd_cluster::Cluster::new(config.clone()).map_err(|e| {
+            let key = match e {
+                submitd_cluster::ClusterError::BadUrl { .. } => "cluster.redis",
+                _ => "cluster.ca_file",
+            };
+            self.err(key, e.to_string())
+        })?;
         Ok(Some(config))
     }
 
