@@ -33,7 +33,8 @@
 //! `tokio` for the semaphore that bounds concurrent checks and the Dovecot
 //! socket, `base64` for Dovecot's PLAIN response, `rpassword` to read a password without echo, `tracing` for the
 //! limit warning, `thiserror` for typed errors, `zeroize` so passwords do
-//! not linger in memory.
+//! not linger in memory, `submitd-cluster` for the counts shared with
+//! other instances (`[cluster]`), `submitd-metrics` to count logins.
 
 pub mod backend;
 pub mod cache;

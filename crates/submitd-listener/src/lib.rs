@@ -5,7 +5,8 @@
 //! policy of `submitd-auth` and the intake of `submitd-relay`.
 //!
 //! ```text
-//! TcpListener ─accept─▶ limits (total, per client, unauthenticated) ─▶ driver::serve_connection
+//! TcpListener ─accept─▶ [proxy_protocol: trusted? ─▶ proxy::read_header, ≤ 5 s]
+//!     ─▶ limits (total, per client, unauthenticated) ─▶ driver::serve_connection
 //!     past a limit: driver::refuse_connection ([implicit TLS] ─▶ 421 ─▶ close)
 //!     [implicit TLS] ─▶ ServerSession ◀─bytes─▶ stream (TCP, TLS, unix socket, duplex pipe)
 //!         AuthStart/Response ─▶ answers ─▶ SaslExchange ─▶ LoginGate::login
@@ -16,7 +17,8 @@
 //! UnixListener ─accept─▶ peer uid ─▶ os_user::name_of ─▶ driver::serve_local_connection
 //! ```
 //!
-//! Dependencies: `rustls`/`tokio-rustls` for TLS, `rustls-pki-types` for
+//! Dependencies: `submitd-metrics` to count sessions and refusals,
+//! `rustls`/`tokio-rustls` for TLS, `rustls-pki-types` for
 //! PEM files, `x509-parser` for what a certificate says (SNI, `check`),
 //! `tokio` and `tokio-util` (cancellation, task tracking) for the accept
 //! loops, `tracing` for the log lines, `thiserror` for typed errors.

@@ -22,7 +22,7 @@
 //! see `docs/oauth2.md` for why not reqwest); `rustls`/`aws-lc-rs` are the
 //! TLS and the signing the rest of submitd already uses; `serde_json` reads
 //! the providers' answers; `rustix` takes the file lock; `zeroize` wipes
-//! tokens and secrets.
+//! tokens and secrets; `submitd-metrics` counts token requests.
 
 mod assertion;
 pub mod code;

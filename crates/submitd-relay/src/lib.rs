@@ -24,9 +24,10 @@
 //! fields this crate found itself), `memchr` to find the header's end in
 //! what arrives, `rustix` for the free space of the spool's disk (statvfs), `crc32fast` to detect damaged queue
 //! files, `getrandom` for queue ids and retry jitter, `tokio` for the
-//! blocking pool, the workers and group commit, `tokio-util` for the
+//! blocking pool and the workers, `tokio-util` for the
 //! shutdown token and the workers' tracker, `tracing` for log lines,
-//! `thiserror` for typed errors.
+//! `thiserror` for typed errors, `submitd-metrics` to count deliveries,
+//! spool writes and latencies.
 
 mod attempt;
 pub mod dsn;
