@@ -32,8 +32,14 @@ pub(crate) enum Command {
         #[arg(long)]
         connect: bool,
     },
-    /// Print the argon2id hash of a password read from the terminal.
-    HashPassword,
+    /// Print the argon2id hash of a password read from the terminal (or,
+    /// with --password-stdin, from one line of standard input).
+    HashPassword {
+        /// Read the password from the first line of standard input (for
+        /// scripts; refused when standard input is a terminal).
+        #[arg(long)]
+        password_stdin: bool,
+    },
     /// Send a message read on standard input, as sendmail does, through
     /// the running daemon's local socket (`[local] socket`); also what
     /// `submitd` does when run as `sendmail`.
@@ -114,11 +120,19 @@ pub(crate) enum UserCommand {
         /// An address (user@example.org) or domain (@example.org) the user may send as; repeatable.
         #[arg(long = "send-as")]
         send_as: Vec<String>,
+        /// Read the password from the first line of standard input (for
+        /// scripts; refused when standard input is a terminal).
+        #[arg(long)]
+        password_stdin: bool,
     },
     /// Set a user's password.
     Passwd {
         /// Login name.
         name: String,
+        /// Read the password from the first line of standard input (for
+        /// scripts; refused when standard input is a terminal).
+        #[arg(long)]
+        password_stdin: bool,
     },
     /// Remove a user.
     Del {
@@ -126,7 +140,12 @@ pub(crate) enum UserCommand {
         name: String,
     },
     /// List users.
-    List,
+    List {
+        /// One JSON array of objects (name, password, send_as,
+        /// app_passwords) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Add an app password (printed once) for one device.
     AppPassword {
         /// Login name.
@@ -136,6 +155,9 @@ pub(crate) enum UserCommand {
         /// Revoke it instead.
         #[arg(long)]
         revoke: bool,
+        /// Print only the password, for scripts.
+        #[arg(long)]
+        quiet: bool,
     },
 }
 

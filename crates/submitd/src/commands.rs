@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use submitd_config::Settings;
 use submitd_relay::{queue, QueueId, Spool};
+use zeroize::Zeroizing;
 
 use crate::cli::{Cli, Command, OAuth2Command, QueueCommand, UserCommand};
 use crate::{check as check_module, import, sendmail as local_send};
@@ -88,9 +89,46 @@ pub(crate) fn import_postfix(
     Ok(())
 }
 
-pub(crate) fn hash_password() -> Result<(), String> {
-    let password = submitd_auth::edit::read_password_no_echo("Password: ")
-        .map_err(|e| format!("cannot read the password: {e}"))?;
+/// The longest password taken from standard input.
+const MAX_PASSWORD: usize = 4096;
+
+/// A new password: from the terminal without echo, or (`stdin`) the first
+/// line of standard input, which must not be a terminal (it would echo).
+fn new_password(stdin: bool) -> Result<Zeroizing<String>, String> {
+    use std::io::{BufRead, IsTerminal, Read};
+    if !stdin {
+        return submitd_auth::edit::read_password_no_echo("Password: ")
+            .map_err(|e| format!("cannot read the password: {e}"));
+    }
+    if std::io::stdin().is_terminal() {
+        return Err("--password-stdin: standard input is a terminal, where the password would echo; \
+                    pipe it in (printf '%s\\n' \"$PASSWORD\" | submitd …), or leave out --password-stdin to be asked without echo"
+            .into());
+    }
+    let mut line = Zeroizing::new(String::new());
+    std::io::stdin()
+        .lock()
+        .take(MAX_PASSWORD as u64 + 2)
+        .read_line(&mut line)
+        .map_err(|e| format!("--password-stdin: cannot read standard input: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(
+            "--password-stdin: the first line of standard input is empty; give the password on it"
+                .into(),
+        );
+    }
+    if password.len() > MAX_PASSWORD {
+        return Err(format!(
+            "--password-stdin: the password is longer than {MAX_PASSWORD} octets"
+        ));
+    }
+    Ok(Zeroizing::new(password.to_owned()))
+}
+
+pub(crate) fn hash_password(stdin: bool) -> Result<(), String> {
+    let password = new_password(stdin)?;
     let hash = submitd_auth::hash_password(password.as_bytes()).map_err(|e| e.to_string())?;
     println!("{hash}");
     Ok(())
@@ -99,20 +137,41 @@ pub(crate) fn hash_password() -> Result<(), String> {
 pub(crate) fn user_command(settings: &Settings, command: &UserCommand) -> Result<(), String> {
     use submitd_auth::edit;
     let path = &settings.auth.users;
-    let read = || {
-        edit::read_password_no_echo("Password: ")
-            .map_err(|e| format!("cannot read the password: {e}"))
-    };
     match command {
-        UserCommand::Add { name, send_as } => {
-            edit::add_user(path, name, read()?.as_bytes(), send_as).map_err(|e| e.to_string())
+        UserCommand::Add {
+            name,
+            send_as,
+            password_stdin,
+        } => {
+            let password = new_password(*password_stdin)?;
+            edit::add_user(path, name, password.as_bytes(), send_as).map_err(|e| e.to_string())
         }
-        UserCommand::Passwd { name } => {
-            edit::set_password(path, name, read()?.as_bytes()).map_err(|e| e.to_string())
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
+            let password = new_password(*password_stdin)?;
+            edit::set_password(path, name, password.as_bytes()).map_err(|e| e.to_string())
         }
         UserCommand::Del { name } => edit::remove_user(path, name).map_err(|e| e.to_string()),
-        UserCommand::List => {
-            for user in edit::list_users(path).map_err(|e| e.to_string())? {
+        UserCommand::List { json } => {
+            let users = edit::list_users(path).map_err(|e| e.to_string())?;
+            if *json {
+                let list: Vec<serde_json::Value> = users
+                    .iter()
+                    .map(|user| {
+                        serde_json::json!({
+                            "name": user.name,
+                            "password": user.has_password,
+                            "send_as": user.send_as.split(',').filter(|s| !s.is_empty()).collect::<Vec<_>>(),
+                            "app_passwords": user.app_passwords,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+                return Ok(());
+            }
+            for user in users {
                 println!(
                     "{}\tpassword={}\tsend-as={}\tapp-passwords={}",
                     user.name,
@@ -127,14 +186,23 @@ pub(crate) fn user_command(settings: &Settings, command: &UserCommand) -> Result
             name,
             label,
             revoke: true,
+            ..
         } => edit::revoke_app_password(path, name, label).map_err(|e| e.to_string()),
         UserCommand::AppPassword {
             name,
             label,
             revoke: false,
+            quiet,
         } => {
             let password = edit::add_app_password(path, name, label).map_err(|e| e.to_string())?;
-            println!("{}", password.as_str());
+            if *quiet {
+                println!("{}", password.as_str());
+            } else {
+                println!(
+                    "app password for {name} on {label:?} (shown once; the device logs in as {name} with it):\n{}",
+                    password.as_str()
+                );
+            }
             Ok(())
         }
     }

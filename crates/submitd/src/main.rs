@@ -53,7 +53,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         // sendmail has exit statuses of its own (sysexits).
         Command::Sendmail { .. } => return commands::sendmail(&cli),
-        Command::HashPassword => commands::hash_password(),
+        Command::HashPassword { password_stdin } => commands::hash_password(*password_stdin),
         Command::ImportPostfix {
             postfix_dir,
             out,
