@@ -8,10 +8,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use common::{require, Daemon};
@@ -28,22 +27,8 @@ fn sendmail(program: &Path, config: &Path, as_nobody: bool, args: &[&str], input
     if program.file_name().is_some_and(|n| n != "sendmail") {
         command.arg("sendmail");
     }
-    let mut child = command
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    command.arg("--config").arg(config).args(args);
+    common::run_with_input(command, input)
 }
 
 fn delivered(maildir: &Path, count: usize) -> Vec<String> {

@@ -163,6 +163,19 @@ pub(crate) fn signal(pid: u32, name: &str) {
         .unwrap();
 }
 
+/// Runs `command` with `input` on its standard input; what it wrote and
+/// how it ended.
+pub(crate) fn run_with_input(mut command: Command, input: &str) -> std::process::Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Fails the test with the fix when a tool the test drives is missing.
 pub(crate) fn require(tool: &str, package: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
