@@ -79,6 +79,20 @@ pub(crate) enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print what mail clients need to find this server: a Thunderbird
+    /// autoconfig file, DNS SRV records (RFC 6186) and an Apple
+    /// configuration profile, from the hostname and listeners.
+    ClientConfig {
+        /// The mail domain (default: the hostname without its first label).
+        #[arg(long)]
+        domain: Option<String>,
+        /// The IMAP server the Apple profile names (default: the hostname).
+        #[arg(long)]
+        imap_host: Option<String>,
+        /// Print only this one, for a file or a zone.
+        #[arg(long, value_enum)]
+        only: Option<crate::client_config::Kind>,
+    },
     /// Manage users in the credential file.
     #[command(subcommand)]
     User(UserCommand),

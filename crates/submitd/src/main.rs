@@ -22,6 +22,7 @@
 
 mod check;
 mod cli;
+mod client_config;
 mod commands;
 mod daemon;
 mod demo;
@@ -65,6 +66,13 @@ fn main() -> ExitCode {
         Command::Check { connect } => Settings::load(&cli.config)
             .map_err(|e| e.to_string())
             .and_then(|s| commands::check(&s, *connect)),
+        Command::ClientConfig {
+            domain,
+            imap_host,
+            only,
+        } => Settings::load(&cli.config)
+            .map_err(|e| e.to_string())
+            .and_then(|s| client_config::print(&s, domain.as_deref(), imap_host.as_deref(), *only)),
         Command::User(user) => Settings::load(&cli.config)
             .map_err(|e| e.to_string())
             .and_then(|s| commands::user_command(&s, user)),
