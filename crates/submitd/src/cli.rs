@@ -96,6 +96,14 @@ pub(crate) enum Command {
     /// Manage users in the credential file.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write the manual pages and shell completions under OUT (for
+    /// packaging).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where man/ and completions/ go.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Look at and act on the queue.
     #[command(subcommand)]
     Queue(QueueCommand),

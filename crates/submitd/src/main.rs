@@ -26,6 +26,7 @@ mod client_config;
 mod commands;
 mod daemon;
 mod demo;
+mod docs;
 mod import;
 mod logwriter;
 mod memory;
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
         } => Settings::load(&cli.config)
             .map_err(|e| e.to_string())
             .and_then(|s| client_config::print(&s, domain.as_deref(), imap_host.as_deref(), *only)),
+        Command::GenerateDocs { out } => docs::generate(out),
         Command::User(user) => Settings::load(&cli.config)
             .map_err(|e| e.to_string())
             .and_then(|s| commands::user_command(&s, user)),

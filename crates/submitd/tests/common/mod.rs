@@ -344,18 +344,23 @@ pub(crate) fn start_dovecot_with(dir: &Path, oauth2: Option<&Path>) -> Dovecot {
     Dovecot { child }
 }
 
-/// A password hash as `doveadm pw` makes it.
-pub(crate) fn doveadm_hash(scheme: &str, password: &str) -> String {
-    let out = Command::new("doveadm")
-        .args(["pw", "-s", scheme, "-p", password])
-        .output()
-        .unwrap();
+/// Runs `command` to its end; what it printed, after it succeeded (the
+/// test fails with what it said on standard error otherwise).
+pub(crate) fn stdout_of(command: &mut Command) -> String {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{command:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A password hash as `doveadm pw` makes it.
+pub(crate) fn doveadm_hash(scheme: &str, password: &str) -> String {
+    stdout_of(Command::new("doveadm").args(["pw", "-s", scheme, "-p", password]))
+        .trim()
+        .to_owned()
 }
 
 /// A test CA in `dir/ca.pem` and, for each stem, a certificate for
