@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
@@ -153,7 +153,9 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mode = fs::metadata(path)
+    let existing = fs::metadata(path).ok();
+    let mode = existing
+        .as_ref()
         .map(|m| m.permissions().mode() & 0o7777)
         .unwrap_or(0o600);
     let result = (|| {
@@ -163,6 +165,13 @@ fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
             .mode(mode)
             .open(&temp)?;
         file.set_permissions(fs::Permissions::from_mode(mode))?;
+        // The new file keeps the old one's owner: root editing the users
+        // file of a daemon that runs as `submitd` must not leave it
+        // unreadable to the daemon. Best effort: someone who may not
+        // give a file away edits their own, and keeps it.
+        if let Some(old) = &existing {
+            let _ = std::os::unix::fs::fchown(&file, Some(old.uid()), Some(old.gid()));
+        }
         file.write_all(contents)?;
         file.sync_all()?;
         fs::rename(&temp, path)?;
@@ -412,5 +421,24 @@ mod tests {
         let error = set_password(&path, "alice", b"x").unwrap_err();
         assert!(error.to_string().contains(":1:"), "{error}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "alice notahash\n");
+    }
+
+    #[test]
+    fn an_edit_keeps_the_files_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        add_user(&path, "alice", b"pw", &[]).unwrap();
+        let me = fs::metadata(&path).unwrap();
+        // As root (CI, a package's postinst): a file the daemon's user owns
+        // stays the daemon's after root edits it.
+        if std::os::unix::fs::chown(&path, Some(65534), Some(65534)).is_ok() {
+            add_user(&path, "bob", b"pw", &[]).unwrap();
+            let after = fs::metadata(&path).unwrap();
+            assert_eq!((after.uid(), after.gid()), (65534, 65534));
+        } else {
+            add_user(&path, "bob", b"pw", &[]).unwrap();
+            let after = fs::metadata(&path).unwrap();
+            assert_eq!((after.uid(), after.gid()), (me.uid(), me.gid()));
+        }
     }
 }

@@ -78,6 +78,7 @@ fn date(unix: i64) -> String {
 pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
     let mut found = Findings::default();
     found.ok(format!("config {}", settings.path.display()));
+    placeholders(settings, &mut found);
     certificates(settings, &mut found);
     credentials(&settings.auth.users, &mut found);
     if let submitd_config::PasswordBackend::Dovecot { socket, timeout } = &settings.auth.backend {
@@ -199,6 +200,31 @@ pub(crate) async fn run(settings: &Settings, connect: bool) -> Findings {
 
 /// The files an OAuth2 upstream needs, checked without asking the
 /// provider: present, private, not empty.
+/// Names still the template's (`.invalid`, RFC 2606: the package's
+/// /etc/submitd/submitd.toml uses them so that nothing runs before they
+/// are filled in).
+fn placeholders(settings: &Settings, found: &mut Findings) {
+    let placeholder = |name: &str| name.ends_with(".invalid");
+    if placeholder(&settings.hostname) {
+        found.problem(format!(
+            "hostname: {:?} is the template's placeholder; set this server's DNS name (what its certificate names)",
+            settings.hostname
+        ));
+    }
+    let upstreams = match &settings.relay.route {
+        submitd_config::RouteSettings::Upstreams(list) => list.iter().collect::<Vec<_>>(),
+        _ => Vec::new(),
+    };
+    for upstream in upstreams {
+        if placeholder(&upstream.host) {
+            found.problem(format!(
+                "relay.upstream: host {:?} is the template's placeholder; set your smarthost (docs/relay.md)",
+                upstream.host
+            ));
+        }
+    }
+}
+
 /// Redis answers a read of the shared counts. Out of reach, the daemon
 /// still runs (each instance counts alone): a warning, not a problem.
 async fn cluster(config: &submitd_cluster::ClusterConfig, found: &mut Findings) {
