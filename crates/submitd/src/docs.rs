@@ -244,6 +244,124 @@ fn value_type(value: &str) -> &'static str {
     }
 }
 
+/// What leaving a key out means, for submitd.toml(5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Absent {
+    /// This value (as TOML); a test checks that writing it changes nothing.
+    Default(&'static str),
+    /// A default that is not one value.
+    Described(&'static str),
+    /// The key must be there whenever its table is.
+    Required,
+    /// Not used unless set; what that means.
+    Optional(&'static str),
+}
+
+/// Every key's default, by its dotted name (a sender route's keys are an
+/// upstream's). A test fails if the parser takes a key this does not name.
+pub(crate) fn absent(key: &str) -> Option<Absent> {
+    use Absent::*;
+    let key = match key.strip_prefix("relay.sender_upstream.") {
+        Some("senders") => return Some(Required),
+        Some("name") => return Some(Described("its first sender")),
+        Some(rest) => format!("relay.upstream.{rest}"),
+        None => key.to_owned(),
+    };
+    Some(match key.as_str() {
+        "hostname"
+        | "listen.address"
+        | "listen.mode"
+        | "tls.certificate"
+        | "tls.key"
+        | "tls.additional.certificate"
+        | "tls.additional.key"
+        | "auth.users"
+        | "queue.directory"
+        | "relay.upstream.host"
+        | "relay.upstream.port"
+        | "relay.upstream.tls"
+        | "relay.upstream.oauth2.client_id"
+        | "relay.upstream.oauth2.grant"
+        | "auth.oauth2.issuer"
+        | "auth.oauth2.audience"
+        | "metrics.listen"
+        | "cluster.redis"
+        | "local.socket" => Required,
+        "demo"
+        | "privacy"
+        | "listen.proxy_protocol"
+        | "auth.dovecot_cache"
+        | "metrics.per_user" => Default("false"),
+        "listen.trusted_proxies" => Optional("required with proxy_protocol = true"),
+        "listen.max_connections" => Described("[limits] connections"),
+        "auth.backend" => Default("\"file\""),
+        "auth.cache_ttl" => Default("\"1h\""),
+        "auth.dovecot_socket" => Optional("required with backend = \"dovecot\""),
+        "auth.dovecot_timeout" => Default("\"30s\""),
+        "auth.failure_delay" => Default("\"1s\""),
+        "auth.max_concurrent_checks" => Described("the number of CPUs"),
+        "auth.reload_max_drop" => Default("\"50%\""),
+        "auth.oauth2.algorithms" => Described("every asymmetric algorithm (never none or an HMAC)"),
+        "auth.oauth2.ca_file"
+        | "cluster.ca_file"
+        | "relay.upstream.ca_file"
+        | "relay.upstream.oauth2.ca_file" => Optional("the system's CA roots"),
+        "auth.oauth2.leeway" => Default("\"60s\""),
+        "auth.oauth2.login_claim" => Default("\"email\""),
+        "auth.oauth2.timeout" => Default("\"10s\""),
+        "cluster.prefix" => Default("\"submitd\""),
+        "cluster.timeout" => Default("\"500ms\""),
+        "limits.message_size" => Default("\"25M\""),
+        "limits.recipients" => Default("1000"),
+        "limits.idle_timeout" => Default("\"5m\""),
+        "limits.session_duration" => Default("\"1h\""),
+        "limits.connections" => Default("200"),
+        "limits.connections_per_client" => Default("64"),
+        "limits.unauthenticated_connections" => Default("100"),
+        "limits.connection_rate" => Default("10"),
+        "limits.handshake_timeout" => Default("\"10s\""),
+        "limits.command_deadline" => Default("\"60s\""),
+        "limits.min_data_rate" => Default("\"1K\""),
+        "limits.shutdown_grace" => Default("\"30s\""),
+        "limits.memory_budget" => {
+            Described("80% of the cgroup's memory limit, else half the machine's memory")
+        }
+        "local.domain" => Described("the hostname"),
+        "log.format" => Default("\"text\""),
+        "queue.in_flow_delay" => Default("\"1s\""),
+        "queue.lifetime" => Default("\"5d\""),
+        "queue.min_free" => Default("\"5%\""),
+        "relay.connections" => Default("4"),
+        "relay.idle_connection" => Default("\"5s\""),
+        "relay.maildir" => Optional(
+            "deliver into this Maildir instead of [[relay.upstream]]: one of the two is required",
+        ),
+        "relay.upstream.username" => Optional("no AUTH to the upstream"),
+        "relay.upstream.password_file" => {
+            Optional("required with username and auth = \"password\"")
+        }
+        "relay.upstream.auth" => Described("\"password\" with a username, else \"none\""),
+        "relay.upstream.mechanisms" => Described("the best the upstream offers"),
+        "relay.upstream.oauth2.preset" => Optional("the endpoints and scope are set one by one"),
+        "relay.upstream.oauth2.tenant" => Optional("required with preset = \"microsoft365\""),
+        "relay.upstream.oauth2.token_url" => Described("the preset's"),
+        "relay.upstream.oauth2.device_url" | "relay.upstream.oauth2.auth_url" => {
+            Described("the preset's; needed only by `submitd oauth2 authorize`")
+        }
+        "relay.upstream.oauth2.scope" => Described("the preset's"),
+        "relay.upstream.oauth2.client_secret_file"
+        | "relay.upstream.oauth2.client_certificate"
+        | "relay.upstream.oauth2.client_key" => Optional(
+            "a secret file or a certificate with its key; one is required for client_credentials",
+        ),
+        "relay.upstream.oauth2.refresh_token_file" => {
+            Optional("required with grant = \"refresh_token\"")
+        }
+        "relay.upstream.oauth2.timeout" => Default("\"30s\""),
+        _ => return None,
+    })
+}
+
 /// Escapes text for roff: backslashes, and a leading dot or quote.
 fn roff(text: &str) -> String {
     let text: String = text
@@ -311,10 +429,23 @@ pub(crate) fn config_page(example: &str) -> String {
             out.push_str(&format!("{}\n", roff(&section.text)));
         }
         for key in &section.keys {
+            let dotted = if section.name.is_empty() {
+                key.key.clone()
+            } else {
+                format!("{}.{}", section.name, key.key)
+            };
+            let when_absent = match absent(&dotted) {
+                Some(Absent::Default(value)) => format!("default: {value}"),
+                Some(Absent::Described(text)) => format!("default: {text}"),
+                Some(Absent::Required) => "required".to_owned(),
+                Some(Absent::Optional(text)) => format!("optional: {text}"),
+                None => "optional".to_owned(),
+            };
             out.push_str(&format!(
-                ".TP\n.B {}\n{}; example: {}\n",
+                ".TP\n.B {}\n{}; {}; example: {}\n",
                 roff(&key.key),
                 value_type(&key.value),
+                roff(&when_absent),
                 roff(&key.value)
             ));
             if !key.text.is_empty() {
@@ -384,7 +515,7 @@ mod tests {
     /// config crate's serde structs (`file.rs`): a table is a field whose
     /// type is one of those structs (in `Option`/`Vec` or not); a flattened
     /// field adds its struct's keys to the same table.
-    fn parser_keys() -> BTreeSet<String> {
+    pub(super) fn parser_keys() -> BTreeSet<String> {
         let source = include_str!("../../submitd-config/src/file.rs");
         let mut structs: HashMap<String, Vec<(String, String, bool)>> = HashMap::new();
         let mut current: Option<String> = None;
@@ -516,6 +647,126 @@ mod tests {
             missing.is_empty(),
             "keys submitd.toml(5) does not show: {missing:?}"
         );
+    }
+
+    /// A minimal config with `extra` lines in the table that holds `key`
+    /// (the table made, with its required keys, where the minimal config
+    /// has none).
+    fn with_key_in_table(key: &str, extra: &str) -> String {
+        let (section, _) = key.rsplit_once('.').unwrap_or(("", key));
+        let mut top = String::from("hostname = \"mail.example.org\"\n");
+        let mut listen =
+            String::from("[[listen]]\naddress = \"127.0.0.1:4650\"\nmode = \"implicit\"\n");
+        let mut auth = String::from("[auth]\nusers = \"users\"\n");
+        let mut queue = String::from("[queue]\ndirectory = \"queue\"\n");
+        let mut relay = String::from("[relay]\nmaildir = \"Maildir\"\n");
+        let mut rest = String::new();
+        let line = format!("{extra}\n");
+        match section {
+            "" => top.push_str(&line),
+            "listen" => listen.push_str(&line),
+            "auth" if key.starts_with("auth.dovecot_") => {
+                auth.push_str("backend = \"dovecot\"\ndovecot_socket = \"/run/dovecot/auth\"\n");
+                auth.push_str(&line);
+            }
+            "auth" => auth.push_str(&line),
+            "auth.oauth2" => rest.push_str(&format!(
+                "[auth.oauth2]\nissuer = \"https://id.example.org\"\naudience = \"submitd\"\n{line}"
+            )),
+            "queue" => queue.push_str(&line),
+            "relay" => relay.push_str(&line),
+            "relay.upstream.oauth2" => {
+                relay = format!(
+                    "[[relay.upstream]]\nhost = \"smtp.example.net\"\nport = 465\ntls = \"implicit\"\n\
+                     auth = \"xoauth2\"\nusername = \"u@example.net\"\n\
+                     [relay.upstream.oauth2]\ntoken_url = \"https://login.example.net/token\"\n\
+                     client_id = \"c\"\nclient_secret_file = \"secret\"\nscope = \"smtp\"\n\
+                     grant = \"client_credentials\"\n{line}"
+                )
+            }
+            "relay.upstream" => {
+                relay = format!(
+                    "[[relay.upstream]]\nhost = \"smtp.example.net\"\nport = 465\ntls = \"implicit\"\n{line}"
+                )
+            }
+            "metrics" => rest.push_str(&format!("[metrics]\nlisten = \"127.0.0.1:9465\"\n{line}")),
+            "cluster" => rest.push_str(&format!("[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\n{line}")),
+            other => rest.push_str(&format!("[{other}]\n{line}")),
+        }
+        format!(
+            "{top}{listen}[tls]\ncertificate = \"cert.pem\"\nkey = \"key.pem\"\n{auth}{queue}{relay}{rest}"
+        )
+    }
+
+    /// A valid value of the same kind as `value`, but not it.
+    fn other_value(value: &str) -> String {
+        let unquoted = value.trim_matches('"');
+        if value == "false" {
+            return "true".into();
+        }
+        if let Ok(n) = value.parse::<u64>() {
+            return (n + 1).to_string();
+        }
+        for (from, to) in [
+            ("1s", "2s"),
+            ("5s", "2s"),
+            ("10s", "2s"),
+            ("30s", "2s"),
+            ("60s", "2s"),
+            ("500ms", "200ms"),
+            ("1h", "2h"),
+            ("5m", "2m"),
+            ("5d", "2d"),
+            ("50%", "40%"),
+            ("5%", "4%"),
+            ("25M", "24M"),
+            ("1K", "2K"),
+            ("file", "dovecot"),
+            ("text", "json"),
+        ] {
+            if unquoted == from {
+                return format!("\"{to}\"");
+            }
+        }
+        format!("\"other-{unquoted}\"")
+    }
+
+    #[test]
+    fn every_key_has_its_default_and_each_stated_default_is_the_default() {
+        let path = Path::new("/etc/submitd/submitd.toml");
+        let mut checked = 0;
+        for key in parser_keys() {
+            let Some(when_absent) = absent(&key) else {
+                panic!("{key}: no default, required or optional stated (docs.rs `absent`)");
+            };
+            let Absent::Default(value) = when_absent else {
+                continue;
+            };
+            if key.starts_with("relay.sender_upstream.") {
+                continue; // checked as the upstream's own key
+            }
+            let name = key.rsplit('.').next().unwrap_or(&key);
+            let without = with_key_in_table(&key, "");
+            let with = with_key_in_table(&key, &format!("{name} = {value}"));
+            let a = submitd_config::Settings::parse(path, &without)
+                .unwrap_or_else(|e| panic!("{key}: {e}\n{without}"));
+            let b = submitd_config::Settings::parse(path, &with)
+                .unwrap_or_else(|e| panic!("{key}: {e}\n{with}"));
+            assert!(
+                a == b,
+                "{key}: writing the stated default {value} changed the settings"
+            );
+            // And another value does change them (or is refused): the key
+            // is read, so the check above can fail.
+            let other = with_key_in_table(&key, &format!("{name} = {}", other_value(value)));
+            let c = submitd_config::Settings::parse(path, &other);
+            assert!(
+                c.map_or(true, |c| c != a),
+                "{key}: another value than {value} changed nothing"
+            );
+            checked += 1;
+        }
+        assert!(checked >= 30, "{checked}");
     }
 
     #[test]
