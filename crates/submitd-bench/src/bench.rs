@@ -269,12 +269,7 @@ async fn world(plan: &Plan) -> Result<World, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let ca = Arc::new(TestCa::new());
-    let sinks = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sink")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("sink runtime: {e}"))?;
+    let sinks = sink_runtime()?;
     let sink_dir = d.join("sink");
     std::fs::create_dir_all(&sink_dir).map_err(|e| e.to_string())?;
     let (memory_sink, sink) = {
@@ -302,32 +297,9 @@ async fn world(plan: &Plan) -> Result<World, String> {
         .pick(memory_sink.addr.port(), sink.addr.port());
     write_files(d, plan, &ca, sink_port)?;
     let daemon = start_submitd(&plan.submitd, &d.join("submitd.toml"))?;
-    let base = Target {
-        host: "localhost".into(),
-        port: 0,
-        tls: Transport::ImplicitTls,
-        ca_file: Some(d.join("ca.pem")),
-        user: String::new(),
-        password: String::new(),
-        from: "load@example.org".into(),
-        to: "rcpt@example.net".into(),
-    };
-    let direct = Target {
-        port: sink.addr.port(),
-        user: "alice".into(),
-        password: "secret".into(),
-        ..base.clone()
-    };
-    let direct_memory = Target {
-        port: memory_sink.addr.port(),
-        ..direct.clone()
-    };
-    let through = Target {
-        port: daemon.port,
-        user: "load".into(),
-        password: "load password".into(),
-        ..base
-    };
+    let direct = direct_target(d, sink.addr.port());
+    let direct_memory = direct_target(d, memory_sink.addr.port());
+    let through = load_target(d, daemon.port);
     Ok(World {
         _dir: dir,
         durable_sink: sink,
@@ -341,9 +313,44 @@ async fn world(plan: &Plan) -> Result<World, String> {
     })
 }
 
-/// The daemon's files in `d`: test certificate, users (load, load0, …),
-/// the upstream password and `submitd.toml` relaying to `sink_port`.
-fn write_files(d: &Path, plan: &Plan, ca: &TestCa, sink_port: u16) -> Result<(), String> {
+/// The runtime the in-process sinks run on, apart from the load's, its
+/// threads named `sink` (their CPU is counted by that name).
+pub(crate) fn sink_runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("sink")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("sink runtime: {e}"))
+}
+
+/// The load through a submitd on `port`: user `load`, the test CA in `d`.
+pub(crate) fn load_target(d: &Path, port: u16) -> Target {
+    Target {
+        host: "localhost".into(),
+        port,
+        tls: Transport::ImplicitTls,
+        ca_file: Some(d.join("ca.pem")),
+        user: "load".into(),
+        password: "load password".into(),
+        from: "load@example.org".into(),
+        to: "rcpt@example.net".into(),
+    }
+}
+
+/// The load straight to a sink on `port`, as submitd logs in to it.
+pub(crate) fn direct_target(d: &Path, port: u16) -> Target {
+    Target {
+        user: "alice".into(),
+        password: "secret".into(),
+        ..load_target(d, port)
+    }
+}
+
+/// What every submitd of a benchmark reads, in `d`: the test certificate
+/// and CA, the users `load` and each of `devices`, unlimited, and the
+/// sinks' password.
+pub(crate) fn write_credentials(d: &Path, ca: &TestCa, devices: usize) -> Result<(), String> {
     let write = |name: &str, text: &str| {
         std::fs::write(d.join(name), text).map_err(|e| format!("{name}: {e}"))
     };
@@ -355,7 +362,7 @@ fn write_files(d: &Path, plan: &Plan, ca: &TestCa, sink_port: u16) -> Result<(),
     let limits = "send-as=load@example.org max-messages=100000000/h,100000000/d max-recipients=100000000/h,100000000/d";
     let mut users = format!("load {hash} {limits}\n");
     // The fresh-connection runs' devices: load0, load1, …
-    for i in 0..plan.fresh_logins {
+    for i in 0..devices {
         users.push_str(&format!("load{i} {hash} {limits}\n"));
     }
     write("users", &users)?;
@@ -364,41 +371,65 @@ fn write_files(d: &Path, plan: &Plan, ca: &TestCa, sink_port: u16) -> Result<(),
         d.join("upstream.pass"),
         std::fs::Permissions::from_mode(0o600),
     )
-    .map_err(|e| e.to_string())?;
-    let many = plan.idle_sessions.max(1000) + 100;
-    write(
-        "submitd.toml",
-        &format!(
-            r#"hostname = "localhost"
+    .map_err(|e| e.to_string())
+}
+
+/// A benchmark submitd's config: one implicit-TLS listener on `address`
+/// (with `listen_extra` lines), its queue in `queue`, relaying over
+/// `relay_connections` to the sink on `sink_port`, `connections` at once
+/// from anywhere; then `extra` sections.
+pub(crate) fn daemon_config(
+    address: &str,
+    listen_extra: &str,
+    queue: &str,
+    (sink_port, relay_connections): (u16, usize),
+    connections: usize,
+    extra: &str,
+) -> String {
+    format!(
+        r#"hostname = "localhost"
 [[listen]]
-address = "127.0.0.1:0"
+address = "{address}"
 mode = "implicit"
+{listen_extra}
 [tls]
 certificate = "cert.pem"
 key = "key.pem"
 [auth]
 users = "users"
 [queue]
-directory = "queue"
+directory = "{queue}"
 [relay]
-connections = {relay}
+connections = {relay_connections}
 [[relay.upstream]]
 host = "localhost"
-port = {port}
+port = {sink_port}
 tls = "implicit"
 username = "alice"
 password_file = "upstream.pass"
 ca_file = "ca.pem"
 [limits]
-connections = {many}
-connections_per_client = {many}
-unauthenticated_connections = {many}
-"#,
-            port = sink_port,
-            relay = plan.relay_connections
-        ),
-    )?;
-    Ok(())
+connections = {connections}
+connections_per_client = {connections}
+unauthenticated_connections = {connections}
+{extra}"#
+    )
+}
+
+/// The daemon's files in `d`: test certificate, users (load, load0, …),
+/// the upstream password and `submitd.toml` relaying to `sink_port`.
+fn write_files(d: &Path, plan: &Plan, ca: &TestCa, sink_port: u16) -> Result<(), String> {
+    write_credentials(d, ca, plan.fresh_logins)?;
+    let many = plan.idle_sessions.max(1000) + 100;
+    let config = daemon_config(
+        "127.0.0.1:0",
+        "",
+        "queue",
+        (sink_port, plan.relay_connections),
+        many,
+        "",
+    );
+    std::fs::write(d.join("submitd.toml"), config).map_err(|e| format!("submitd.toml: {e}"))
 }
 
 /// A whole-path run: the report (`elapsed` to the last arrival at the
@@ -590,7 +621,10 @@ async fn extras(w: &World, plan: &Plan, pid: u32, best: &Best<'_>) -> Result<Ext
         w,
         Spec {
             rate: Some(half_rate),
-            messages: ((half_rate * 10.0) as usize).clamp(100, plan.messages * 2),
+            // max then min, not clamp: a run of fewer than 50 messages must not panic.
+            messages: ((half_rate * 10.0) as usize)
+                .max(100)
+                .min(plan.messages * 2),
             ..spec(best.concurrency)
         },
         plan.time_limit * 2,

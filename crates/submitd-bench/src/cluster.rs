@@ -15,10 +15,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use submitd_relay::RelayConfig;
 use submitd_smtp::Transport;
 use submitd_testkit::{FakeSmarthost, Fault, TestCa};
 
-use crate::bench::{start_submitd, Daemon, SinkRuntime};
+use crate::bench::{
+    daemon_config, direct_target, load_target, sink_runtime, start_submitd, write_credentials,
+    Daemon, SinkRuntime,
+};
 use crate::load::{self, Spec, Target};
 
 /// What to measure.
@@ -137,12 +141,7 @@ async fn setup(plan: &ClusterPlan) -> Result<Setup, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let d = dir.path();
     let ca = Arc::new(TestCa::new());
-    let sinks = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("sink")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("sink runtime: {e}"))?;
+    let sinks = sink_runtime()?;
     let sink = {
         let ca = Arc::clone(&ca);
         sinks
@@ -153,18 +152,7 @@ async fn setup(plan: &ClusterPlan) -> Result<Setup, String> {
             .map_err(|e| format!("sink: {e}"))?
     };
     let sinks = SinkRuntime(Some(sinks));
-    write(d, "ca.pem", &ca.pem())?;
-    let (cert, key) = ca.issue_pem(&["localhost"]);
-    write(d, "cert.pem", &cert)?;
-    write(d, "key.pem", &key)?;
-    let hash = submitd_auth::hash_password(b"load password").map_err(|e| e.to_string())?;
-    write(d, "users", &format!("load {hash} send-as=load@example.org max-messages=100000000/h,100000000/d max-recipients=100000000/h,100000000/d\n"))?;
-    write(d, "upstream.pass", "secret\n")?;
-    std::fs::set_permissions(
-        d.join("upstream.pass"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .map_err(|e| e.to_string())?;
+    write_credentials(d, &ca, 0)?;
 
     let redis_port = free_port()?;
     let redis = spawn(
@@ -182,54 +170,31 @@ async fn setup(plan: &ClusterPlan) -> Result<Setup, String> {
     )?;
     wait_port(redis_port, "redis-server")?;
 
-    let config = |queue: &str, address: &str, extra: &str| {
-        format!(
-            r#"hostname = "localhost"
-[[listen]]
-address = "{address}"
-mode = "implicit"
-{extra}
-[tls]
-certificate = "cert.pem"
-key = "key.pem"
-[auth]
-users = "users"
-[queue]
-directory = "{queue}"
-[[relay.upstream]]
-host = "localhost"
-port = {port}
-tls = "implicit"
-username = "alice"
-password_file = "upstream.pass"
-ca_file = "ca.pem"
-[limits]
-connections = 2000
-connections_per_client = 2000
-unauthenticated_connections = 2000
-connection_rate = 0
-"#,
-            port = sink.addr.port()
+    // The load tool is not the flood the connection rate guards against.
+    let config = |queue: &str, address: &str, listen_extra: &str, extra: &str| {
+        let relay = (sink.addr.port(), RelayConfig::DEFAULT_CONNECTIONS);
+        daemon_config(
+            address,
+            listen_extra,
+            queue,
+            relay,
+            2000,
+            &format!("connection_rate = 0\n{extra}"),
         )
     };
-    write(d, "single.toml", &config("single", "127.0.0.1:0", ""))?;
-    let proxied = "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]\n";
-    let shared = format!("{proxied}[cluster]\nredis = \"redis://127.0.0.1:{redis_port}/0\"");
+    write(d, "single.toml", &config("single", "127.0.0.1:0", "", ""))?;
+    let proxied = "proxy_protocol = true\ntrusted_proxies = [\"127.0.0.1\"]";
+    let shared = format!("[cluster]\nredis = \"redis://127.0.0.1:{redis_port}/0\"\n");
     let single = start_submitd(&plan.submitd, &d.join("single.toml"))?;
     // Four instances: a pair with local limits, a pair with Redis.
     let mut instances = Vec::new();
     let mut ports = Vec::new();
-    for (name, extra) in [
-        ("a", proxied),
-        ("b", proxied),
-        ("c", &shared),
-        ("d", &shared),
-    ] {
+    for (name, extra) in [("a", ""), ("b", ""), ("c", &shared), ("d", &shared)] {
         let port = free_port()?;
         write(
             d,
             &format!("{name}.toml"),
-            &config(name, &format!("127.0.0.1:{port}"), extra),
+            &config(name, &format!("127.0.0.1:{port}"), proxied, extra),
         )?;
         instances.push(start_submitd(
             &plan.submitd,
@@ -261,35 +226,11 @@ connection_rate = 0
     wait_port(front_pair, "haproxy")?;
     wait_port(front_cluster, "haproxy")?;
 
-    let base = Target {
-        host: "localhost".into(),
-        port: 0,
-        tls: Transport::ImplicitTls,
-        ca_file: Some(d.join("ca.pem")),
-        user: "load".into(),
-        password: "load password".into(),
-        from: "load@example.org".into(),
-        to: "rcpt@example.net".into(),
-    };
     Ok(Setup {
-        direct: Target {
-            port: sink.addr.port(),
-            user: "alice".into(),
-            password: "secret".into(),
-            ..base.clone()
-        },
-        single: Target {
-            port: single.port,
-            ..base.clone()
-        },
-        pair: Target {
-            port: front_pair,
-            ..base.clone()
-        },
-        cluster: Target {
-            port: front_cluster,
-            ..base
-        },
+        direct: direct_target(d, sink.addr.port()),
+        single: load_target(d, single.port),
+        pair: load_target(d, front_pair),
+        cluster: load_target(d, front_cluster),
         _dir: dir,
         _redis: redis,
         _haproxy: haproxy,
