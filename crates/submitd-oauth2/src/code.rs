@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 use crate::device::DeviceError;
 use crate::files::{self, RefreshLock};
 use crate::http::Http;
-use crate::token::{Answer, Grant, TokenEndpoint, TokenError};
+use crate::token::{Answer, TokenEndpoint, TokenError};
 
 /// How long the person has to sign in.
 const WAIT: Duration = Duration::from_secs(600);
@@ -182,12 +182,7 @@ impl BrowserAuthorization {
         pasted: impl BufRead + Send + 'static,
     ) -> Result<(), DeviceError> {
         let route = endpoint.route.clone();
-        let Grant::RefreshToken { file } = &endpoint.grant else {
-            return Err(DeviceError::NotConfigured {
-                route,
-                problem: "grant is not \"refresh_token\"",
-            });
-        };
+        let file = endpoint.refresh_token_file()?;
         let (tx, rx) = mpsc::channel::<String>();
         let from_browser = tx.clone();
         let listener = self.listener;

@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use crate::files::{self, RefreshLock};
 use crate::http::{Http, TOKEN_RESPONSE_LIMIT};
-use crate::token::{printable, Answer, Grant, TokenEndpoint, TokenError};
+use crate::token::{printable, Answer, TokenEndpoint, TokenError};
 
 /// What the person is told.
 #[derive(Debug, Clone)]
@@ -148,12 +148,7 @@ pub fn finish(
     sleep: &mut dyn FnMut(Duration),
 ) -> Result<(), DeviceError> {
     let route = endpoint.route.clone();
-    let Grant::RefreshToken { file } = &endpoint.grant else {
-        return Err(DeviceError::NotConfigured {
-            route,
-            problem: "grant is not \"refresh_token\"",
-        });
-    };
+    let file = endpoint.refresh_token_file()?;
     let deadline = Instant::now() + authorization.expires_in;
     let mut interval = authorization.interval;
     loop {

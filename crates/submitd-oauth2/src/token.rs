@@ -370,6 +370,18 @@ impl TokenEndpoint {
         }
     }
 
+    /// The refresh-token file a person's authorization is written to, or
+    /// why there is none (the grant is not `refresh_token`).
+    pub(crate) fn refresh_token_file(&self) -> Result<&std::path::Path, crate::DeviceError> {
+        match &self.grant {
+            Grant::RefreshToken { file } => Ok(file),
+            _ => Err(crate::DeviceError::NotConfigured {
+                route: self.route.clone(),
+                problem: "grant is not \"refresh_token\"",
+            }),
+        }
+    }
+
     /// The endpoint `url` of a grant a person authorizes, checked: set,
     /// and the grant is `refresh_token` (`missing` says which key to set).
     pub(crate) fn person_endpoint<'a>(
