@@ -468,4 +468,28 @@ maildir = "Maildir"
         assert_eq!(s.limits.session.message_size, 50 * 1024 * 1024);
         assert_eq!(s.limits.session.idle_timeout, Duration::from_secs(600));
     }
+
+    #[test]
+    fn min_free_is_a_share_or_a_size() {
+        use submitd_relay::{MinFree, DEFAULT_MIN_FREE};
+        let with = |value: &str| {
+            load(&MINIMAL.replace(
+                "directory = \"queue\"\n",
+                &format!("directory = \"queue\"\nmin_free = \"{value}\"\n"),
+            ))
+        };
+        assert_eq!(load(MINIMAL).unwrap().queue.min_free, DEFAULT_MIN_FREE);
+        assert_eq!(with("10%").unwrap().queue.min_free, MinFree::Percent(10));
+        assert_eq!(with("0%").unwrap().queue.min_free, MinFree::Percent(0));
+        assert_eq!(with("2G").unwrap().queue.min_free, MinFree::Octets(2 << 30));
+        assert_eq!(
+            with("512M").unwrap().queue.min_free,
+            MinFree::Octets(512 << 20)
+        );
+        for bad in ["51%", "lots", "-1G"] {
+            let e = with(bad).unwrap_err();
+            assert!(e.contains("key `queue.min_free`"), "{bad}: {e}");
+        }
+        assert!(with("x").unwrap_err().contains("a size such as \"1G\""));
+    }
 }

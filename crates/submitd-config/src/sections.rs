@@ -11,7 +11,7 @@ use submitd_listener::{
     CertificatePaths, ConnectionLimits, Network, ProxyProtocol, TrustedProxies,
 };
 use submitd_oauth2::{Algorithm, ClientAuth, Grant, IssuerPolicy, TokenEndpoint};
-use submitd_relay::{RelayConfig, RetryPolicy};
+use submitd_relay::{MinFree, RelayConfig, RetryPolicy};
 use submitd_smtp::{Mechanism, SecretKind};
 
 /// How long one request to an OAuth2 provider may take.
@@ -277,6 +277,21 @@ impl<'a> Context<'a> {
             })
     }
 
+    /// `[queue] min_free`: a share ("5%") or a size ("1G").
+    fn min_free(&self, text: &str) -> Result<MinFree, ConfigError> {
+        if text.trim_end().ends_with('%') {
+            return self
+                .percent("queue.min_free", text, 50)
+                .map(MinFree::Percent);
+        }
+        parse_size(text).map(MinFree::Octets).ok_or_else(|| {
+            self.err(
+                "queue.min_free",
+                format!("{text:?} is neither a share such as \"5%\" (at most \"50%\") nor a size such as \"1G\" or \"512M\"; leave it out for 5 % of the disk, at most 1G"),
+            )
+        })
+    }
+
     fn auth(&self, auth: &file::Auth) -> Result<AuthSettings, ConfigError> {
         let throttle = ThrottleConfig::default();
         let failure_delay = self.duration(
@@ -353,7 +368,7 @@ impl<'a> Context<'a> {
         let retry = RetryPolicy::default();
         let min_free = match queue.min_free.as_deref() {
             None => submitd_relay::DEFAULT_MIN_FREE,
-            Some(text) => self.percent("queue.min_free", text, 50)?,
+            Some(text) => self.min_free(text)?,
         };
         let in_flow_delay = self.duration(
             "queue.in_flow_delay",

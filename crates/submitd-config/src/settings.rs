@@ -14,7 +14,7 @@ use submitd_cluster::ClusterConfig;
 pub use crate::file::LogFormat;
 use submitd_listener::{CertificatePaths, ConnectionLimits, ProxyProtocol};
 use submitd_oauth2::{IssuerPolicy, TokenEndpoint};
-use submitd_relay::RetryPolicy;
+use submitd_relay::{MinFree, RetryPolicy};
 use submitd_smtp::{Mechanism, Transport};
 
 /// The settings, checked and with absolute paths.
@@ -136,9 +136,9 @@ pub struct QueueSettings {
     pub directory: PathBuf,
     /// The retry schedule, with `lifetime`.
     pub retry: RetryPolicy,
-    /// `min_free`: the share of the queue's disk, in percent, kept free
-    /// (new messages get 452 4.3.1 below it).
-    pub min_free: u8,
+    /// `min_free`: how much of the queue's disk is kept free (new
+    /// messages get 452 4.3.1 below it).
+    pub min_free: MinFree,
     /// `in_flow_delay`: the longest a 250 waits while the relay is behind
     /// (zero: never).
     pub in_flow_delay: Duration,

@@ -33,7 +33,7 @@ use submitd_smtp::{Message, Reply};
 
 use crate::prepare::{header_end, inspect, HeaderLimits, HeaderSenders, PrepareError, TraceInfo};
 use crate::runner::Relay;
-use crate::space::{NoSpace, SpaceGuard, DEFAULT_MIN_FREE};
+use crate::space::{MinFree, NoSpace, SpaceGuard, DEFAULT_MIN_FREE};
 use crate::spool::{QueueId, Spool, SpoolError, SpoolFile, StoredEnvelope};
 
 /// Content gathered before it is written to the spool: one write (on the
@@ -129,10 +129,10 @@ impl Intake {
         }
     }
 
-    /// The same intake keeping `percent` of the spool's disk free (0: no
-    /// floor).
-    pub fn with_min_free(mut self, percent: u8) -> Self {
-        self.space = Arc::new(SpaceGuard::new(self.spool.root(), percent));
+    /// The same intake keeping `min_free` of the spool's disk free (a
+    /// floor of 0: none).
+    pub fn with_min_free(mut self, min_free: MinFree) -> Self {
+        self.space = Arc::new(SpaceGuard::new(self.spool.root(), min_free));
         self
     }
 

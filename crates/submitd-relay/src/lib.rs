@@ -55,7 +55,7 @@ pub use prepare::{
 pub use retry::{apply, AttemptResult, RetryPolicy};
 pub use route::{Route, RouteId, SenderRoute, DOWN_FOR};
 pub use runner::{PassFigures, Relay, RelayConfig};
-pub use space::{free_space, NoSpace, Space, SpaceGuard, DEFAULT_MIN_FREE};
+pub use space::{free_space, MinFree, NoSpace, Space, SpaceGuard, DEFAULT_MIN_FREE};
 pub use spool::{
     unix_now, Content, DeliveryState, Peeked, QueueId, RecipientState, Recovery, Spool, SpoolError,
     SpoolFile, StoredEnvelope,

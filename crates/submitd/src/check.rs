@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use submitd_auth::CredentialStore;
 use submitd_listener::server_tls_config;
 use submitd_oauth2::{ClientAuth, Grant, TokenEndpoint};
-use submitd_relay::{Connection, Route, Spool, Upstream, UpstreamAuth};
+use submitd_relay::{Connection, MinFree, Route, Spool, Upstream, UpstreamAuth};
 
 use submitd_config::Settings;
 
@@ -353,7 +353,7 @@ fn credentials(path: &Path, found: &mut Findings) {
 }
 
 /// The queue disk's free space against `[queue] min_free`.
-fn free_space(root: &Path, min_free: u8, found: &mut Findings) {
+fn free_space(root: &Path, min_free: MinFree, found: &mut Findings) {
     let Ok(space) = submitd_relay::free_space(root) else {
         found.warning(format!(
             "queue: {}: cannot tell its free space",
@@ -362,9 +362,9 @@ fn free_space(root: &Path, min_free: u8, found: &mut Findings) {
         return;
     };
     let mib = |n: u64| n / (1024 * 1024);
-    let floor = space.total / 100 * u64::from(min_free);
+    let floor = min_free.floor(space.total);
     let text = format!(
-        "queue disk: {} MiB free of {} MiB (new messages are refused below {} MiB, min_free {min_free}%)",
+        "queue disk: {} MiB free of {} MiB (new messages are refused below {} MiB, min_free {min_free})",
         mib(space.available),
         mib(space.total),
         mib(floor)

@@ -330,7 +330,7 @@ pub(crate) fn absent(key: &str) -> Option<Absent> {
         "log.format" => Default("\"text\""),
         "queue.in_flow_delay" => Default("\"1s\""),
         "queue.lifetime" => Default("\"5d\""),
-        "queue.min_free" => Default("\"5%\""),
+        "queue.min_free" => Described("5% of the queue's disk, at most 1G"),
         "relay.connections" => Default("4"),
         "relay.idle_connection" => Default("\"5s\""),
         "relay.maildir" => Optional(

@@ -3,9 +3,14 @@
 //!
 //! * a message that meets ENOSPC while it is written gets `452 4.3.1`, and
 //!   nothing of it stays in the queue (no 250 for anything not durable);
-//! * below the free-space floor (`[queue] min_free`, 5 %), or when the
-//!   declared SIZE would cross it, MAIL itself gets `452 4.3.1`, before any
-//!   content is read; the crossing is logged once, not per message;
+//! * below the free-space floor (`[queue] min_free`, by default 5 % of this
+//!   small disk), or when the declared SIZE would cross it, MAIL itself gets
+//!   `452 4.3.1`, before any content is read; the crossing is logged once,
+//!   not per message;
+//! * on a big disk the floor is 1 GiB, not 5 %: with 1.5 GiB of 40 GiB
+//!   free (under 5 %) mail is still taken, where a bare "5%" refuses it
+//!   (a 40 GiB sparse ext4 image, loop-mounted: its filler is allocated
+//!   with fallocate and costs the machine no disk);
 //! * messages queued before the disk filled, while the upstream was down,
 //!   are delivered once it returns and space is freed, and new ones are
 //!   taken again: no restart, nothing lost, nothing twice.
@@ -95,6 +100,127 @@ fn fill(fs: &Tmpfs, leave: u64) {
         }
         left -= n as u64;
     }
+}
+
+/// A sparse ext4 image of `size`, loop-mounted at `at`; unmounted when
+/// dropped (the image goes with the test's folder).
+struct LoopFs(PathBuf);
+
+impl LoopFs {
+    fn mount(image: &Path, size: u64, at: &Path) -> Self {
+        std::fs::File::create(image).unwrap().set_len(size).unwrap();
+        let run = |program: &str, args: &[&std::ffi::OsStr]| {
+            let out = Command::new(program).args(args).output();
+            let out = out.unwrap_or_else(|e| panic!("{program}: {e} (e2fsprogs, util-linux)"));
+            assert!(
+                out.status.success(),
+                "{program} {args:?}: {} (this test loop-mounts an image: run it as root, as CI does)",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        // Lazy init: mkfs writes a few MB of the 40 GiB.
+        run(
+            "mkfs.ext4",
+            &[
+                "-q",
+                "-F",
+                "-m",
+                "0",
+                "-E",
+                "lazy_itable_init=1,lazy_journal_init=1",
+            ]
+            .map(std::ffi::OsStr::new)
+            .iter()
+            .copied()
+            .chain([image.as_os_str()])
+            .collect::<Vec<_>>(),
+        );
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            "mount",
+            &[
+                "-o".as_ref(),
+                "loop".as_ref(),
+                image.as_os_str(),
+                at.as_os_str(),
+            ],
+        );
+        Self(at.to_owned())
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-d").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_big_disk_keeps_a_gibibyte_free_not_five_percent() {
+    const GIB: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let fs = LoopFs::mount(&d.join("big.img"), 40 * GIB, &d.join("disk"));
+    // fallocate reserves blocks without writing them: the image stays
+    // sparse on the machine's own disk.
+    let space = submitd_relay::free_space(&fs.0).unwrap();
+    let filler = space.available - 3 * GIB / 2;
+    let status = Command::new("fallocate")
+        .args(["-l", &filler.to_string()])
+        .arg(fs.0.join("filler"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let space = submitd_relay::free_space(&fs.0).unwrap();
+    assert!(
+        space.available < space.total / 100 * 5 && space.available > GIB,
+        "{space:?}"
+    );
+    common::certificates(d, &["submitd"]);
+    common::alice(d);
+    std::fs::create_dir_all(d.join("Maildir")).unwrap();
+    let config = common::config(d, "disk/queue", "[relay]\nmaildir = \"Maildir\"\n");
+    let daemon = common::start(Daemon::command(&config));
+    let out = Command::new("python3")
+        .args(["-c", SEND, &daemon.implicit.unwrap().to_string()])
+        .arg(d.join("ca.pem"))
+        .args(["100", "bigdisk", "sized"])
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(reply.starts_with("250 "), "{reply} {out:?}");
+    assert!(daemon.stop());
+
+    // `submitd check` says the same of the default, and of a bare "5%"
+    // that this disk is below it.
+    let check = |config: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_submitd"))
+            .args(["check", "--config"])
+            .arg(config)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let report = check(&config);
+    let line = report
+        .lines()
+        .find(|l| l.contains("queue disk"))
+        .unwrap_or("");
+    assert!(
+        line.contains("refused below 1024 MiB, min_free 5% at most 1G")
+            && !line.contains("below the floor now"),
+        "{report}"
+    );
+    let share = common::config(
+        d,
+        "disk/queue",
+        "min_free = \"5%\"\n[relay]\nmaildir = \"Maildir\"\n",
+    );
+    let report = check(&share);
+    assert!(
+        report.contains("min_free 5%): below the floor now"),
+        "{report}"
+    );
 }
 
 #[test]
