@@ -380,6 +380,27 @@ fn free_space(root: &Path, min_free: MinFree, found: &mut Findings) {
     }
 }
 
+/// The user the shipped unit and the package run the server as.
+const SERVICE_USER: &str = "submitd";
+
+/// What is wrong with the queue's owner, if anything, for a check run as
+/// `me`: the server must own its queue. Root checking on behalf of the
+/// service (`sudo submitd check`) expects the service's user to own it,
+/// when that user exists; anyone else expects to own it themselves.
+fn queue_owner(owner: u32, me: u32, service: Option<u32>) -> Option<String> {
+    match (me, service) {
+        _ if owner == me && me != 0 => None,
+        (0, Some(service)) if owner == service => None,
+        (0, Some(service)) => Some(format!(
+            "owned by uid {owner}, but the service runs as {SERVICE_USER} (uid {service}) and must own its queue"
+        )),
+        (0, None) if owner == 0 => None,
+        _ => Some(format!(
+            "owned by uid {owner}, but this runs as uid {me}; the server must own its queue"
+        )),
+    }
+}
+
 fn queue(root: &Path, found: &mut Findings) {
     if let Err(e) = Spool::attach(root) {
         found.problem(format!("queue: {e}"));
@@ -403,12 +424,12 @@ fn queue(root: &Path, found: &mut Findings) {
             root.display()
         ));
     }
-    if let Some(uid) = submitd_auth::os_user::effective_uid() {
-        if meta.uid() != uid {
+    if let Some(me) = submitd_auth::os_user::effective_uid() {
+        let service = submitd_auth::os_user::uid_of(SERVICE_USER);
+        if let Some(text) = queue_owner(meta.uid(), me, service) {
             found.warning(format!(
-                "queue: {}: owned by uid {}, but this runs as uid {uid}; the server must own its queue (`chown -R submitd: {}`)",
+                "queue: {}: {text} (`chown -R {SERVICE_USER}: {}`)",
                 root.display(),
-                meta.uid(),
                 root.display()
             ));
         }
@@ -422,4 +443,31 @@ fn queue(root: &Path, found: &mut Findings) {
         "queue: {} (mode {mode:o}){running}",
         root.display()
     ));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queue_owner;
+
+    #[test]
+    fn the_queue_owner_is_judged_for_whoever_checks() {
+        // The server's own user checking its own queue.
+        assert_eq!(queue_owner(995, 995, Some(995)), None);
+        assert_eq!(queue_owner(1000, 1000, None), None);
+        // Root checking a packaged install: the service's user owns it.
+        assert_eq!(queue_owner(995, 0, Some(995)), None);
+        // Root checking a queue the service could not write.
+        let root_owned = queue_owner(0, 0, Some(995)).unwrap();
+        assert!(
+            root_owned.contains("runs as submitd (uid 995)"),
+            "{root_owned}"
+        );
+        let other = queue_owner(1000, 0, Some(995)).unwrap();
+        assert!(other.contains("owned by uid 1000"), "{other}");
+        // No service user: root running it itself owns it.
+        assert_eq!(queue_owner(0, 0, None), None);
+        // Someone else's queue.
+        let foreign = queue_owner(1000, 1001, Some(995)).unwrap();
+        assert!(foreign.contains("this runs as uid 1001"), "{foreign}");
+    }
 }

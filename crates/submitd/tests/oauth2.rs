@@ -501,17 +501,36 @@ fn refresh_tokens_from_the_device_grant_survive_expiry_rotation_and_revocation()
     assert!(String::from_utf8_lossy(&listed.stdout).contains("alice@example.org"));
     assert_eq!(delivered(d).len(), 3);
 
-    // Authorized again: the queued message goes on the next attempt,
-    // without a restart.
+    // Authorized again: the queued message goes on the next attempt.
     authorize(d, &config, &provider);
+    let authorized = std::fs::read_to_string(&token_file).unwrap();
     let flush = submitd(&config, &["queue", "flush"]);
     assert!(flush.status.success());
     drop(daemon);
+    // This time the rotated refresh token cannot be written back (a
+    // folder where its temporary file goes stops even root): the access
+    // token is still used and the message delivered, the log says loudly
+    // what will happen and what to run, and it does happen: the next
+    // refresh, with the spent token, is refused.
+    std::fs::create_dir(d.join("state/.default.token.new")).unwrap();
     let daemon = common::start(Daemon::command(&config));
     wait_for("the queued message", Duration::from_secs(60), || {
         delivered(d).len() == 4
     });
+    let warned = daemon.wait_count(
+        &["could not be saved", "oauth2 authorize default"],
+        1,
+        Duration::from_secs(10),
+    );
+    assert_eq!(warned, 1, "one loud line");
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), authorized);
     drop(daemon);
+    let out = submitd(&config, &["check", "--connect"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("invalid_grant"),
+        "{text}"
+    );
 }
 
 /// Runs `tests/token_login.py` (smtplib) against `daemon` as alice, with
