@@ -160,6 +160,16 @@ fn a_big_disk_keeps_a_gibibyte_free_not_five_percent() {
     const GIB: u64 = 1 << 30;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    // A container without loop devices (unprivileged, where a tmpfs can
+    // still be mounted) cannot run this; the floor's arithmetic is also
+    // covered by submitd-relay's unit tests. Anywhere with loop devices,
+    // as here and in CI, a failure to mount fails the test.
+    if !Path::new("/dev/loop-control").exists() {
+        eprintln!(
+            "SKIPPED a_big_disk_keeps_a_gibibyte_free_not_five_percent: no /dev/loop-control"
+        );
+        return;
+    }
     let fs = LoopFs::mount(&d.join("big.img"), 40 * GIB, &d.join("disk"));
     // fallocate reserves blocks without writing them: the image stays
     // sparse on the machine's own disk.
