@@ -109,41 +109,26 @@ struct LoopFs(PathBuf);
 impl LoopFs {
     fn mount(image: &Path, size: u64, at: &Path) -> Self {
         std::fs::File::create(image).unwrap().set_len(size).unwrap();
-        let run = |program: &str, args: &[&std::ffi::OsStr]| {
-            let out = Command::new(program).args(args).output();
-            let out = out.unwrap_or_else(|e| panic!("{program}: {e} (e2fsprogs, util-linux)"));
-            assert!(
-                out.status.success(),
-                "{program} {args:?}: {} (this test loop-mounts an image: run it as root, as CI does)",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        // Lazy init: mkfs writes a few MB of the 40 GiB.
-        run(
-            "mkfs.ext4",
-            &[
-                "-q",
-                "-F",
-                "-m",
-                "0",
-                "-E",
-                "lazy_itable_init=1,lazy_journal_init=1",
-            ]
-            .map(std::ffi::OsStr::new)
-            .iter()
-            .copied()
-            .chain([image.as_os_str()])
-            .collect::<Vec<_>>(),
+        // Lazy init: mkfs writes a few MB of the 40 GiB. Both need root
+        // (CI runs as root), e2fsprogs and util-linux.
+        common::stdout_of(
+            Command::new("mkfs.ext4")
+                .args([
+                    "-q",
+                    "-F",
+                    "-m",
+                    "0",
+                    "-E",
+                    "lazy_itable_init=1,lazy_journal_init=1",
+                ])
+                .arg(image),
         );
         std::fs::create_dir_all(at).unwrap();
-        run(
-            "mount",
-            &[
-                "-o".as_ref(),
-                "loop".as_ref(),
-                image.as_os_str(),
-                at.as_os_str(),
-            ],
+        common::stdout_of(
+            Command::new("mount")
+                .args(["-o", "loop"])
+                .arg(image)
+                .arg(at),
         );
         Self(at.to_owned())
     }
@@ -175,12 +160,11 @@ fn a_big_disk_keeps_a_gibibyte_free_not_five_percent() {
     // sparse on the machine's own disk.
     let space = submitd_relay::free_space(&fs.0).unwrap();
     let filler = space.available - 3 * GIB / 2;
-    let status = Command::new("fallocate")
-        .args(["-l", &filler.to_string()])
-        .arg(fs.0.join("filler"))
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::stdout_of(
+        Command::new("fallocate")
+            .args(["-l", &filler.to_string()])
+            .arg(fs.0.join("filler")),
+    );
     let space = submitd_relay::free_space(&fs.0).unwrap();
     assert!(
         space.available < space.total / 100 * 5 && space.available > GIB,
